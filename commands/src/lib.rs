@@ -1,0 +1,1 @@
+//! The command side of the engine: runs domain deciders against the event store.

@@ -1,0 +1,99 @@
+//! The commerce domain. Every aggregate is a pure decider: `decide(&state, &command)`
+//! returns the events a command produces or a typed [`DomainError`], and
+//! `evolve(state, &event)` folds one event into the state. Nothing in this crate does
+//! I/O, reads a clock or draws a random number: time, ids and catalog prices arrive
+//! inside the commands, so the same command against the same state always decides
+//! the same way and a replay of the log rebuilds the same state.
+//!
+//! Value types ([`Sku`], [`Quantity`], [`Money`], the id newtypes, ...) are parsed once
+//! at the edge, including when serde deserialises them, so a value that exists is
+//! valid. The aggregates are [`Product`], [`Inventory`] (one stream per SKU),
+//! [`Cart`], [`Order`] and [`Payment`]; each command names the stream it targets
+//! (`command.stream_id()`), and the stored shape of every event is described in
+//! `docs/events.md`.
+
+use serde_json::Value;
+
+mod address;
+mod cart;
+mod codec;
+mod codes;
+mod error;
+mod ids;
+mod inventory;
+mod line_item;
+mod money;
+mod order;
+mod payment;
+mod product;
+mod quantity;
+mod text;
+
+pub use address::{AddressInput, CountryCode, ShippingAddress};
+pub use cart::{Cart, CartCommand, CartEvent, CartOwner, CartStatus, MAX_CART_LINES};
+pub use codes::{Sku, WarehouseId};
+pub use error::DomainError;
+pub use ids::{
+    CartId, CustomerId, GuestToken, OrderId, PaymentId, ProductId, RefundId, ReservationId,
+};
+pub use inventory::{
+    Allocation, Inventory, InventoryCommand, InventoryEvent, Reservation, ReservationOutcome,
+    WarehouseStock, DEFAULT_WAREHOUSE, DEFAULT_WAREHOUSE_PRIORITY, EXPIRE_MAX_RESERVATIONS,
+    MAX_WAREHOUSES_PER_SKU,
+};
+pub use line_item::LineItem;
+pub use money::{Currency, Money};
+pub use order::{Order, OrderCommand, OrderEvent, OrderStatus, MAX_ORDER_LINES};
+pub use payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus, MAX_REFUNDS_PER_PAYMENT};
+pub use product::{
+    PriceTarget, Product, ProductCommand, ProductEvent, ProductSku, ProductStatus, SkuVariant,
+    MAX_SKUS_PER_PRODUCT,
+};
+pub use quantity::Quantity;
+
+/// An aggregate: the state of one event stream plus the rules that guard it.
+pub trait Aggregate: Default + Clone + Send + Sync + 'static {
+    type Command: Send + Sync;
+    type Event: DomainEvent + Clone + Send + Sync;
+
+    /// The stream category, the prefix before the first `-` of every stream id of
+    /// this aggregate (`inventory-SKU123`).
+    const CATEGORY: &'static str;
+
+    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, DomainError>;
+    fn evolve(self, event: &Self::Event) -> Self;
+
+    /// Folds a whole history into a state, starting from `Default`.
+    fn replay<'a, I>(events: I) -> Self
+    where
+        I: IntoIterator<Item = &'a Self::Event>,
+        Self::Event: 'a,
+    {
+        events.into_iter().fold(Self::default(), Self::evolve)
+    }
+}
+
+/// How an event enum crosses the storage boundary: a stable type name, the schema
+/// version of its current shape, and its fields as JSON. `from_stored` upcasts older
+/// schema versions to the current shape.
+pub trait DomainEvent: Sized {
+    fn event_type(&self) -> &'static str;
+    fn schema_version(&self) -> u32;
+    fn to_data(&self) -> Value;
+    fn from_stored(event_type: &str, schema_version: u32, data: Value)
+        -> Result<Self, DecodeError>;
+}
+
+/// An event that this build cannot read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("unknown event type {0}")]
+    UnknownType(String),
+    #[error("event {event_type} has unsupported schema version {schema_version}")]
+    UnsupportedVersion {
+        event_type: String,
+        schema_version: u32,
+    },
+    #[error("event {event_type} is malformed: {reason}")]
+    Malformed { event_type: String, reason: String },
+}

@@ -1,0 +1,70 @@
+//! The event log. Knows nothing of commerce: streams of JSON events, appended with
+//! optimistic concurrency and read back in one global order.
+//!
+//! Two stores keep one contract, checked by one conformance suite
+//! ([`testing::conformance`] with the `testing` feature):
+//! - [`PostgresStore`]: the production log. All appends of a process go through one
+//!   appender task that batches them into one transaction (group commit) under a lock
+//!   on the single `log_head` row, so global positions are gapless and commit order
+//!   equals position order: a reader of `position > checkpoint` never skips an event.
+//! - [`MemoryStore`]: the same rules in memory, for unit tests and simulation.
+//!
+//! Every stored event carries a SHA-256 hash chained to the event before it
+//! ([`hash`]), so an auditor can prove the log was not edited.
+
+pub mod hash;
+mod memory;
+mod postgres;
+mod prepare;
+mod scratch;
+mod subscription;
+mod types;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+pub use postgres::{migrate, Migration, PostgresConfig, PostgresStore, EVENTSTORE_MIGRATIONS};
+pub use scratch::ScratchDatabase;
+pub use subscription::{Subscription, SubscriptionOptions};
+pub use types::*;
+
+/// The contract of an event store.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events to one stream if its version satisfies `request.expected`.
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError>;
+
+    /// Up to `limit` events of a stream. Forward: versions `>= from_version` ascending.
+    /// Backward: versions `<= from_version` descending (`u64::MAX` reads from the end).
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events of the whole log with `position > after`, ascending,
+    /// optionally only those whose stream category equals `category`.
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+        category: Option<&str>,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The current version of a stream (0 if it does not exist).
+    async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError>;
+
+    /// The position of the last committed event (0 for an empty log). Every position
+    /// up to it is committed.
+    async fn head(&self) -> Result<u64, StoreError>;
+
+    /// Waits until the head passes `known`, or `timeout` elapses; returns the head.
+    async fn wait_for_head(&self, known: u64, timeout: Duration) -> Result<u64, StoreError>;
+}

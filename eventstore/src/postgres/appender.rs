@@ -1,0 +1,536 @@
+//! Group commit: one task per process owns a connection, drains the queue of
+//! appends, and writes each drained batch in one transaction.
+//!
+//! Per batch, four round trips and one fsync:
+//! 1. `BEGIN`, lock the `log_head` row, and read the versions of the batch's streams
+//!    and the first results of its command ids (pipelined: sent together, answered in
+//!    order, all after the lock is held).
+//! 2. In memory, decide every append in arrival order against those versions (and the
+//!    appends before it in the batch); assign positions, versions and hashes to the
+//!    accepted ones. Then `COPY` the events in binary, and insert the command results,
+//!    move the head, `NOTIFY` and `COMMIT` (pipelined again).
+//!
+//! Each append succeeds or fails on its own expected version. If the transaction
+//! itself fails (say, an event id that is already in the log), nothing of the batch
+//! is written and its appends are retried one per transaction, so only the faulty
+//! one fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+use uuid::Uuid;
+
+use super::{advance_head, db_error, PostgresConfig, NOTIFY_CHANNEL};
+use crate::hash::{chain_hash, ChainedFields};
+use crate::prepare::{decide, Decision, PreparedAppend, StoredCommand};
+use crate::types::{AppendResult, StoreError};
+
+/// Most times the appender yields to let a batch fill up before it commits.
+const APPEND_LINGER_YIELDS_MAX: usize = 16;
+
+pub(crate) struct AppendJob {
+    pub append: PreparedAppend,
+    pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+struct Statements {
+    lock_head: Statement,
+    stream_versions: Statement,
+    commands: Statement,
+    copy_events: Statement,
+    insert_commands: Statement,
+    update_head: Statement,
+    notify: Statement,
+    existing_event: Statement,
+}
+
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+pub(crate) async fn run(
+    pg: tokio_postgres::Config,
+    config: PostgresConfig,
+    mut jobs: mpsc::Receiver<AppendJob>,
+    head: Arc<watch::Sender<u64>>,
+) {
+    let mut connection: Option<Connection> = None;
+    let mut batch: Vec<AppendJob> = Vec::new();
+    let mut previous_batch_len = 0usize;
+    loop {
+        // Wait for one append, then take whatever else is already queued, up to the
+        // batch bound: under load the queue fills while the previous batch commits.
+        let Some(first) = jobs.recv().await else {
+            return;
+        };
+        let mut events = first.append.events.len();
+        batch.push(first);
+        let mut lingered = 0;
+        loop {
+            while events < config.append_batch_max_events {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        events += job.append.events.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            // The writers the previous commit answered are usually sending their next
+            // append right now. A few yields (microseconds, no timer) let them join
+            // this batch instead of paying a whole extra commit for a handful.
+            if batch.len() * 2 >= previous_batch_len
+                || events >= config.append_batch_max_events
+                || lingered >= APPEND_LINGER_YIELDS_MAX
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+            lingered += 1;
+        }
+        previous_batch_len = batch.len();
+
+        if connection.is_none() {
+            match connect(&pg).await {
+                Ok(c) => connection = Some(c),
+                Err(e) => {
+                    for job in batch.drain(..) {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = connection.as_ref() else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let outcome =
+            tokio::time::timeout(config.append_batch_timeout, write_batch(conn, &batch)).await;
+        tracing::debug!(
+            appends = batch.len(),
+            events,
+            micros = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        match outcome {
+            Ok(Ok(written)) => {
+                if let Some(last) = written.last_position {
+                    advance_head(&head, last);
+                }
+                for (job, result) in batch.drain(..).zip(written.results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Ok(Err(e)) if conn.client.is_closed() || e.is_transient() => {
+                // The outcome of the commit is unknown: report it, drop the connection.
+                connection = None;
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+            Ok(Err(_)) => {
+                // The batch failed as a whole: retry each append alone, so only the one
+                // at fault fails.
+                for job in batch.drain(..) {
+                    let single = std::slice::from_ref(&job);
+                    let result = match write_batch(conn, single).await {
+                        Ok(mut written) => {
+                            if let Some(last) = written.last_position {
+                                advance_head(&head, last);
+                            }
+                            written.results.pop().unwrap_or_else(|| {
+                                Err(StoreError::Database("no result for an append".into()))
+                            })
+                        }
+                        Err(e) => Err(explain_failure(conn, &job.append, e).await),
+                    };
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(_) => {
+                connection = None;
+                let e = StoreError::Unavailable(
+                    "a group commit timed out; its outcome is unknown".into(),
+                );
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> {
+    let (client, connection) = pg.connect(NoTls).await.map_err(db_error)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "appender connection ended");
+        }
+    });
+    let prepare = |sql: &'static str| {
+        let client = &client;
+        async move { client.prepare(sql).await.map_err(db_error) }
+    };
+    let statements = Statements {
+        lock_head: prepare("SELECT position, hash, now() FROM log_head FOR UPDATE").await?,
+        stream_versions: prepare(
+            "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id) \
+             CROSS JOIN LATERAL (SELECT version FROM events WHERE stream_id = s.id \
+                                 ORDER BY version DESC LIMIT 1) AS v",
+        )
+        .await?,
+        commands: prepare(
+            "SELECT command_id, fingerprint, first_position, last_position, stream_version \
+             FROM appended_commands WHERE command_id = ANY($1::uuid[])",
+        )
+        .await?,
+        copy_events: prepare(
+            "COPY events (position, stream_id, version, event_id, event_type, schema_version, \
+                          data, metadata, recorded_at, hash) FROM STDIN (FORMAT binary)",
+        )
+        .await?,
+        insert_commands: prepare(
+            "INSERT INTO appended_commands (command_id, stream_id, fingerprint, first_position, \
+                                            last_position, stream_version, recorded_at) \
+             SELECT c, s, f, fp, lp, sv, $7 \
+             FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bigint[], $5::bigint[], \
+                         $6::bigint[]) AS x(c, s, f, fp, lp, sv)",
+        )
+        .await?,
+        update_head: prepare("UPDATE log_head SET position = $1, hash = $2").await?,
+        notify: prepare("SELECT pg_notify($1, $2)").await?,
+        existing_event: prepare(
+            "SELECT event_id FROM events WHERE event_id = ANY($1::uuid[]) LIMIT 1",
+        )
+        .await?,
+    };
+    Ok(Connection { client, statements })
+}
+
+struct Written {
+    results: Vec<Result<AppendResult, StoreError>>,
+    last_position: Option<u64>,
+}
+
+/// Rows of one batch, column by column, ready for `unnest`.
+#[derive(Default)]
+struct EventColumns<'a> {
+    positions: Vec<i64>,
+    stream_ids: Vec<&'a str>,
+    versions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    data: Vec<RawJsonb<'a>>,
+    metadata: Vec<RawJsonb<'a>>,
+    hashes: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct CommandColumns<'a> {
+    ids: Vec<Uuid>,
+    stream_ids: Vec<&'a str>,
+    fingerprints: Vec<&'a [u8]>,
+    first_positions: Vec<i64>,
+    last_positions: Vec<i64>,
+    stream_versions: Vec<i64>,
+}
+
+async fn write_batch(conn: &Connection, batch: &[AppendJob]) -> Result<Written, StoreError> {
+    let st = &conn.statements;
+    let client = &conn.client;
+
+    let mut stream_ids: Vec<&str> = batch.iter().map(|j| j.append.stream_id.as_str()).collect();
+    stream_ids.sort_unstable();
+    stream_ids.dedup();
+    let command_ids: Vec<Uuid> = batch.iter().filter_map(|j| j.append.command_id).collect();
+
+    // Round trip 1. `futures::join!` polls in order, and each query is sent on its
+    // first poll, so the server sees BEGIN, the lock, then the two reads.
+    let version_params: [&(dyn ToSql + Sync); 1] = [&stream_ids];
+    let command_params: [&(dyn ToSql + Sync); 1] = [&command_ids];
+    let (begin, head_row, version_rows, command_rows) = futures::join!(
+        client.batch_execute("BEGIN"),
+        client.query_one(&st.lock_head, &[]),
+        client.query(&st.stream_versions, &version_params),
+        client.query(&st.commands, &command_params),
+    );
+    let read = (|| {
+        begin?;
+        Ok::<_, tokio_postgres::Error>((head_row?, version_rows?, command_rows?))
+    })();
+    let (head_row, version_rows, command_rows) = match read {
+        Ok(rows) => rows,
+        Err(e) => return Err(rollback(client, e).await),
+    };
+
+    let head_position: i64 = head_row.get(0);
+    let head_hash: &[u8] = head_row.get(1);
+    let recorded_at: DateTime<Utc> = head_row.get(2);
+    let mut previous_hash: [u8; 32] = head_hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("log_head hash is not 32 bytes".into()))?;
+    let mut versions: HashMap<&str, u64> = version_rows
+        .iter()
+        .map(|r| {
+            let stream: &str = r.get(0);
+            let version: i64 = r.get(1);
+            (stream, version as u64)
+        })
+        .collect();
+    let mut commands: HashMap<Uuid, StoredCommand> = command_rows
+        .iter()
+        .map(|r| {
+            let fingerprint: &[u8] = r.get(1);
+            let mut fp = [0u8; 32];
+            if fingerprint.len() == 32 {
+                fp.copy_from_slice(fingerprint);
+            }
+            let result = AppendResult {
+                first_position: r.get::<_, i64>(2) as u64,
+                last_position: r.get::<_, i64>(3) as u64,
+                stream_version: r.get::<_, i64>(4) as u64,
+            };
+            (
+                r.get(0),
+                StoredCommand {
+                    fingerprint: fp,
+                    result,
+                },
+            )
+        })
+        .collect();
+
+    // Decide each append in arrival order; accepted ones get positions and hashes.
+    let mut position = head_position as u64;
+    let mut events = EventColumns::default();
+    let mut written_commands = CommandColumns::default();
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let append = &job.append;
+        let current = versions
+            .get(append.stream_id.as_str())
+            .copied()
+            .unwrap_or(0);
+        let previous = append.command_id.and_then(|id| commands.get(&id));
+        let first_version = match decide(append, current, previous) {
+            Ok(Decision::Replay(result)) => {
+                results.push(Ok(result));
+                continue;
+            }
+            Ok(Decision::Write { first_version }) => first_version,
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
+        let first_position = position + 1;
+        for (i, event) in append.events.iter().enumerate() {
+            position += 1;
+            let version = first_version + i as u64;
+            let hash = chain_hash(
+                &previous_hash,
+                &ChainedFields {
+                    position,
+                    stream_id: &append.stream_id,
+                    version,
+                    event_id: event.event_id,
+                    event_type: &event.event_type,
+                    schema_version: event.schema_version,
+                    canonical_data: &event.canonical_data,
+                    canonical_metadata: &event.canonical_metadata,
+                    recorded_at,
+                },
+            );
+            previous_hash = hash;
+            events.positions.push(position as i64);
+            events.stream_ids.push(&append.stream_id);
+            events.versions.push(version as i64);
+            events.event_ids.push(event.event_id);
+            events.types.push(&event.event_type);
+            events.schema_versions.push(event.schema_version as i32);
+            events.data.push(RawJsonb(&event.canonical_data));
+            events.metadata.push(RawJsonb(&event.canonical_metadata));
+            events.hashes.push(hash.to_vec());
+        }
+        let stream_version = first_version + append.events.len() as u64 - 1;
+        versions.insert(&append.stream_id, stream_version);
+        let result = AppendResult {
+            first_position,
+            last_position: position,
+            stream_version,
+        };
+        if let Some(command_id) = append.command_id {
+            commands.insert(
+                command_id,
+                StoredCommand {
+                    fingerprint: append.fingerprint,
+                    result,
+                },
+            );
+            written_commands.ids.push(command_id);
+            written_commands.stream_ids.push(&append.stream_id);
+            written_commands.fingerprints.push(&append.fingerprint);
+            written_commands.first_positions.push(first_position as i64);
+            written_commands.last_positions.push(position as i64);
+            written_commands.stream_versions.push(stream_version as i64);
+        }
+        results.push(Ok(result));
+    }
+
+    if events.positions.is_empty() {
+        // Nothing to write (all conflicts or replays): release the lock.
+        client.batch_execute("ROLLBACK").await.map_err(db_error)?;
+        return Ok(Written {
+            results,
+            last_position: None,
+        });
+    }
+
+    let head = position as i64;
+    let head_text = position.to_string();
+
+    // Round trip 2: the writes, the head, the notification (delivered on commit), and
+    // the commit itself.
+    // Round trips 2 and 3: the events by binary COPY (the cheapest bulk path into
+    // PostgreSQL), then the command results, the head, the notification (delivered
+    // on commit) and the commit itself, pipelined.
+    let copied = match copy_events(client, &st.copy_events, &events, recorded_at).await {
+        Ok(n) => n,
+        Err(e) => return Err(rollback(client, e).await),
+    };
+    let head_hash = previous_hash.as_slice();
+    let command_params: [&(dyn ToSql + Sync); 7] = [
+        &written_commands.ids,
+        &written_commands.stream_ids,
+        &written_commands.fingerprints,
+        &written_commands.first_positions,
+        &written_commands.last_positions,
+        &written_commands.stream_versions,
+        &recorded_at,
+    ];
+    let head_params: [&(dyn ToSql + Sync); 2] = [&head, &head_hash];
+    let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &head_text];
+    let (recorded, moved, notified, committed) = futures::join!(
+        client.execute(&st.insert_commands, &command_params),
+        client.execute(&st.update_head, &head_params),
+        client.execute(&st.notify, &notify_params),
+        client.batch_execute("COMMIT"),
+    );
+    let outcome = (|| {
+        recorded?;
+        moved?;
+        notified?;
+        committed?;
+        Ok::<_, tokio_postgres::Error>(copied)
+    })();
+    match outcome {
+        Ok(copied) => {
+            debug_assert_eq!(copied as usize, events.positions.len());
+            Ok(Written {
+                results,
+                last_position: Some(position),
+            })
+        }
+        Err(e) => Err(rollback(client, e).await),
+    }
+}
+
+async fn copy_events(
+    client: &Client,
+    copy: &Statement,
+    events: &EventColumns<'_>,
+    recorded_at: DateTime<Utc>,
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = client.copy_in(copy).await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::INT8,
+            Type::UUID,
+            Type::TEXT,
+            Type::INT4,
+            Type::JSONB,
+            Type::JSONB,
+            Type::TIMESTAMPTZ,
+            Type::BYTEA,
+        ],
+    );
+    futures::pin_mut!(writer);
+    for i in 0..events.positions.len() {
+        let hash = events.hashes[i].as_slice();
+        writer
+            .as_mut()
+            .write(&[
+                &events.positions[i],
+                &events.stream_ids[i],
+                &events.versions[i],
+                &events.event_ids[i],
+                &events.types[i],
+                &events.schema_versions[i],
+                &events.data[i],
+                &events.metadata[i],
+                &recorded_at,
+                &hash,
+            ])
+            .await?;
+    }
+    writer.finish().await
+}
+
+/// Ends a failed transaction (a COMMIT after an error already rolled back; the extra
+/// ROLLBACK is then a harmless warning) and maps the error.
+async fn rollback(client: &Client, e: tokio_postgres::Error) -> StoreError {
+    if !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    db_error(e)
+}
+
+/// Names the cause of a single append's failure where the database can tell it.
+async fn explain_failure(conn: &Connection, append: &PreparedAppend, e: StoreError) -> StoreError {
+    let ids: Vec<Uuid> = append.events.iter().map(|e| e.event_id).collect();
+    match conn
+        .client
+        .query_opt(&conn.statements.existing_event, &[&ids])
+        .await
+    {
+        Ok(Some(row)) => StoreError::DuplicateEventId {
+            event_id: row.get(0),
+        },
+        _ => e,
+    }
+}
+
+/// JSON that is already canonical text, sent as `jsonb` without re-serializing.
+#[derive(Debug)]
+struct RawJsonb<'a>(&'a [u8]);
+
+impl ToSql for RawJsonb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary format: a version byte (1), then the JSON text.
+        out.put_u8(1);
+        out.put_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}

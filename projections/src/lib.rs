@@ -1,0 +1,1 @@
+//! The read side of the engine: projections that fold the log into read models.

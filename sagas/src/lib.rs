@@ -1,0 +1,1 @@
+//! Process managers of the engine: the checkout saga and its compensations.
