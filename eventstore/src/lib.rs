@@ -39,6 +39,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends events to one stream if its version satisfies `request.expected`.
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError>;
 
+    /// Several appends decided one after the other, in order, each on its own expected
+    /// version (a later one sees what the earlier ones wrote), each with its own result.
+    /// The PostgreSQL store writes them in one group commit.
+    async fn append_batch(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Vec<Result<AppendResult, StoreError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            results.push(self.append(request).await);
+        }
+        results
+    }
+
     /// Up to `limit` events of a stream. Forward: versions `>= from_version` ascending.
     /// Backward: versions `<= from_version` descending (`u64::MAX` reads from the end).
     async fn read_stream(

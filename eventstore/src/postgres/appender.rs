@@ -58,7 +58,7 @@ struct Connection {
 pub(crate) async fn run(
     pg: tokio_postgres::Config,
     config: PostgresConfig,
-    mut jobs: mpsc::Receiver<AppendJob>,
+    mut jobs: mpsc::Receiver<Vec<AppendJob>>,
     head: Arc<watch::Sender<u64>>,
 ) {
     let mut connection: Option<Connection> = None;
@@ -70,15 +70,18 @@ pub(crate) async fn run(
         let Some(first) = jobs.recv().await else {
             return;
         };
-        let mut events = first.append.events.len();
-        batch.push(first);
+        let mut events: usize = first.iter().map(|j| j.append.events.len()).sum();
+        batch.extend(first);
         let mut lingered = 0;
         loop {
             while events < config.append_batch_max_events {
                 match jobs.try_recv() {
-                    Ok(job) => {
-                        events += job.append.events.len();
-                        batch.push(job);
+                    Ok(submission) => {
+                        events += submission
+                            .iter()
+                            .map(|j| j.append.events.len())
+                            .sum::<usize>();
+                        batch.extend(submission);
                     }
                     Err(_) => break,
                 }

@@ -78,7 +78,7 @@ impl PostgresConfig {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
-    appends: mpsc::Sender<appender::AppendJob>,
+    appends: mpsc::Sender<Vec<appender::AppendJob>>,
     head: watch::Receiver<u64>,
     head_tx: Arc<watch::Sender<u64>>,
     enqueue_timeout: Duration,
@@ -220,24 +220,58 @@ fn sql_limit(limit: usize) -> i64 {
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError> {
+        self.append_batch(vec![request])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Database("no result for an append".into())))
+    }
+
+    async fn append_batch(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Vec<Result<AppendResult, StoreError>> {
         // Validation and JSON canonicalisation run here, on the caller's task, so the
         // single appender task only does what needs the lock.
-        let append = prepare(request)?;
-        let (reply, answer) = oneshot::channel();
-        let job = appender::AppendJob { append, reply };
-        match tokio::time::timeout(self.enqueue_timeout, self.appends.send(job)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(StoreError::Unavailable("the appender has stopped".into())),
-            Err(_) => {
-                return Err(StoreError::Overloaded(
-                    "the append queue stayed full".into(),
-                ))
+        let mut results: Vec<Option<Result<AppendResult, StoreError>>> = Vec::new();
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            match prepare(request) {
+                Ok(append) => {
+                    let (reply, answer) = oneshot::channel();
+                    jobs.push(appender::AppendJob { append, reply });
+                    answers.push((results.len(), answer));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
             }
         }
-        let result = answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the appender stopped mid-append".into()))??;
-        Ok(result)
+        if !jobs.is_empty() {
+            // One message, so the appends land in the same group commit, in order.
+            let sent = tokio::time::timeout(self.enqueue_timeout, self.appends.send(jobs)).await;
+            let failure = match sent {
+                Ok(Ok(())) => None,
+                Ok(Err(_)) => Some(StoreError::Unavailable("the appender has stopped".into())),
+                Err(_) => Some(StoreError::Overloaded(
+                    "the append queue stayed full".into(),
+                )),
+            };
+            for (slot, answer) in answers {
+                let result = match &failure {
+                    Some(e) => Err(e.clone()),
+                    None => answer.await.unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(
+                            "the appender stopped mid-append".into(),
+                        ))
+                    }),
+                };
+                results[slot] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Database("no result".into()))))
+            .collect()
     }
 
     async fn read_stream(

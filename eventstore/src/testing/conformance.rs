@@ -37,6 +37,7 @@ macro_rules! conformance_suite {
             category_subscription_sees_only_its_category,
             bad_input_is_refused_and_writes_nothing,
             concurrent_exact_appends_admit_one_winner_per_version,
+            append_batch_decides_each_append_in_order,
             concurrent_writers_and_subscribers_see_one_gapless_order,
         );
     };
@@ -707,6 +708,63 @@ pub async fn bad_input_is_refused_and_writes_nothing(store: Store) {
     );
     assert_eq!(store.head().await.expect("head"), 1, "nothing was written");
     assert_eq!(store.stream_version("order-1").await.expect("version"), 1);
+}
+
+pub async fn append_batch_decides_each_append_in_order(store: Store) {
+    let results = store
+        .append_batch(vec![
+            append(
+                "inventory-A",
+                ExpectedVersion::Exact(0),
+                vec![event("R", 1)],
+            ),
+            append(
+                "inventory-A",
+                ExpectedVersion::Exact(1),
+                vec![event("R", 2), event("R", 3)],
+            ),
+            append(
+                "inventory-A",
+                ExpectedVersion::Exact(1),
+                vec![event("R", 99)],
+            ),
+            append("", ExpectedVersion::Any, vec![event("R", 98)]),
+            append(
+                "inventory-B",
+                ExpectedVersion::NoStream,
+                vec![event("R", 4)],
+            ),
+            append(
+                "inventory-A",
+                ExpectedVersion::Exact(3),
+                vec![event("R", 5)],
+            ),
+        ])
+        .await;
+    assert_eq!(results.len(), 6);
+    let ok = |i: usize| results[i].clone().expect("accepted");
+    assert_eq!((ok(0).first_position, ok(0).stream_version), (1, 1));
+    assert_eq!(
+        (
+            ok(1).first_position,
+            ok(1).last_position,
+            ok(1).stream_version
+        ),
+        (2, 3, 3)
+    );
+    assert!(matches!(
+        results[2],
+        Err(StoreError::WrongExpectedVersion { actual: 3, .. })
+    ));
+    assert!(matches!(results[3], Err(StoreError::InvalidRequest { .. })));
+    assert_eq!((ok(4).first_position, ok(4).stream_version), (4, 1));
+    assert_eq!((ok(5).first_position, ok(5).stream_version), (5, 4));
+    let numbers: Vec<u64> = whole_log(&store)
+        .await
+        .iter()
+        .map(|e| e.data["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5]);
 }
 
 pub async fn concurrent_exact_appends_admit_one_winner_per_version(store: Store) {
