@@ -16,3 +16,56 @@ async fn postgres_store() -> (Arc<dyn EventStore>, ScratchDatabase) {
 }
 
 eventstore::conformance_suite!(postgres_store);
+
+/// Two stores on one database stand for two engine processes: each appender's memory
+/// of stream versions must give way to what the other wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_appending_to_one_stream_see_each_others_versions() {
+    use eventstore::{AppendRequest, ExpectedVersion, NewEvent, StoreError};
+    let db = test_database().await.expect("a test database");
+    let a = PostgresStore::connect(PostgresConfig::new(db.url.clone()))
+        .await
+        .expect("store a");
+    let b = PostgresStore::connect(PostgresConfig::new(db.url.clone()))
+        .await
+        .expect("store b");
+    let append = |expected| AppendRequest {
+        stream_id: "inventory-SKU1".into(),
+        expected,
+        events: vec![NewEvent::new("StockReserved", serde_json::json!({}))],
+        command_id: None,
+    };
+    a.append(append(ExpectedVersion::NoStream))
+        .await
+        .expect("a creates the stream");
+    b.append(append(ExpectedVersion::Exact(1)))
+        .await
+        .expect("b appends at 1");
+    let err = a
+        .append(append(ExpectedVersion::Exact(1)))
+        .await
+        .expect_err("a's view of the stream is stale");
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { actual: 2, .. }),
+        "{err:?}"
+    );
+    let ok = a
+        .append(append(ExpectedVersion::Exact(2)))
+        .await
+        .expect("a appends at 2");
+    assert_eq!((ok.first_position, ok.stream_version), (3, 3));
+    let err = b
+        .append(append(ExpectedVersion::Exact(2)))
+        .await
+        .expect_err("b's view is stale too");
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { actual: 3, .. }),
+        "{err:?}"
+    );
+    let log = a.read_all(0, 10, None).await.expect("log");
+    assert_eq!(
+        log.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    eventstore::hash::verify_chain(eventstore::hash::GENESIS_HASH, &log).expect("one chain");
+}

@@ -64,6 +64,7 @@ pub(crate) async fn run(
     let mut connection: Option<Connection> = None;
     let mut batch: Vec<AppendJob> = Vec::new();
     let mut previous_batch_len = 0usize;
+    let mut cache = VersionCache::default();
     loop {
         // Wait for one append, then take whatever else is already queued, up to the
         // batch bound: under load the queue fills while the previous batch commits.
@@ -115,8 +116,11 @@ pub(crate) async fn run(
             continue;
         };
         let started = std::time::Instant::now();
-        let outcome =
-            tokio::time::timeout(config.append_batch_timeout, write_batch(conn, &batch)).await;
+        let outcome = tokio::time::timeout(
+            config.append_batch_timeout,
+            write_batch(conn, &batch, &mut cache, CommandIds::AssumeNew),
+        )
+        .await;
         tracing::debug!(
             appends = batch.len(),
             events,
@@ -144,17 +148,18 @@ pub(crate) async fn run(
                 // at fault fails.
                 for job in batch.drain(..) {
                     let single = std::slice::from_ref(&job);
-                    let result = match write_batch(conn, single).await {
-                        Ok(mut written) => {
-                            if let Some(last) = written.last_position {
-                                advance_head(&head, last);
+                    let result =
+                        match write_batch(conn, single, &mut cache, CommandIds::Checked).await {
+                            Ok(mut written) => {
+                                if let Some(last) = written.last_position {
+                                    advance_head(&head, last);
+                                }
+                                written.results.pop().unwrap_or_else(|| {
+                                    Err(StoreError::Database("no result for an append".into()))
+                                })
                             }
-                            written.results.pop().unwrap_or_else(|| {
-                                Err(StoreError::Database("no result for an append".into()))
-                            })
-                        }
-                        Err(e) => Err(explain_failure(conn, &job.append, e).await),
-                    };
+                            Err(e) => Err(explain_failure(conn, &job.append, e).await),
+                        };
                     let _ = job.reply.send(result);
                 }
             }
@@ -247,18 +252,63 @@ struct CommandColumns<'a> {
     stream_versions: Vec<i64>,
 }
 
-async fn write_batch(conn: &Connection, batch: &[AppendJob]) -> Result<Written, StoreError> {
+/// What the appender knows of stream versions without asking. It is exact while the
+/// log's head is where this appender's last commit left it (no other process has
+/// appended since); when the head has moved, it is dropped and rebuilt from the table.
+#[derive(Default)]
+pub(crate) struct VersionCache {
+    head: Option<u64>,
+    versions: HashMap<String, u64>,
+}
+
+/// Streams whose versions the appender remembers before it starts afresh.
+const VERSION_CACHE_MAX_STREAMS: usize = 200_000;
+
+impl VersionCache {
+    fn invalidate(&mut self) {
+        self.head = None;
+        self.versions.clear();
+    }
+}
+
+/// How a batch treats command ids. Repeats are rare, so batches assume every command
+/// id is new and let the primary key of `appended_commands` catch a repeat (which
+/// fails the batch and sends its appends through `Checked`, one by one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommandIds {
+    AssumeNew,
+    Checked,
+}
+
+async fn write_batch(
+    conn: &Connection,
+    batch: &[AppendJob],
+    cache: &mut VersionCache,
+    command_check: CommandIds,
+) -> Result<Written, StoreError> {
     let st = &conn.statements;
     let client = &conn.client;
 
     let mut stream_ids: Vec<&str> = batch.iter().map(|j| j.append.stream_id.as_str()).collect();
     stream_ids.sort_unstable();
     stream_ids.dedup();
-    let command_ids: Vec<Uuid> = batch.iter().filter_map(|j| j.append.command_id).collect();
+    let uncached: Vec<&str> = match cache.head {
+        Some(_) => stream_ids
+            .iter()
+            .copied()
+            .filter(|s| !cache.versions.contains_key(*s))
+            .collect(),
+        None => stream_ids.clone(),
+    };
+    let command_ids: Vec<Uuid> = match command_check {
+        CommandIds::Checked => batch.iter().filter_map(|j| j.append.command_id).collect(),
+        CommandIds::AssumeNew => Vec::new(),
+    };
 
     // Round trip 1. `futures::join!` polls in order, and each query is sent on its
-    // first poll, so the server sees BEGIN, the lock, then the two reads.
-    let version_params: [&(dyn ToSql + Sync); 1] = [&stream_ids];
+    // first poll, so the server sees BEGIN, the lock, then the reads (empty lookups
+    // are cheap no-ops).
+    let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
     let command_params: [&(dyn ToSql + Sync); 1] = [&command_ids];
     let (begin, head_row, version_rows, command_rows) = futures::join!(
         client.batch_execute("BEGIN"),
@@ -270,7 +320,7 @@ async fn write_batch(conn: &Connection, batch: &[AppendJob]) -> Result<Written, 
         begin?;
         Ok::<_, tokio_postgres::Error>((head_row?, version_rows?, command_rows?))
     })();
-    let (head_row, version_rows, command_rows) = match read {
+    let (head_row, mut version_rows, command_rows) = match read {
         Ok(rows) => rows,
         Err(e) => return Err(rollback(client, e).await),
     };
@@ -278,42 +328,165 @@ async fn write_batch(conn: &Connection, batch: &[AppendJob]) -> Result<Written, 
     let head_position: i64 = head_row.get(0);
     let head_hash: &[u8] = head_row.get(1);
     let recorded_at: DateTime<Utc> = head_row.get(2);
-    let mut previous_hash: [u8; 32] = head_hash
+    let previous_hash: [u8; 32] = head_hash
         .try_into()
         .map_err(|_| StoreError::Corrupt("log_head hash is not 32 bytes".into()))?;
-    let mut versions: HashMap<&str, u64> = version_rows
-        .iter()
-        .map(|r| {
-            let stream: &str = r.get(0);
-            let version: i64 = r.get(1);
-            (stream, version as u64)
-        })
-        .collect();
-    let mut commands: HashMap<Uuid, StoredCommand> = command_rows
-        .iter()
-        .map(|r| {
-            let fingerprint: &[u8] = r.get(1);
-            let mut fp = [0u8; 32];
-            if fingerprint.len() == 32 {
-                fp.copy_from_slice(fingerprint);
-            }
-            let result = AppendResult {
-                first_position: r.get::<_, i64>(2) as u64,
-                last_position: r.get::<_, i64>(3) as u64,
-                stream_version: r.get::<_, i64>(4) as u64,
+    if cache.head.is_some() && cache.head != Some(head_position as u64) {
+        // Another process appended since this appender's last commit: what it
+        // remembers may be stale. Read the rest of the batch's streams too.
+        cache.invalidate();
+        let cached: Vec<&str> = stream_ids
+            .iter()
+            .copied()
+            .filter(|s| uncached.binary_search(s).is_err())
+            .collect();
+        match client.query(&st.stream_versions, &[&cached]).await {
+            Ok(rows) => version_rows.extend(rows),
+            Err(e) => return Err(rollback(client, e).await),
+        }
+    }
+    let mut versions: HashMap<&str, u64> = HashMap::with_capacity(stream_ids.len());
+    for stream in &stream_ids {
+        if let Some(v) = cache.versions.get(*stream) {
+            versions.insert(stream, *v);
+        }
+    }
+    for row in &version_rows {
+        let stream: &str = row.get(0);
+        let version: i64 = row.get(1);
+        if let Ok(i) = stream_ids.binary_search(&stream) {
+            versions.insert(stream_ids[i], version as u64);
+        }
+    }
+    let mut commands = stored_commands(&command_rows);
+    let mut plan = plan_batch(
+        batch,
+        versions.clone(),
+        &mut commands.clone(),
+        head_position as u64,
+        previous_hash,
+        recorded_at,
+    );
+    if command_check == CommandIds::AssumeNew {
+        // A refused append may be the repeat of one already written (its expected
+        // version no longer holds because it was written): look its command id up.
+        let suspects: Vec<Uuid> = batch
+            .iter()
+            .zip(&plan.results)
+            .filter(|(_, r)| matches!(r, Err(StoreError::WrongExpectedVersion { .. })))
+            .filter_map(|(job, _)| job.append.command_id)
+            .collect();
+        if !suspects.is_empty() {
+            let rows = match client.query(&st.commands, &[&suspects]).await {
+                Ok(rows) => rows,
+                Err(e) => return Err(rollback(client, e).await),
             };
-            (
-                r.get(0),
-                StoredCommand {
-                    fingerprint: fp,
-                    result,
-                },
-            )
-        })
-        .collect();
+            if !rows.is_empty() {
+                commands.extend(stored_commands(&rows));
+                plan = plan_batch(
+                    batch,
+                    versions,
+                    &mut commands,
+                    head_position as u64,
+                    previous_hash,
+                    recorded_at,
+                );
+            }
+        }
+    }
+    let Plan {
+        events,
+        written_commands,
+        results,
+        position,
+        previous_hash,
+        versions,
+    } = plan;
 
-    // Decide each append in arrival order; accepted ones get positions and hashes.
-    let mut position = head_position as u64;
+    if events.positions.is_empty() {
+        // Nothing to write (all conflicts or replays): release the lock.
+        client.batch_execute("ROLLBACK").await.map_err(db_error)?;
+        remember(cache, &versions, head_position as u64);
+        return Ok(Written {
+            results,
+            last_position: None,
+        });
+    }
+
+    let head = position as i64;
+    let head_text = position.to_string();
+
+    // Round trip 2: the writes, the head, the notification (delivered on commit), and
+    // the commit itself.
+    // Round trips 2 and 3: the events by binary COPY (the cheapest bulk path into
+    // PostgreSQL), then the command results, the head, the notification (delivered
+    // on commit) and the commit itself, pipelined.
+    let copied = match copy_events(client, &st.copy_events, &events, recorded_at).await {
+        Ok(n) => n,
+        Err(e) => return Err(rollback(client, e).await),
+    };
+    let head_hash = previous_hash.as_slice();
+    let command_params: [&(dyn ToSql + Sync); 7] = [
+        &written_commands.ids,
+        &written_commands.stream_ids,
+        &written_commands.fingerprints,
+        &written_commands.first_positions,
+        &written_commands.last_positions,
+        &written_commands.stream_versions,
+        &recorded_at,
+    ];
+    let head_params: [&(dyn ToSql + Sync); 2] = [&head, &head_hash];
+    let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &head_text];
+    let (recorded, moved, notified, committed) = futures::join!(
+        client.execute(&st.insert_commands, &command_params),
+        client.execute(&st.update_head, &head_params),
+        client.execute(&st.notify, &notify_params),
+        client.batch_execute("COMMIT"),
+    );
+    let outcome = (|| {
+        recorded?;
+        moved?;
+        notified?;
+        committed?;
+        Ok::<_, tokio_postgres::Error>(copied)
+    })();
+    match outcome {
+        Ok(copied) => {
+            debug_assert_eq!(copied as usize, events.positions.len());
+            remember(cache, &versions, position);
+            Ok(Written {
+                results,
+                last_position: Some(position),
+            })
+        }
+        Err(e) => Err(rollback(client, e).await),
+    }
+}
+
+/// A batch decided in memory: the rows to write and each append's result.
+struct Plan<'a> {
+    events: EventColumns<'a>,
+    written_commands: CommandColumns<'a>,
+    results: Vec<Result<AppendResult, StoreError>>,
+    /// The head after the batch.
+    position: u64,
+    /// The chain's hash after the batch.
+    previous_hash: [u8; 32],
+    /// Every stream's version after the batch.
+    versions: HashMap<&'a str, u64>,
+}
+
+/// Decides each append in arrival order against the streams' versions (and the
+/// appends before it); accepted ones get positions, versions and hashes.
+fn plan_batch<'a>(
+    batch: &'a [AppendJob],
+    mut versions: HashMap<&'a str, u64>,
+    commands: &mut HashMap<Uuid, StoredCommand>,
+    head_position: u64,
+    mut previous_hash: [u8; 32],
+    recorded_at: DateTime<Utc>,
+) -> Plan<'a> {
+    let mut position = head_position;
     let mut events = EventColumns::default();
     let mut written_commands = CommandColumns::default();
     let mut results = Vec::with_capacity(batch.len());
@@ -388,63 +561,54 @@ async fn write_batch(conn: &Connection, batch: &[AppendJob]) -> Result<Written, 
         }
         results.push(Ok(result));
     }
-
-    if events.positions.is_empty() {
-        // Nothing to write (all conflicts or replays): release the lock.
-        client.batch_execute("ROLLBACK").await.map_err(db_error)?;
-        return Ok(Written {
-            results,
-            last_position: None,
-        });
+    Plan {
+        events,
+        written_commands,
+        results,
+        position,
+        previous_hash,
+        versions,
     }
+}
 
-    let head = position as i64;
-    let head_text = position.to_string();
+fn stored_commands(rows: &[tokio_postgres::Row]) -> HashMap<Uuid, StoredCommand> {
+    rows.iter()
+        .map(|r| {
+            let fingerprint: &[u8] = r.get(1);
+            let mut fp = [0u8; 32];
+            if fingerprint.len() == 32 {
+                fp.copy_from_slice(fingerprint);
+            }
+            let result = AppendResult {
+                first_position: r.get::<_, i64>(2) as u64,
+                last_position: r.get::<_, i64>(3) as u64,
+                stream_version: r.get::<_, i64>(4) as u64,
+            };
+            (
+                r.get(0),
+                StoredCommand {
+                    fingerprint: fp,
+                    result,
+                },
+            )
+        })
+        .collect()
+}
 
-    // Round trip 2: the writes, the head, the notification (delivered on commit), and
-    // the commit itself.
-    // Round trips 2 and 3: the events by binary COPY (the cheapest bulk path into
-    // PostgreSQL), then the command results, the head, the notification (delivered
-    // on commit) and the commit itself, pipelined.
-    let copied = match copy_events(client, &st.copy_events, &events, recorded_at).await {
-        Ok(n) => n,
-        Err(e) => return Err(rollback(client, e).await),
-    };
-    let head_hash = previous_hash.as_slice();
-    let command_params: [&(dyn ToSql + Sync); 7] = [
-        &written_commands.ids,
-        &written_commands.stream_ids,
-        &written_commands.fingerprints,
-        &written_commands.first_positions,
-        &written_commands.last_positions,
-        &written_commands.stream_versions,
-        &recorded_at,
-    ];
-    let head_params: [&(dyn ToSql + Sync); 2] = [&head, &head_hash];
-    let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &head_text];
-    let (recorded, moved, notified, committed) = futures::join!(
-        client.execute(&st.insert_commands, &command_params),
-        client.execute(&st.update_head, &head_params),
-        client.execute(&st.notify, &notify_params),
-        client.batch_execute("COMMIT"),
-    );
-    let outcome = (|| {
-        recorded?;
-        moved?;
-        notified?;
-        committed?;
-        Ok::<_, tokio_postgres::Error>(copied)
-    })();
-    match outcome {
-        Ok(copied) => {
-            debug_assert_eq!(copied as usize, events.positions.len());
-            Ok(Written {
-                results,
-                last_position: Some(position),
-            })
+/// After a commit (or a read under the lock) at `head`, the batch's versions are exact.
+fn remember(cache: &mut VersionCache, versions: &HashMap<&str, u64>, head: u64) {
+    if cache.versions.len() + versions.len() > VERSION_CACHE_MAX_STREAMS {
+        cache.invalidate();
+    }
+    for (stream, version) in versions {
+        match cache.versions.get_mut(*stream) {
+            Some(v) => *v = *version,
+            None => {
+                cache.versions.insert((*stream).to_owned(), *version);
+            }
         }
-        Err(e) => Err(rollback(client, e).await),
     }
+    cache.head = Some(head);
 }
 
 async fn copy_events(

@@ -26,6 +26,7 @@ macro_rules! conformance_suite {
             exact_expectation_appends_only_at_that_version,
             any_expectation_always_appends,
             repeating_a_command_id_returns_the_first_result,
+            repeating_a_command_id_with_any_expectation_writes_nothing,
             reusing_a_command_id_with_other_events_is_refused,
             duplicate_event_id_is_refused_and_nothing_is_written,
             reading_a_stream_forwards_and_backwards_with_paging,
@@ -257,6 +258,27 @@ pub async fn repeating_a_command_id_returns_the_first_result(store: Store) {
         "the repeat wrote nothing"
     );
     assert_eq!(store.stream_version("order-1").await.expect("version"), 2);
+}
+
+pub async fn repeating_a_command_id_with_any_expectation_writes_nothing(store: Store) {
+    let command_id = Uuid::new_v4();
+    let mut request = append("order-1", ExpectedVersion::Any, vec![event("A", 1)]);
+    request.command_id = Some(command_id);
+    let first = store.append(request.clone()).await.expect("first");
+    // The repeat arrives in one batch with other appends, which must still succeed.
+    let mut other = append("order-2", ExpectedVersion::Any, vec![event("B", 1)]);
+    other.command_id = Some(Uuid::new_v4());
+    let results = store
+        .append_batch(vec![
+            other,
+            request.clone(),
+            append("order-3", ExpectedVersion::NoStream, vec![event("C", 1)]),
+        ])
+        .await;
+    assert_eq!(results[1], Ok(first));
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert_eq!(store.stream_version("order-1").await.expect("version"), 1);
+    assert_eq!(store.head().await.expect("head"), 3);
 }
 
 pub async fn reusing_a_command_id_with_other_events_is_refused(store: Store) {
