@@ -225,7 +225,7 @@ impl DomainEvent for CartEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CartData {
     id: CartId,
     owner: CartOwner,
@@ -249,7 +249,7 @@ impl CartData {
 }
 
 /// The state of one `cart-<uuid>` stream; empty until `CartCreated`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cart {
     data: Option<CartData>,
 }

@@ -39,7 +39,7 @@ pub const EXPIRE_MAX_RESERVATIONS: usize = 1_000;
 const MAX_REASON_CHARS: usize = 200;
 
 /// Stock of the SKU in one warehouse.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WarehouseStock {
     priority: u32,
     on_hand: u64,
@@ -79,7 +79,7 @@ pub struct Allocation {
 }
 
 /// An active reservation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
     pub order_id: OrderId,
     pub quantity: Quantity,
@@ -296,7 +296,7 @@ impl DomainEvent for InventoryEvent {
 
 /// The state of one `inventory-<sku>` stream. The SKU itself is not kept: it is the
 /// stream id, and every command repeats it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     warehouses: BTreeMap<WarehouseId, WarehouseStock>,
     /// Active reservations. Only ever looked up by id, never iterated in `decide`, so

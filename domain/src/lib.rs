@@ -11,6 +11,9 @@
 //! [`Cart`], [`Order`] and [`Payment`]; each command names the stream it targets
 //! (`command.stream_id()`), and the stored shape of every event is described in
 //! `docs/events.md`.
+//!
+//! The aggregate states serialise with serde as well, for the command side's
+//! snapshots: a snapshot is only a cache of a replay, and the log stays the truth.
 
 use serde_json::Value;
 
@@ -85,7 +88,7 @@ pub trait DomainEvent: Sized {
 }
 
 /// An event that this build cannot read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("unknown event type {0}")]
     UnknownType(String),

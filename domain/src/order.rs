@@ -241,7 +241,7 @@ impl DomainEvent for OrderEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct OrderData {
     id: OrderId,
     customer_id: CustomerId,
@@ -258,7 +258,7 @@ struct OrderData {
 }
 
 /// The state of one `order-<uuid>` stream; empty until `OrderPlaced`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     data: Option<OrderData>,
 }

@@ -179,7 +179,7 @@ impl DomainEvent for PaymentEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PaymentData {
     id: PaymentId,
     order_id: OrderId,
@@ -194,7 +194,7 @@ struct PaymentData {
 }
 
 /// The state of one `payment-<uuid>` stream; empty until authorized or declined.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     data: Option<PaymentData>,
 }

@@ -60,7 +60,7 @@ impl ProductStatus {
 }
 
 /// One SKU of a product as the state holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductSku {
     pub sku: Sku,
     pub attributes: BTreeMap<String, String>,
@@ -204,7 +204,7 @@ impl DomainEvent for ProductEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ProductData {
     id: ProductId,
     title: String,
@@ -217,7 +217,7 @@ struct ProductData {
 }
 
 /// The state of one `product-<uuid>` stream; empty until `ProductCreated`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     data: Option<ProductData>,
 }
