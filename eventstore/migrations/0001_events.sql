@@ -12,10 +12,18 @@ CREATE TABLE events (
     metadata       jsonb       NOT NULL,
     recorded_at    timestamptz NOT NULL,
     hash           bytea       NOT NULL,
+    -- Idempotency, on the first event of an append that carried a command id: the
+    -- command, a fingerprint of what it appended, and how many events it wrote.
+    -- Kept in this row rather than a table of its own: one heap insert per append
+    -- less on the hot path.
+    command_id     uuid,
+    fingerprint    bytea,
+    append_size    integer,
     -- Serves stream reads, the current version of a stream (one descent to its
     -- last entry), and reads by category (a range of stream ids).
     UNIQUE (stream_id, version)
 );
+CREATE UNIQUE INDEX events_command_id ON events (command_id) WHERE command_id IS NOT NULL;
 
 -- The one row every append locks: the last position and the last hash of the chain.
 CREATE TABLE log_head (
@@ -25,15 +33,3 @@ CREATE TABLE log_head (
 );
 INSERT INTO log_head (singleton, position, hash)
 VALUES (true, 0, decode(repeat('00', 32), 'hex'));
-
--- Idempotency: the first result of every append that carried a command id, written
--- in the same transaction as its events.
-CREATE TABLE appended_commands (
-    command_id     uuid        PRIMARY KEY,
-    stream_id      text        COLLATE "C" NOT NULL,
-    fingerprint    bytea       NOT NULL,
-    first_position bigint      NOT NULL,
-    last_position  bigint      NOT NULL,
-    stream_version bigint      NOT NULL,
-    recorded_at    timestamptz NOT NULL
-);

@@ -32,7 +32,7 @@ use crate::prepare::{decide, Decision, PreparedAppend, StoredCommand};
 use crate::types::{AppendResult, StoreError};
 
 /// Most times the appender yields to let a batch fill up before it commits.
-const APPEND_LINGER_YIELDS_MAX: usize = 16;
+const APPEND_LINGER_YIELDS_MAX: usize = 64;
 
 pub(crate) struct AppendJob {
     pub append: PreparedAppend,
@@ -44,9 +44,7 @@ struct Statements {
     stream_versions: Statement,
     commands: Statement,
     copy_events: Statement,
-    insert_commands: Statement,
-    update_head: Statement,
-    notify: Statement,
+    move_head: Statement,
     existing_event: Statement,
 }
 
@@ -61,10 +59,10 @@ pub(crate) async fn run(
     mut jobs: mpsc::Receiver<Vec<AppendJob>>,
     head: Arc<watch::Sender<u64>>,
 ) {
+    let mut cache = VersionCache::default();
     let mut connection: Option<Connection> = None;
     let mut batch: Vec<AppendJob> = Vec::new();
     let mut previous_batch_len = 0usize;
-    let mut cache = VersionCache::default();
     loop {
         // Wait for one append, then take whatever else is already queued, up to the
         // batch bound: under load the queue fills while the previous batch commits.
@@ -90,7 +88,7 @@ pub(crate) async fn run(
             // The writers the previous commit answered are usually sending their next
             // append right now. A few yields (microseconds, no timer) let them join
             // this batch instead of paying a whole extra commit for a handful.
-            if batch.len() * 2 >= previous_batch_len
+            if batch.len() * 10 >= previous_batch_len * 9
                 || events >= config.append_batch_max_events
                 || lingered >= APPEND_LINGER_YIELDS_MAX
             {
@@ -196,25 +194,22 @@ async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> 
         )
         .await?,
         commands: prepare(
-            "SELECT command_id, fingerprint, first_position, last_position, stream_version \
-             FROM appended_commands WHERE command_id = ANY($1::uuid[])",
+            "SELECT command_id, fingerprint, position, version, append_size \
+             FROM events WHERE command_id = ANY($1::uuid[])",
         )
         .await?,
         copy_events: prepare(
             "COPY events (position, stream_id, version, event_id, event_type, schema_version, \
-                          data, metadata, recorded_at, hash) FROM STDIN (FORMAT binary)",
+                          data, metadata, recorded_at, hash, command_id, fingerprint, \
+                          append_size) FROM STDIN (FORMAT binary)",
         )
         .await?,
-        insert_commands: prepare(
-            "INSERT INTO appended_commands (command_id, stream_id, fingerprint, first_position, \
-                                            last_position, stream_version, recorded_at) \
-             SELECT c, s, f, fp, lp, sv, $7 \
-             FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bigint[], $5::bigint[], \
-                         $6::bigint[]) AS x(c, s, f, fp, lp, sv)",
+        // The notification is delivered when the transaction commits, never before.
+        move_head: prepare(
+            "WITH moved AS (UPDATE log_head SET position = $1, hash = $2 RETURNING position) \
+             SELECT pg_notify($3, position::text) FROM moved",
         )
         .await?,
-        update_head: prepare("UPDATE log_head SET position = $1, hash = $2").await?,
-        notify: prepare("SELECT pg_notify($1, $2)").await?,
         existing_event: prepare(
             "SELECT event_id FROM events WHERE event_id = ANY($1::uuid[]) LIMIT 1",
         )
@@ -240,16 +235,10 @@ struct EventColumns<'a> {
     data: Vec<RawJsonb<'a>>,
     metadata: Vec<RawJsonb<'a>>,
     hashes: Vec<Vec<u8>>,
-}
-
-#[derive(Default)]
-struct CommandColumns<'a> {
-    ids: Vec<Uuid>,
-    stream_ids: Vec<&'a str>,
-    fingerprints: Vec<&'a [u8]>,
-    first_positions: Vec<i64>,
-    last_positions: Vec<i64>,
-    stream_versions: Vec<i64>,
+    /// Set on the first event of an append with a command id, `None` elsewhere.
+    command_ids: Vec<Option<Uuid>>,
+    fingerprints: Vec<Option<&'a [u8]>>,
+    append_sizes: Vec<Option<i32>>,
 }
 
 /// What the appender knows of stream versions without asking. It is exact while the
@@ -272,7 +261,7 @@ impl VersionCache {
 }
 
 /// How a batch treats command ids. Repeats are rare, so batches assume every command
-/// id is new and let the primary key of `appended_commands` catch a repeat (which
+/// id is new and let the unique index on `events.command_id` catch a repeat (which
 /// fails the batch and sends its appends through `Checked`, one by one).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CommandIds {
@@ -331,24 +320,32 @@ async fn write_batch(
     let previous_hash: [u8; 32] = head_hash
         .try_into()
         .map_err(|_| StoreError::Corrupt("log_head hash is not 32 bytes".into()))?;
-    if cache.head.is_some() && cache.head != Some(head_position as u64) {
-        // Another process appended since this appender's last commit: what it
-        // remembers may be stale. Read the rest of the batch's streams too.
+    // What the cache says holds if its head is the head this transaction locked.
+    // Otherwise another process appended (or a commit whose outcome was unknown went
+    // through): drop the cache and read the rest of the batch's streams.
+    let mut versions: HashMap<&str, u64> = HashMap::with_capacity(stream_ids.len());
+    let stale = if cache.head == Some(head_position as u64) {
+        for stream in &stream_ids {
+            if let Some(v) = cache.versions.get(*stream) {
+                versions.insert(stream, *v);
+            }
+        }
+        false
+    } else {
         cache.invalidate();
-        let cached: Vec<&str> = stream_ids
+        true
+    };
+    if stale {
+        let rest: Vec<&str> = stream_ids
             .iter()
             .copied()
             .filter(|s| uncached.binary_search(s).is_err())
             .collect();
-        match client.query(&st.stream_versions, &[&cached]).await {
-            Ok(rows) => version_rows.extend(rows),
-            Err(e) => return Err(rollback(client, e).await),
-        }
-    }
-    let mut versions: HashMap<&str, u64> = HashMap::with_capacity(stream_ids.len());
-    for stream in &stream_ids {
-        if let Some(v) = cache.versions.get(*stream) {
-            versions.insert(stream, *v);
+        if !rest.is_empty() {
+            match client.query(&st.stream_versions, &[&rest]).await {
+                Ok(rows) => version_rows.extend(rows),
+                Err(e) => return Err(rollback(client, e).await),
+            }
         }
     }
     for row in &version_rows {
@@ -396,7 +393,6 @@ async fn write_batch(
     }
     let Plan {
         events,
-        written_commands,
         results,
         position,
         previous_hash,
@@ -414,7 +410,6 @@ async fn write_batch(
     }
 
     let head = position as i64;
-    let head_text = position.to_string();
 
     // Round trip 2: the writes, the head, the notification (delivered on commit), and
     // the commit itself.
@@ -426,27 +421,13 @@ async fn write_batch(
         Err(e) => return Err(rollback(client, e).await),
     };
     let head_hash = previous_hash.as_slice();
-    let command_params: [&(dyn ToSql + Sync); 7] = [
-        &written_commands.ids,
-        &written_commands.stream_ids,
-        &written_commands.fingerprints,
-        &written_commands.first_positions,
-        &written_commands.last_positions,
-        &written_commands.stream_versions,
-        &recorded_at,
-    ];
-    let head_params: [&(dyn ToSql + Sync); 2] = [&head, &head_hash];
-    let notify_params: [&(dyn ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &head_text];
-    let (recorded, moved, notified, committed) = futures::join!(
-        client.execute(&st.insert_commands, &command_params),
-        client.execute(&st.update_head, &head_params),
-        client.execute(&st.notify, &notify_params),
+    let head_params: [&(dyn ToSql + Sync); 3] = [&head, &head_hash, &NOTIFY_CHANNEL];
+    let (moved, committed) = futures::join!(
+        client.query_one(&st.move_head, &head_params),
         client.batch_execute("COMMIT"),
     );
     let outcome = (|| {
-        recorded?;
         moved?;
-        notified?;
         committed?;
         Ok::<_, tokio_postgres::Error>(copied)
     })();
@@ -466,7 +447,6 @@ async fn write_batch(
 /// A batch decided in memory: the rows to write and each append's result.
 struct Plan<'a> {
     events: EventColumns<'a>,
-    written_commands: CommandColumns<'a>,
     results: Vec<Result<AppendResult, StoreError>>,
     /// The head after the batch.
     position: u64,
@@ -488,7 +468,6 @@ fn plan_batch<'a>(
 ) -> Plan<'a> {
     let mut position = head_position;
     let mut events = EventColumns::default();
-    let mut written_commands = CommandColumns::default();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let append = &job.append;
@@ -536,6 +515,9 @@ fn plan_batch<'a>(
             events.data.push(RawJsonb(&event.canonical_data));
             events.metadata.push(RawJsonb(&event.canonical_metadata));
             events.hashes.push(hash.to_vec());
+            events.command_ids.push(None);
+            events.fingerprints.push(None);
+            events.append_sizes.push(None);
         }
         let stream_version = first_version + append.events.len() as u64 - 1;
         versions.insert(&append.stream_id, stream_version);
@@ -552,18 +534,15 @@ fn plan_batch<'a>(
                     result,
                 },
             );
-            written_commands.ids.push(command_id);
-            written_commands.stream_ids.push(&append.stream_id);
-            written_commands.fingerprints.push(&append.fingerprint);
-            written_commands.first_positions.push(first_position as i64);
-            written_commands.last_positions.push(position as i64);
-            written_commands.stream_versions.push(stream_version as i64);
+            let first = events.positions.len() - append.events.len();
+            events.command_ids[first] = Some(command_id);
+            events.fingerprints[first] = Some(&append.fingerprint);
+            events.append_sizes[first] = Some(append.events.len() as i32);
         }
         results.push(Ok(result));
     }
     Plan {
         events,
-        written_commands,
         results,
         position,
         previous_hash,
@@ -579,10 +558,13 @@ fn stored_commands(rows: &[tokio_postgres::Row]) -> HashMap<Uuid, StoredCommand>
             if fingerprint.len() == 32 {
                 fp.copy_from_slice(fingerprint);
             }
+            let first_position = r.get::<_, i64>(2) as u64;
+            let first_version = r.get::<_, i64>(3) as u64;
+            let size = u64::from(r.get::<_, i32>(4).max(1).unsigned_abs());
             let result = AppendResult {
-                first_position: r.get::<_, i64>(2) as u64,
-                last_position: r.get::<_, i64>(3) as u64,
-                stream_version: r.get::<_, i64>(4) as u64,
+                first_position,
+                last_position: first_position + size - 1,
+                stream_version: first_version + size - 1,
             };
             (
                 r.get(0),
@@ -631,6 +613,9 @@ async fn copy_events(
             Type::JSONB,
             Type::TIMESTAMPTZ,
             Type::BYTEA,
+            Type::UUID,
+            Type::BYTEA,
+            Type::INT4,
         ],
     );
     futures::pin_mut!(writer);
@@ -649,6 +634,9 @@ async fn copy_events(
                 &events.metadata[i],
                 &recorded_at,
                 &hash,
+                &events.command_ids[i],
+                &events.fingerprints[i],
+                &events.append_sizes[i],
             ])
             .await?;
     }

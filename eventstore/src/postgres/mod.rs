@@ -38,6 +38,7 @@ pub struct PostgresConfig {
     pub pool_max_size: usize,
     /// Most events one group commit writes.
     pub append_batch_max_events: usize,
+
     /// Most appends waiting for the appender before new ones are refused.
     pub append_queue_max_requests: usize,
     /// How long an append may wait for room in the queue.
@@ -54,6 +55,7 @@ impl PostgresConfig {
             url: url.into(),
             pool_max_size: 16,
             append_batch_max_events: 8_192,
+
             append_queue_max_requests: 65_536,
             append_enqueue_timeout: Duration::from_secs(5),
             append_batch_timeout: Duration::from_secs(30),
