@@ -1,0 +1,82 @@
+//! What the pipeline needs of an aggregate beyond `decide`/`evolve`: the stream a
+//! command targets, and a snapshot form of the state. Also the conversions between
+//! domain events and the store's envelopes.
+
+use domain::{Aggregate, Cart, DomainEvent, Inventory, Order, Payment, Product};
+use eventstore::{NewEvent, RecordedEvent};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{CommandContext, CommandError};
+
+pub trait StreamAggregate: Aggregate + Serialize + DeserializeOwned {
+    /// The version of the state's serde form. Bump it whenever a field of the state
+    /// changes shape or meaning: snapshots of other versions are then ignored and
+    /// the state is rebuilt from the log.
+    const SNAPSHOT_SCHEMA: u32;
+
+    /// The stream `command` is decided against.
+    fn stream_of(command: &Self::Command) -> String;
+}
+
+impl StreamAggregate for Product {
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    fn stream_of(command: &Self::Command) -> String {
+        command.stream_id()
+    }
+}
+
+impl StreamAggregate for Inventory {
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    fn stream_of(command: &Self::Command) -> String {
+        command.stream_id()
+    }
+}
+
+impl StreamAggregate for Cart {
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    fn stream_of(command: &Self::Command) -> String {
+        command.stream_id()
+    }
+}
+
+impl StreamAggregate for Order {
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    fn stream_of(command: &Self::Command) -> String {
+        command.stream_id()
+    }
+}
+
+impl StreamAggregate for Payment {
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    fn stream_of(command: &Self::Command) -> String {
+        command.stream_id()
+    }
+}
+
+/// The store's form of a domain event, with the command's metadata. Event ids are
+/// time-ordered (v7): the store's unique index on them stays append-mostly.
+pub(crate) fn to_new_event<E: DomainEvent>(event: &E, context: &CommandContext) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event.event_type().to_owned(),
+        schema_version: event.schema_version(),
+        data: event.to_data(),
+        metadata: context.metadata(),
+    }
+}
+
+/// The domain event in a stored envelope, upcast to its current schema version.
+pub(crate) fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, CommandError> {
+    E::from_stored(
+        &recorded.event_type,
+        recorded.schema_version,
+        recorded.data.clone(),
+    )
+    .map_err(|source| CommandError::Decode {
+        stream: recorded.stream_id.clone(),
+        version: recorded.version,
+        source,
+    })
+}

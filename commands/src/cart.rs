@@ -1,0 +1,206 @@
+//! Cart commands as a client may send them: without prices. A line's unit price is
+//! read from the Product aggregate when the line is added, in the cart's currency;
+//! a merge takes the guest cart's lines from its stream.
+
+use domain::{
+    CartCommand, CartEvent, CartId, CartOwner, CartStatus, Currency, DomainError, Money, OrderId,
+    Product, ProductId, Quantity, Sku,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{CommandContext, CommandError, Commands, Committed};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CartAction {
+    Create {
+        cart_id: CartId,
+        owner: CartOwner,
+        currency: Currency,
+    },
+    /// Adds `quantity` of a SKU of a published product, at its catalog price.
+    AddItem {
+        cart_id: CartId,
+        product_id: ProductId,
+        sku: Sku,
+        quantity: Quantity,
+    },
+    ChangeQuantity {
+        cart_id: CartId,
+        sku: Sku,
+        quantity: Quantity,
+    },
+    RemoveLine {
+        cart_id: CartId,
+        sku: Sku,
+    },
+    /// The owner of `cart_id` signed in holding the open guest cart `guest_cart_id`:
+    /// its lines move into `cart_id` (same SKU: the larger quantity wins) and the
+    /// guest cart is abandoned.
+    MergeGuestCart {
+        cart_id: CartId,
+        guest_cart_id: CartId,
+    },
+    CheckOut {
+        cart_id: CartId,
+    },
+    Reopen {
+        cart_id: CartId,
+    },
+    Abandon {
+        cart_id: CartId,
+    },
+    Close {
+        cart_id: CartId,
+        order_id: OrderId,
+    },
+}
+
+impl Commands {
+    pub async fn cart(
+        &self,
+        action: CartAction,
+        context: &CommandContext,
+    ) -> Result<Committed<CartEvent>, CommandError> {
+        let command = match action {
+            CartAction::Create {
+                cart_id,
+                owner,
+                currency,
+            } => CartCommand::CreateCart {
+                cart_id,
+                owner,
+                currency,
+            },
+            CartAction::AddItem {
+                cart_id,
+                product_id,
+                sku,
+                quantity,
+            } => {
+                // The currency of a cart never changes, so reading it first and
+                // deciding the line later cannot disagree; the product is read as it
+                // is now, which is what "the price at the time" means.
+                let currency = self
+                    .load_cart(cart_id)
+                    .await?
+                    .state
+                    .currency()
+                    .ok_or(DomainError::NotFound { aggregate: "cart" })?;
+                let product = self
+                    .products
+                    .load(&Product::stream_id(&product_id))
+                    .await?
+                    .state;
+                let unit_price = catalog_price(&product, product_id, &sku, currency)?;
+                CartCommand::AddLine {
+                    cart_id,
+                    sku,
+                    quantity,
+                    unit_price,
+                }
+            }
+            CartAction::ChangeQuantity {
+                cart_id,
+                sku,
+                quantity,
+            } => CartCommand::ChangeQuantity {
+                cart_id,
+                sku,
+                quantity,
+            },
+            CartAction::RemoveLine { cart_id, sku } => CartCommand::RemoveLine { cart_id, sku },
+            CartAction::MergeGuestCart {
+                cart_id,
+                guest_cart_id,
+            } => return self.merge_guest_cart(cart_id, guest_cart_id, context).await,
+            CartAction::CheckOut { cart_id } => CartCommand::CheckOut { cart_id },
+            CartAction::Reopen { cart_id } => CartCommand::Reopen { cart_id },
+            CartAction::Abandon { cart_id } => CartCommand::Abandon { cart_id },
+            CartAction::Close { cart_id, order_id } => CartCommand::Close { cart_id, order_id },
+        };
+        self.carts.execute(command, context).await
+    }
+
+    async fn merge_guest_cart(
+        &self,
+        cart_id: CartId,
+        guest_cart_id: CartId,
+        context: &CommandContext,
+    ) -> Result<Committed<CartEvent>, CommandError> {
+        let guest = self.load_cart(guest_cart_id).await?.state;
+        match (guest.owner(), guest.status()) {
+            (Some(CartOwner::Guest(_)), Some(CartStatus::Open)) => {}
+            (Some(CartOwner::Guest(_)), Some(status)) => {
+                return Err(DomainError::CartLocked {
+                    status: status.as_str(),
+                }
+                .into())
+            }
+            (Some(CartOwner::Customer(_)), _) => {
+                return Err(DomainError::Invalid {
+                    field: "guest_cart_id",
+                    reason: "is a customer's cart".into(),
+                }
+                .into())
+            }
+            (None, _) | (_, None) => {
+                return Err(DomainError::NotFound { aggregate: "cart" }.into());
+            }
+        }
+        let merged = self
+            .carts
+            .execute(
+                CartCommand::MergeGuestCart {
+                    cart_id,
+                    guest_cart_id,
+                    lines: guest.lines().to_vec(),
+                },
+                context,
+            )
+            .await?;
+        // Not atomic with the merge (two streams). The follow-up has a command id
+        // derived from the merge's, so a caller retrying the whole merge after a
+        // failure here repeats neither step.
+        self.carts
+            .execute(
+                CartCommand::Abandon {
+                    cart_id: guest_cart_id,
+                },
+                &context.follow_up("abandon-merged-guest-cart"),
+            )
+            .await?;
+        Ok(merged)
+    }
+}
+
+/// The unit price of `sku` for a cart in `currency`: the SKU must belong to the
+/// product, the product must be on sale, and it must have a price in that currency
+/// (the SKU's own, else the product's).
+pub(crate) fn catalog_price(
+    product: &Product,
+    product_id: ProductId,
+    sku: &Sku,
+    currency: Currency,
+) -> Result<Money, CommandError> {
+    let Some(status) = product.status() else {
+        return Err(DomainError::NotFound {
+            aggregate: "product",
+        }
+        .into());
+    };
+    if !product.skus().iter().any(|s| &s.sku == sku) {
+        return Err(DomainError::UnknownSku { sku: sku.clone() }.into());
+    }
+    if !product.is_sellable() {
+        return Err(CommandError::ProductNotSellable {
+            product_id,
+            status: status.as_str(),
+        });
+    }
+    product
+        .price_for(sku, currency)
+        .ok_or_else(|| CommandError::PriceMissing {
+            sku: sku.clone(),
+            currency,
+        })
+}

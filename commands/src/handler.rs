@@ -1,0 +1,371 @@
+//! The entry point for the commands of one aggregate type: routes each command to
+//! the task of its stream (starting one if needed) and waits for its outcome.
+//!
+//! Every command goes through its stream's task, not only those of hot streams.
+//! One path keeps one set of rules: a process never races itself on a stream (so
+//! conflicts only come from other processes), the task is the only owner of the
+//! stream's state (no locks, no copies), and a cold stream simply gets a task that
+//! handles one command and retires after `stream_idle_timeout`. What that costs a
+//! lone command is a task start and two channel hops, microseconds next to the
+//! append's commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use eventstore::EventStore;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cache::StateCache;
+use crate::snapshot::SnapshotStore;
+use crate::stream;
+use crate::{CommandContext, CommandError, StreamAggregate};
+
+/// Most idle streams whose state stays in memory, per aggregate type.
+pub const CACHE_MAX_STREAMS: usize = 4_096;
+/// Most streams with a running task, per aggregate type; past it, commands for
+/// further streams are refused as overloaded.
+pub const LIVE_STREAMS_MAX: usize = 65_536;
+/// Most commands waiting in one stream's queue.
+pub const STREAM_MAILBOX_MAX_COMMANDS: usize = 8_192;
+/// Most commands one stream task decides and appends together.
+pub const STREAM_BATCH_MAX_COMMANDS: usize = 2_048;
+/// Most events one append of a stream task carries (the store takes up to
+/// `eventstore::APPEND_MAX_EVENTS`).
+pub const STREAM_BATCH_MAX_EVENTS: usize = 4_096;
+/// Appends (or freshness checks) tried for one batch before giving up with
+/// `CommandError::Conflict`.
+pub const CONFLICT_ATTEMPTS_MAX: u32 = 5;
+/// A snapshot is written once a stream has this many events past its last one.
+pub const SNAPSHOT_EVERY_EVENTS: u64 = 1_000;
+/// Command ids remembered per stream for repeats (see `RecentCommands`).
+pub const RECENT_COMMANDS_PER_STREAM: usize = 1_024;
+/// Events read per query when loading a stream.
+pub const LOAD_PAGE_EVENTS: usize = 5_000;
+/// A stream task with no command for this long parks its state and ends.
+pub const STREAM_IDLE_TIMEOUT_MS: u64 = 5_000;
+/// How long a command may wait for room in its stream's queue.
+pub const ENQUEUE_TIMEOUT_MS: u64 = 5_000;
+/// How long a caller waits for its command's outcome.
+pub const REPLY_TIMEOUT_MS: u64 = 30_000;
+/// Attempts to hand a command to its stream's task when tasks retire under it.
+const SUBMIT_ATTEMPTS_MAX: u32 = 3;
+
+/// The bounds of the command side; `Default` is the constants above. Tests shrink
+/// them (a snapshot every few events, a short idle timeout).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub cache_max_streams: usize,
+    pub live_streams_max: usize,
+    pub stream_mailbox_max_commands: usize,
+    pub stream_batch_max_commands: usize,
+    pub stream_batch_max_events: usize,
+    pub conflict_attempts_max: u32,
+    pub snapshot_every_events: u64,
+    pub recent_commands_per_stream: usize,
+    pub load_page_events: usize,
+    pub stream_idle_timeout: Duration,
+    pub enqueue_timeout: Duration,
+    pub reply_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cache_max_streams: CACHE_MAX_STREAMS,
+            live_streams_max: LIVE_STREAMS_MAX,
+            stream_mailbox_max_commands: STREAM_MAILBOX_MAX_COMMANDS,
+            stream_batch_max_commands: STREAM_BATCH_MAX_COMMANDS,
+            stream_batch_max_events: STREAM_BATCH_MAX_EVENTS,
+            conflict_attempts_max: CONFLICT_ATTEMPTS_MAX,
+            snapshot_every_events: SNAPSHOT_EVERY_EVENTS,
+            recent_commands_per_stream: RECENT_COMMANDS_PER_STREAM,
+            load_page_events: LOAD_PAGE_EVENTS,
+            stream_idle_timeout: Duration::from_millis(STREAM_IDLE_TIMEOUT_MS),
+            enqueue_timeout: Duration::from_millis(ENQUEUE_TIMEOUT_MS),
+            reply_timeout: Duration::from_millis(REPLY_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Global positions of the events a command wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Positions {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The outcome of an accepted command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed<E> {
+    pub stream_id: String,
+    /// The events the command wrote; empty if it decided to none, and for a replay
+    /// (the first outcome's events are in the log at `positions`).
+    pub events: Vec<E>,
+    /// The stream's version after the command.
+    pub stream_version: u64,
+    /// Where the events are in the log; `None` if the command decided to no events.
+    /// Queries can wait for a read model to pass `last` (read your writes).
+    pub positions: Option<Positions>,
+    /// This command id was handled before: this is the first outcome.
+    pub replayed: bool,
+}
+
+/// A stream's state as of `version`, confirmed current when it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub version: u64,
+}
+
+/// Counters of one handler, for benchmarks, tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandlerStats {
+    /// Appends written (one per batch of accepted commands).
+    pub appends: u64,
+    /// Commands whose events those appends carried.
+    pub appended_commands: u64,
+    /// Appends refused because another writer moved the stream.
+    pub conflicts: u64,
+    /// Streams loaded from the store (snapshot and tail, or the whole stream).
+    pub loads: u64,
+    /// Events read while loading or catching up.
+    pub events_read: u64,
+    /// Snapshots written.
+    pub snapshots: u64,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+pub(crate) enum Job<A: StreamAggregate> {
+    Execute {
+        command: A::Command,
+        context: CommandContext,
+        reply: Reply<Committed<A::Event>>,
+    },
+    Load {
+        reply: Reply<Loaded<A>>,
+    },
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub appends: AtomicU64,
+    pub appended_commands: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub loads: AtomicU64,
+    pub events_read: AtomicU64,
+    pub snapshots: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A running stream task: its queue, and an id so that a retiring task removes its
+/// own entry and not that of a successor.
+pub(crate) struct LiveStream<A: StreamAggregate> {
+    pub task_id: u64,
+    pub queue: mpsc::Sender<Job<A>>,
+}
+
+pub(crate) struct Shared<A: StreamAggregate> {
+    pub store: Arc<dyn EventStore>,
+    pub snapshots: Arc<dyn SnapshotStore>,
+    pub limits: Limits,
+    pub cache: Mutex<StateCache<A>>,
+    pub live: Mutex<HashMap<String, LiveStream<A>>>,
+    pub next_task_id: AtomicU64,
+    pub counters: Counters,
+}
+
+impl<A: StreamAggregate> Shared<A> {
+    // A panic while holding these locks cannot leave them half-updated: each holder
+    // does a few map operations and no awaits.
+    pub fn cache(&self) -> MutexGuard<'_, StateCache<A>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn live(&self) -> MutexGuard<'_, HashMap<String, LiveStream<A>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs the commands of aggregate type `A`. Cloning shares the tasks and the cache.
+pub struct Handler<A: StreamAggregate> {
+    shared: Arc<Shared<A>>,
+}
+
+impl<A: StreamAggregate> Clone for Handler<A> {
+    fn clone(&self) -> Self {
+        Handler {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<A: StreamAggregate> Handler<A> {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        limits: Limits,
+    ) -> Self {
+        let cache = StateCache::new(limits.cache_max_streams);
+        Handler {
+            shared: Arc::new(Shared {
+                store,
+                snapshots,
+                limits,
+                cache: Mutex::new(cache),
+                live: Mutex::new(HashMap::new()),
+                next_task_id: AtomicU64::new(0),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Decides `command` against the current state of its stream and appends the
+    /// events, with `context` in every event's metadata. A repeat of a command id
+    /// gets the first outcome (`replayed`).
+    pub async fn execute(
+        &self,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<Committed<A::Event>, CommandError> {
+        let stream_id = A::stream_of(&command);
+        let context = context.clone();
+        self.submit(&stream_id, |reply| Job::Execute {
+            command,
+            context,
+            reply,
+        })
+        .await
+    }
+
+    /// The stream's current state (the empty state at version 0 for a new stream).
+    pub async fn load(&self, stream_id: &str) -> Result<Loaded<A>, CommandError> {
+        self.submit(stream_id, |reply| Job::Load { reply }).await
+    }
+
+    pub fn stats(&self) -> HandlerStats {
+        let c = &self.shared.counters;
+        HandlerStats {
+            appends: c.appends.load(Ordering::Relaxed),
+            appended_commands: c.appended_commands.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            loads: c.loads.load(Ordering::Relaxed),
+            events_read: c.events_read.load(Ordering::Relaxed),
+            snapshots: c.snapshots.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Streams with a running task.
+    pub fn live_streams(&self) -> usize {
+        self.shared.live().len()
+    }
+
+    /// Idle streams whose state is cached.
+    pub fn cached_streams(&self) -> usize {
+        self.shared.cache().len()
+    }
+
+    async fn submit<T>(
+        &self,
+        stream_id: &str,
+        job: impl FnOnce(Reply<T>) -> Job<A>,
+    ) -> Result<T, CommandError> {
+        let limits = &self.shared.limits;
+        let (reply, answer) = oneshot::channel();
+        let mut job = job(reply);
+        for _ in 0..SUBMIT_ATTEMPTS_MAX {
+            let queue = self.queue_for(stream_id)?;
+            match tokio::time::timeout(limits.enqueue_timeout, queue.send(job)).await {
+                Ok(Ok(())) => return self.wait(stream_id, answer).await,
+                // The task retired (or died) between the lookup and the send: forget
+                // it and hand the job to a new one.
+                Ok(Err(mpsc::error::SendError(returned))) => {
+                    job = returned;
+                    self.forget_closed(stream_id);
+                }
+                Err(_) => {
+                    return Err(CommandError::Overloaded {
+                        stream: stream_id.to_owned(),
+                        reason: "its queue stayed full",
+                    })
+                }
+            }
+        }
+        Err(CommandError::Stopped {
+            stream: stream_id.to_owned(),
+        })
+    }
+
+    async fn wait<T>(
+        &self,
+        stream_id: &str,
+        answer: oneshot::Receiver<Result<T, CommandError>>,
+    ) -> Result<T, CommandError> {
+        let timeout = self.shared.limits.reply_timeout;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(CommandError::Stopped {
+                stream: stream_id.to_owned(),
+            }),
+            Err(_) => Err(CommandError::Timeout {
+                stream: stream_id.to_owned(),
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    /// The queue of the stream's task, starting the task if there is none.
+    fn queue_for(&self, stream_id: &str) -> Result<mpsc::Sender<Job<A>>, CommandError> {
+        let shared = &self.shared;
+        let mut live = shared.live();
+        if let Some(stream) = live.get(stream_id) {
+            if !stream.queue.is_closed() {
+                return Ok(stream.queue.clone());
+            }
+        }
+        if live.len() >= shared.limits.live_streams_max {
+            // Tasks that died without retiring leave closed queues behind.
+            live.retain(|_, stream| !stream.queue.is_closed());
+            if live.len() >= shared.limits.live_streams_max {
+                return Err(CommandError::Overloaded {
+                    stream: stream_id.to_owned(),
+                    reason: "too many streams are active",
+                });
+            }
+        }
+        let (queue, jobs) = mpsc::channel(shared.limits.stream_mailbox_max_commands);
+        let task_id = shared.next_task_id.fetch_add(1, Ordering::Relaxed);
+        live.insert(
+            stream_id.to_owned(),
+            LiveStream {
+                task_id,
+                queue: queue.clone(),
+            },
+        );
+        drop(live);
+        tokio::spawn(stream::run(
+            self.shared.clone(),
+            stream_id.to_owned(),
+            task_id,
+            jobs,
+        ));
+        Ok(queue)
+    }
+
+    fn forget_closed(&self, stream_id: &str) {
+        let mut live = self.shared.live();
+        if live
+            .get(stream_id)
+            .is_some_and(|stream| stream.queue.is_closed())
+        {
+            live.remove(stream_id);
+        }
+    }
+}

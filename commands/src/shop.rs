@@ -1,0 +1,127 @@
+//! The command side of the whole shop: one handler per aggregate type, and the
+//! commands that need more than one aggregate (a cart line priced from the catalog,
+//! an order placed from a checked-out cart). This is what the HTTP layer and the
+//! sagas call.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use domain::{
+    Cart, CartId, CartOwner, CartStatus, DomainError, Inventory, Order, OrderCommand, OrderEvent,
+    OrderId, Payment, Product, ShippingAddress,
+};
+use eventstore::{EventStore, PostgresStore};
+
+use crate::snapshot::{MemorySnapshots, PostgresSnapshots, SnapshotStore};
+use crate::{CommandContext, CommandError, Committed, Handler, Limits, Loaded};
+
+/// Cloning shares the handlers, their stream tasks and their caches.
+#[derive(Clone)]
+pub struct Commands {
+    pub(crate) products: Handler<Product>,
+    pub(crate) inventory: Handler<Inventory>,
+    pub(crate) carts: Handler<Cart>,
+    pub(crate) orders: Handler<Order>,
+    pub(crate) payments: Handler<Payment>,
+}
+
+/// Places the order for a checked-out cart: the lines and their prices come from
+/// the cart (which took them from the catalog), never from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceOrder {
+    pub order_id: OrderId,
+    pub cart_id: CartId,
+    pub shipping_address: ShippingAddress,
+    pub placed_at: DateTime<Utc>,
+}
+
+impl Commands {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        limits: Limits,
+    ) -> Self {
+        Commands {
+            products: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
+            inventory: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
+            carts: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
+            orders: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
+            payments: Handler::new(store, snapshots, limits),
+        }
+    }
+
+    /// On the PostgreSQL log, with snapshots in its database (the command side's
+    /// migrations run here).
+    pub async fn on_postgres(store: PostgresStore, limits: Limits) -> Result<Self, CommandError> {
+        let snapshots = PostgresSnapshots::connect(store.pool().clone()).await?;
+        Ok(Self::new(Arc::new(store), Arc::new(snapshots), limits))
+    }
+
+    /// On any store, with snapshots kept in memory (tests, simulation).
+    pub fn with_memory_snapshots(store: Arc<dyn EventStore>, limits: Limits) -> Self {
+        Self::new(store, Arc::new(MemorySnapshots::new()), limits)
+    }
+
+    pub fn products(&self) -> &Handler<Product> {
+        &self.products
+    }
+
+    pub fn inventory(&self) -> &Handler<Inventory> {
+        &self.inventory
+    }
+
+    /// Order commands. `PlaceOrder` should come from [`Commands::place_order`], which
+    /// takes the lines from the cart.
+    pub fn orders(&self) -> &Handler<Order> {
+        &self.orders
+    }
+
+    pub fn payments(&self) -> &Handler<Payment> {
+        &self.payments
+    }
+
+    pub async fn load_cart(&self, cart_id: CartId) -> Result<Loaded<Cart>, CommandError> {
+        self.carts.load(&Cart::stream_id(&cart_id)).await
+    }
+
+    /// Places the order of a checked-out customer cart, with the cart's lines.
+    pub async fn place_order(
+        &self,
+        order: PlaceOrder,
+        context: &CommandContext,
+    ) -> Result<Committed<OrderEvent>, CommandError> {
+        let cart = self.load_cart(order.cart_id).await?.state;
+        let (Some(owner), Some(status)) = (cart.owner(), cart.status()) else {
+            return Err(DomainError::NotFound { aggregate: "cart" }.into());
+        };
+        match status {
+            CartStatus::CheckedOut => {}
+            CartStatus::Open | CartStatus::Abandoned | CartStatus::Closed => {
+                return Err(DomainError::InvalidTransition {
+                    from: status.as_str(),
+                    command: "PlaceOrder",
+                }
+                .into())
+            }
+        }
+        let customer_id = match owner {
+            CartOwner::Customer(customer_id) => customer_id,
+            CartOwner::Guest(_) => {
+                return Err(DomainError::Invalid {
+                    field: "owner",
+                    reason: "a guest cart is merged into a customer's cart before ordering".into(),
+                }
+                .into())
+            }
+        };
+        let command = OrderCommand::PlaceOrder {
+            order_id: order.order_id,
+            customer_id,
+            cart_id: order.cart_id,
+            lines: cart.lines().to_vec(),
+            shipping_address: order.shipping_address,
+            placed_at: order.placed_at,
+        };
+        self.orders.execute(command, context).await
+    }
+}

@@ -1,0 +1,585 @@
+//! The task of one stream: it owns the stream's state and decides the stream's
+//! commands back to back, so a burst on a hot stream (10,000 reservations of one
+//! flash-sale SKU) becomes a few large appends instead of a storm of conflicts.
+//!
+//! Each round takes the commands queued so far (at most `stream_batch_max_commands`),
+//! decides each in turn against the state as the earlier ones left it, and appends
+//! the events of all accepted commands as ONE append expecting the version the
+//! round started from. That append is all or nothing. The alternative, one append
+//! per command with expected versions v, v+1, v+2, ... in one `append_batch`, is not:
+//! the store decides each append on its own, so if another process had written one
+//! event to the stream, the first append would fail and the second (expecting v+1)
+//! would succeed with a decision that counted on the first, e.g. a reservation
+//! allocated from stock that is not there. One append per round rules that out.
+//!
+//! What the single append costs is the store's per-command idempotency when a round
+//! holds several commands: the store keys idempotency by the append's command id.
+//! So a round with one accepted command passes its command id to the store (a repeat
+//! is answered from the store, across processes and restarts), and every round
+//! records the command ids it wrote in the stream's `RecentCommands`, which answers
+//! repeats of recent commands and is rebuilt from the events' metadata on load.
+//!
+//! Refusals and reads are answered only once the state they were decided against is
+//! known to be current: by the round's append (its expected version held), or, for a
+//! round that writes nothing, by reading the stream's version. Otherwise a process
+//! holding a stale state (another node received stock) would keep refusing.
+//!
+//! A conflict (another process wrote the stream) drops the state, reloads it and
+//! decides the round again, at most `conflict_attempts_max` times. If an append of
+//! several commands fails for a reason of its own (an event the store refuses), the
+//! rest of the batch is appended one command at a time, so only the faulty command
+//! fails.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use domain::DomainError;
+use eventstore::{AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, StoreError};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::aggregate::{decode, to_new_event};
+use crate::cache::{Held, Recorded};
+use crate::handler::{Counters, Job, Shared};
+use crate::snapshot::Snapshot;
+use crate::{CommandError, Committed, Loaded, Positions, StreamAggregate};
+
+pub(crate) async fn run<A: StreamAggregate>(
+    shared: Arc<Shared<A>>,
+    stream_id: String,
+    task_id: u64,
+    mut jobs: mpsc::Receiver<Job<A>>,
+) {
+    let held = shared.cache().take(&stream_id);
+    let idle = shared.limits.stream_idle_timeout;
+    let mut task = StreamTask {
+        shared,
+        stream_id,
+        held,
+    };
+    loop {
+        let first = match tokio::time::timeout(idle, jobs.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => break,
+            Err(_) => {
+                task.retire(task_id, &mut jobs).await;
+                break;
+            }
+        };
+        let batch = task.fill_batch(first, &mut jobs);
+        task.process(batch).await;
+    }
+    task.park();
+}
+
+struct StreamTask<A: StreamAggregate> {
+    shared: Arc<Shared<A>>,
+    stream_id: String,
+    /// `None` until loaded, and after anything that made it doubtful.
+    held: Option<Held<A>>,
+}
+
+/// How one command (or read) of a round was decided.
+enum Decided<E> {
+    /// Its events are `round.events[first_event..][..events.len()]`.
+    Accepted {
+        events: Vec<E>,
+        first_event: usize,
+    },
+    Refused(DomainError),
+    /// Accepted with nothing to write, after `events_before` events of the round.
+    NoEvents {
+        events_before: usize,
+    },
+    /// A repeat of a command this stream recorded.
+    Replay(Recorded),
+    Load,
+}
+
+struct Round<A: StreamAggregate> {
+    jobs: Vec<(Job<A>, Decided<A::Event>)>,
+    events: Vec<NewEvent>,
+    accepted: usize,
+    /// The command id of the first accepted command.
+    first_command_id: Option<Uuid>,
+}
+
+impl<A: StreamAggregate> StreamTask<A> {
+    fn fill_batch(&self, first: Job<A>, jobs: &mut mpsc::Receiver<Job<A>>) -> Vec<Job<A>> {
+        let max = self.shared.limits.stream_batch_max_commands.max(1);
+        let mut batch = Vec::with_capacity(max.min(jobs.len() + 1));
+        batch.push(first);
+        while batch.len() < max {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// Leaves the routing table, refuses new commands, and handles the ones that
+    /// slipped into the queue before it closed. A sender that finds the queue closed
+    /// starts a new task for the stream.
+    async fn retire(&mut self, task_id: u64, jobs: &mut mpsc::Receiver<Job<A>>) {
+        {
+            let mut live = self.shared.live();
+            if live.get(&self.stream_id).map(|s| s.task_id) == Some(task_id) {
+                live.remove(&self.stream_id);
+            }
+        }
+        jobs.close();
+        while let Some(first) = jobs.recv().await {
+            let batch = self.fill_batch(first, jobs);
+            self.process(batch).await;
+        }
+    }
+
+    fn park(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.shared.cache().park(self.stream_id.clone(), held);
+        }
+    }
+
+    async fn process(&mut self, batch: Vec<Job<A>>) {
+        let shared = self.shared.clone();
+        let limits = &shared.limits;
+        let mut pending: VecDeque<Job<A>> = batch.into();
+        let mut attempts = 0u32;
+        let mut solo = false;
+        while !pending.is_empty() {
+            let mut held = match self.held.take() {
+                Some(held) => held,
+                None => match self.load().await {
+                    Ok(held) => held,
+                    Err(e) => return fail_all(pending, &e),
+                },
+            };
+            let base_version = held.version;
+            let round = self.decide_round(&mut held, &mut pending, solo);
+
+            if round.accepted == 0 {
+                // Nothing to write: the answers stand if the state was current.
+                match shared.store.stream_version(&self.stream_id).await {
+                    Ok(version) if version == held.version => {
+                        settle(&self.stream_id, round, &mut held, None);
+                        self.held = Some(held);
+                    }
+                    Ok(_) => {
+                        attempts += 1;
+                        Counters::add(&shared.counters.conflicts, 1);
+                        requeue(round, &mut pending);
+                        if attempts >= limits.conflict_attempts_max {
+                            return fail_all(pending, &self.conflict(attempts));
+                        }
+                        // The state was not changed by the round: reading the events
+                        // after it brings it up to date.
+                        if let Err(e) = self.catch_up(&mut held).await {
+                            return fail_all(pending, &e);
+                        }
+                        self.held = Some(held);
+                    }
+                    Err(e) => {
+                        fail_all(round.jobs.into_iter().map(|(job, _)| job), &e.into());
+                        self.held = Some(held);
+                    }
+                }
+                continue;
+            }
+
+            let written = round.events.len() as u64;
+            let request = AppendRequest {
+                stream_id: self.stream_id.clone(),
+                expected: ExpectedVersion::Exact(base_version),
+                events: round.events.clone(),
+                command_id: if round.accepted == 1 {
+                    round.first_command_id
+                } else {
+                    None
+                },
+            };
+            match shared.store.append(request).await {
+                Ok(result) if result.stream_version == base_version + written => {
+                    Counters::add(&shared.counters.appends, 1);
+                    Counters::add(&shared.counters.appended_commands, round.accepted as u64);
+                    held.version = result.stream_version;
+                    settle(
+                        &self.stream_id,
+                        round,
+                        &mut held,
+                        Some((result, base_version)),
+                    );
+                    self.snapshot_if_due(&mut held);
+                    self.held = Some(held);
+                }
+                Ok(first_result) => {
+                    // The store answered a repeat of the (single) command id with the
+                    // first outcome and wrote nothing, so the state folded in events
+                    // that are not in the log: drop it.
+                    tracing::debug!(stream = %self.stream_id, "repeated command answered by the store");
+                    answer_store_replay(&self.stream_id, round, first_result, &mut pending);
+                }
+                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                    attempts += 1;
+                    Counters::add(&shared.counters.conflicts, 1);
+                    tracing::debug!(
+                        stream = %self.stream_id, expected = base_version, actual, attempts,
+                        "stream moved under the round; reloading"
+                    );
+                    requeue(round, &mut pending);
+                    if attempts >= limits.conflict_attempts_max {
+                        return fail_all(pending, &self.conflict(attempts));
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    // The outcome may be unknown. Callers retry with the same command
+                    // ids; the reload then finds what was written in the tail.
+                    tracing::warn!(stream = %self.stream_id, error = %e, "append failed");
+                    fail_all(round.jobs.into_iter().map(|(job, _)| job), &e.into());
+                }
+                Err(e) if round.accepted > 1 => {
+                    tracing::warn!(
+                        stream = %self.stream_id, error = %e, commands = round.accepted,
+                        "batched append refused; appending its commands one by one"
+                    );
+                    solo = true;
+                    requeue(round, &mut pending);
+                }
+                Err(e) => answer_store_error(round, e, &mut pending),
+            }
+        }
+    }
+
+    fn conflict(&self, attempts: u32) -> CommandError {
+        CommandError::Conflict {
+            stream: self.stream_id.clone(),
+            attempts,
+        }
+    }
+
+    /// Decides queued jobs in order against `held`, folding accepted events into it,
+    /// until the queue is empty or the round is full. `solo` limits the round to one
+    /// accepted command.
+    fn decide_round(
+        &self,
+        held: &mut Held<A>,
+        pending: &mut VecDeque<Job<A>>,
+        solo: bool,
+    ) -> Round<A> {
+        let limits = &self.shared.limits;
+        let mut round = Round {
+            jobs: Vec::with_capacity(pending.len()),
+            events: Vec::new(),
+            accepted: 0,
+            first_command_id: None,
+        };
+        let mut command_ids = HashSet::with_capacity(pending.len());
+        while let Some(job) = pending.pop_front() {
+            let decided = match &job {
+                Job::Load { .. } => Some(Decided::Load),
+                Job::Execute {
+                    command, context, ..
+                } => {
+                    if let Some(recorded) = held.recent.get(&context.command_id) {
+                        Some(Decided::Replay(recorded))
+                    } else if !command_ids.insert(context.command_id) {
+                        // The same command twice in one round: the second waits for
+                        // the first to be written, and is then answered as a repeat.
+                        None
+                    } else {
+                        match held.state.decide(command) {
+                            Err(e) => Some(Decided::Refused(e)),
+                            Ok(events) if events.is_empty() => Some(Decided::NoEvents {
+                                events_before: round.events.len(),
+                            }),
+                            Ok(events) => {
+                                let full = round.accepted > 0
+                                    && (solo
+                                        || round.events.len() + events.len()
+                                            > limits.stream_batch_max_events);
+                                if full {
+                                    None
+                                } else {
+                                    let first_event = round.events.len();
+                                    for event in &events {
+                                        round.events.push(to_new_event(event, context));
+                                        let state = std::mem::take(&mut held.state);
+                                        held.state = state.evolve(event);
+                                    }
+                                    round.accepted += 1;
+                                    round.first_command_id.get_or_insert(context.command_id);
+                                    Some(Decided::Accepted {
+                                        events,
+                                        first_event,
+                                    })
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            match decided {
+                Some(decided) => round.jobs.push((job, decided)),
+                None => {
+                    pending.push_front(job);
+                    break;
+                }
+            }
+        }
+        round
+    }
+
+    /// The stream's state from its latest usable snapshot plus the events after it.
+    async fn load(&self) -> Result<Held<A>, CommandError> {
+        let shared = &self.shared;
+        Counters::add(&shared.counters.loads, 1);
+        let mut held = Held::empty(shared.limits.recent_commands_per_stream);
+        match shared.snapshots.load(&self.stream_id).await {
+            Ok(Some(snapshot)) if snapshot.state_schema == A::SNAPSHOT_SCHEMA => {
+                match serde_json::from_slice::<A>(&snapshot.state) {
+                    Ok(state) => {
+                        held.state = state;
+                        held.version = snapshot.version;
+                        held.snapshot_version = snapshot.version;
+                    }
+                    Err(e) => tracing::warn!(
+                        stream = %self.stream_id, error = %e,
+                        "unreadable snapshot; replaying the whole stream"
+                    ),
+                }
+            }
+            Ok(Some(snapshot)) => tracing::debug!(
+                stream = %self.stream_id, schema = snapshot.state_schema,
+                "snapshot of another state schema; replaying the whole stream"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                stream = %self.stream_id, error = %e,
+                "snapshot store failed; replaying the whole stream"
+            ),
+        }
+        self.catch_up(&mut held).await?;
+        Ok(held)
+    }
+
+    /// Folds the events after `held.version` into the state, page by page.
+    async fn catch_up(&self, held: &mut Held<A>) -> Result<(), CommandError> {
+        let shared = &self.shared;
+        let page_size = shared.limits.load_page_events.max(1);
+        loop {
+            let page = shared
+                .store
+                .read_stream(
+                    &self.stream_id,
+                    held.version + 1,
+                    Direction::Forward,
+                    page_size,
+                )
+                .await?;
+            for recorded in &page {
+                if recorded.version != held.version + 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "stream {} jumps from version {} to {}",
+                        self.stream_id, held.version, recorded.version
+                    ))
+                    .into());
+                }
+                let event = decode::<A::Event>(recorded)?;
+                let state = std::mem::take(&mut held.state);
+                held.state = state.evolve(&event);
+                held.version = recorded.version;
+                if let Some(command_id) = recorded.metadata.command_id {
+                    held.recent
+                        .note_event(command_id, recorded.position, recorded.version);
+                }
+            }
+            Counters::add(&shared.counters.events_read, page.len() as u64);
+            if page.len() < page_size {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes a snapshot in the background once the stream has grown by
+    /// `snapshot_every_events` since the last one. Serialising runs here, on the
+    /// stream's task, because the state is not shared; the write does not hold up
+    /// the next round.
+    fn snapshot_if_due(&self, held: &mut Held<A>) {
+        let every = self.shared.limits.snapshot_every_events;
+        if every == 0 || held.version < held.snapshot_version.saturating_add(every) {
+            return;
+        }
+        let state = match serde_json::to_vec(&held.state) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(stream = %self.stream_id, error = %e, "state does not serialise");
+                return;
+            }
+        };
+        held.snapshot_version = held.version;
+        let snapshot = Snapshot {
+            stream_id: self.stream_id.clone(),
+            version: held.version,
+            state_schema: A::SNAPSHOT_SCHEMA,
+            state,
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let stream = snapshot.stream_id.clone();
+            match shared.snapshots.save(snapshot).await {
+                Ok(()) => Counters::add(&shared.counters.snapshots, 1),
+                Err(e) => tracing::warn!(stream = %stream, error = %e, "snapshot not written"),
+            }
+        });
+    }
+}
+
+/// Answers every job of a round whose state is confirmed current: `written` is the
+/// append's result and the version the round started from, if it wrote anything.
+fn settle<A: StreamAggregate>(
+    stream_id: &str,
+    round: Round<A>,
+    held: &mut Held<A>,
+    written: Option<(AppendResult, u64)>,
+) {
+    for (job, decided) in round.jobs {
+        let (context, reply) = match job {
+            Job::Load { reply } => {
+                let _ = reply.send(Ok(Loaded {
+                    state: held.state.clone(),
+                    version: held.version,
+                }));
+                continue;
+            }
+            Job::Execute { context, reply, .. } => (context, reply),
+        };
+        let outcome = match (decided, written) {
+            (
+                Decided::Accepted {
+                    events,
+                    first_event,
+                },
+                Some((result, base_version)),
+            ) => {
+                let first = first_event as u64;
+                let count = events.len() as u64;
+                let recorded = Recorded {
+                    positions: Positions {
+                        first: result.first_position + first,
+                        last: result.first_position + first + count - 1,
+                    },
+                    stream_version: base_version + first + count,
+                };
+                held.recent.insert(context.command_id, recorded);
+                Ok(Committed {
+                    stream_id: stream_id.to_owned(),
+                    events,
+                    stream_version: recorded.stream_version,
+                    positions: Some(recorded.positions),
+                    replayed: false,
+                })
+            }
+            (Decided::Refused(e), _) => Err(CommandError::Rejected(e)),
+            (Decided::NoEvents { events_before }, written) => {
+                let base = written.map_or(held.version, |(_, base)| base);
+                Ok(Committed {
+                    stream_id: stream_id.to_owned(),
+                    events: Vec::new(),
+                    stream_version: base + events_before as u64,
+                    positions: None,
+                    replayed: false,
+                })
+            }
+            (Decided::Replay(recorded), _) => Ok(replayed(stream_id, recorded)),
+            // Neither happens: a round with accepted commands always writes, and a
+            // command is never decided as a read. Answer rather than panic.
+            (Decided::Accepted { .. }, None) | (Decided::Load, _) => {
+                debug_assert!(false, "impossible decision for a command");
+                Err(CommandError::Stopped {
+                    stream: stream_id.to_owned(),
+                })
+            }
+        };
+        let _ = reply.send(outcome);
+    }
+}
+
+fn replayed<E>(stream_id: &str, recorded: Recorded) -> Committed<E> {
+    Committed {
+        stream_id: stream_id.to_owned(),
+        events: Vec::new(),
+        stream_version: recorded.stream_version,
+        positions: Some(recorded.positions),
+        replayed: true,
+    }
+}
+
+/// The store answered the round's single accepted command as a repeat: that command
+/// gets the first outcome; the others are decided again on a reloaded state.
+fn answer_store_replay<A: StreamAggregate>(
+    stream_id: &str,
+    round: Round<A>,
+    first: AppendResult,
+    pending: &mut VecDeque<Job<A>>,
+) {
+    let mut others = Vec::new();
+    for (job, decided) in round.jobs {
+        match (job, decided) {
+            (Job::Execute { reply, .. }, Decided::Accepted { .. }) => {
+                let recorded = Recorded {
+                    positions: Positions {
+                        first: first.first_position,
+                        last: first.last_position,
+                    },
+                    stream_version: first.stream_version,
+                };
+                let _ = reply.send(Ok(replayed(stream_id, recorded)));
+            }
+            (job, _) => others.push(job),
+        }
+    }
+    for job in others.into_iter().rev() {
+        pending.push_front(job);
+    }
+}
+
+/// The store refused the round's single accepted command for a reason of its own:
+/// that command fails; the others are decided again on a reloaded state.
+fn answer_store_error<A: StreamAggregate>(
+    round: Round<A>,
+    error: StoreError,
+    pending: &mut VecDeque<Job<A>>,
+) {
+    let mut others = Vec::new();
+    for (job, decided) in round.jobs {
+        match (job, decided) {
+            (Job::Execute { reply, .. }, Decided::Accepted { .. }) => {
+                let _ = reply.send(Err(CommandError::Store(error.clone())));
+            }
+            (job, _) => others.push(job),
+        }
+    }
+    for job in others.into_iter().rev() {
+        pending.push_front(job);
+    }
+}
+
+/// Puts a round's jobs back at the front of the queue, in their order.
+fn requeue<A: StreamAggregate>(round: Round<A>, pending: &mut VecDeque<Job<A>>) {
+    for (job, _) in round.jobs.into_iter().rev() {
+        pending.push_front(job);
+    }
+}
+
+fn fail_all<A: StreamAggregate>(jobs: impl IntoIterator<Item = Job<A>>, error: &CommandError) {
+    for job in jobs {
+        match job {
+            Job::Execute { reply, .. } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Job::Load { reply } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}

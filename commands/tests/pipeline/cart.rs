@@ -1,0 +1,313 @@
+use commands::{CartAction, CommandError};
+use domain::{
+    Cart, CartEvent, CartId, CartOwner, CartStatus, DomainError, LineItem, PriceTarget,
+    ProductCommand, ProductStatus,
+};
+use uuid::Uuid;
+
+use crate::support::{
+    create_product, ctx, currency, eur, on_both_stores, qty, rejection, sku, usd, Backend, Env,
+};
+
+on_both_stores!(
+    adding_an_item_takes_the_catalog_price_in_the_cart_currency,
+    an_item_of_an_unpublished_product_is_refused,
+    an_item_without_a_price_in_the_cart_currency_is_refused,
+    a_sku_that_is_not_part_of_the_product_is_refused,
+    merging_a_guest_cart_keeps_the_larger_quantity_and_abandons_the_guest_cart,
+    checking_out_locks_the_cart_with_its_total,
+);
+
+async fn open_cart(env: &Env, owner: CartOwner, code: &str) -> CartId {
+    let cart_id: CartId = Uuid::now_v7().into();
+    env.commands
+        .cart(
+            CartAction::Create {
+                cart_id,
+                owner,
+                currency: currency(code),
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    cart_id
+}
+
+fn customer() -> CartOwner {
+    CartOwner::Customer(Uuid::now_v7().into())
+}
+
+fn guest() -> CartOwner {
+    CartOwner::Guest(Uuid::now_v7().into())
+}
+
+async fn add(env: &Env, cart_id: CartId, product_id: domain::ProductId, code: &str, n: u32) {
+    env.commands
+        .cart(
+            CartAction::AddItem {
+                cart_id,
+                product_id,
+                sku: sku(code),
+                quantity: qty(n),
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn adding_an_item_takes_the_catalog_price_in_the_cart_currency(backend: Backend) {
+    let env = backend.env().await;
+    let product_id = env
+        .published_product(&["SOCK-S", "SOCK-L"], eur(1_299))
+        .await;
+    let products = env.commands.products();
+    for (target, price) in [
+        (PriceTarget::Sku(sku("SOCK-L")), eur(1_499)),
+        (PriceTarget::Product, usd(1_399)),
+    ] {
+        products
+            .execute(
+                ProductCommand::SetPrice {
+                    product_id,
+                    target,
+                    price,
+                },
+                &ctx(),
+            )
+            .await
+            .unwrap();
+    }
+    let euro_cart = open_cart(&env, customer(), "EUR").await;
+    let dollar_cart = open_cart(&env, customer(), "USD").await;
+
+    let added = env
+        .commands
+        .cart(
+            CartAction::AddItem {
+                cart_id: euro_cart,
+                product_id,
+                sku: sku("SOCK-S"),
+                quantity: qty(2),
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    add(&env, euro_cart, product_id, "SOCK-L", 1).await;
+    add(&env, dollar_cart, product_id, "SOCK-L", 1).await;
+
+    assert_eq!(
+        added.events,
+        [CartEvent::CartLineAdded {
+            sku: sku("SOCK-S"),
+            quantity: qty(2),
+            unit_price: eur(1_299),
+        }]
+    );
+    let cart: Cart = env.replay(&Cart::stream_id(&euro_cart)).await;
+    let prices: Vec<_> = cart.lines().iter().map(|l| l.unit_price).collect();
+    assert_eq!(prices, [eur(1_299), eur(1_499)]);
+    assert_eq!(cart.total().unwrap(), eur(2 * 1_299 + 1_499));
+    let dollars: Cart = env.replay(&Cart::stream_id(&dollar_cart)).await;
+    assert_eq!(dollars.lines()[0].unit_price, usd(1_399));
+}
+
+async fn an_item_of_an_unpublished_product_is_refused(backend: Backend) {
+    let env = backend.env().await;
+    let product_id = env.published_product(&["BAG-1"], eur(4_999)).await;
+    env.commands
+        .products()
+        .execute(ProductCommand::Unpublish { product_id }, &ctx())
+        .await
+        .unwrap();
+    let draft_id = Uuid::now_v7().into();
+    env.commands
+        .products()
+        .execute(create_product(draft_id, &["BAG-2"]), &ctx())
+        .await
+        .unwrap();
+    let cart_id = open_cart(&env, customer(), "EUR").await;
+
+    for (product_id, code, status) in [
+        (product_id, "BAG-1", ProductStatus::Unpublished),
+        (draft_id, "BAG-2", ProductStatus::Draft),
+    ] {
+        let refused = env
+            .commands
+            .cart(
+                CartAction::AddItem {
+                    cart_id,
+                    product_id,
+                    sku: sku(code),
+                    quantity: qty(1),
+                },
+                &ctx(),
+            )
+            .await;
+        assert_eq!(
+            refused,
+            Err(CommandError::ProductNotSellable {
+                product_id,
+                status: status.as_str()
+            })
+        );
+    }
+    assert_eq!(
+        env.event_types(&Cart::stream_id(&cart_id)).await,
+        ["CartCreated"]
+    );
+}
+
+async fn an_item_without_a_price_in_the_cart_currency_is_refused(backend: Backend) {
+    let env = backend.env().await;
+    let product_id = env.published_product(&["BELT"], eur(2_500)).await;
+    let cart_id = open_cart(&env, customer(), "GBP").await;
+
+    let refused = env
+        .commands
+        .cart(
+            CartAction::AddItem {
+                cart_id,
+                product_id,
+                sku: sku("BELT"),
+                quantity: qty(1),
+            },
+            &ctx(),
+        )
+        .await;
+
+    assert_eq!(
+        refused,
+        Err(CommandError::PriceMissing {
+            sku: sku("BELT"),
+            currency: currency("GBP")
+        })
+    );
+}
+
+async fn a_sku_that_is_not_part_of_the_product_is_refused(backend: Backend) {
+    let env = backend.env().await;
+    let product_id = env.published_product(&["SCARF"], eur(1_900)).await;
+    let cart_id = open_cart(&env, customer(), "EUR").await;
+
+    let refused = env
+        .commands
+        .cart(
+            CartAction::AddItem {
+                cart_id,
+                product_id,
+                sku: sku("GLOVE"),
+                quantity: qty(1),
+            },
+            &ctx(),
+        )
+        .await;
+
+    assert_eq!(
+        rejection(refused),
+        DomainError::UnknownSku { sku: sku("GLOVE") }
+    );
+}
+
+async fn merging_a_guest_cart_keeps_the_larger_quantity_and_abandons_the_guest_cart(
+    backend: Backend,
+) {
+    let env = backend.env().await;
+    let product_id = env
+        .published_product(&["CAP-RED", "CAP-BLUE", "CAP-GREEN"], eur(1_000))
+        .await;
+    let customer_cart = open_cart(&env, customer(), "EUR").await;
+    let guest_cart = open_cart(&env, guest(), "EUR").await;
+    add(&env, customer_cart, product_id, "CAP-RED", 3).await;
+    add(&env, customer_cart, product_id, "CAP-BLUE", 1).await;
+    add(&env, guest_cart, product_id, "CAP-RED", 1).await;
+    add(&env, guest_cart, product_id, "CAP-BLUE", 4).await;
+    add(&env, guest_cart, product_id, "CAP-GREEN", 2).await;
+
+    let merged = env
+        .commands
+        .cart(
+            CartAction::MergeGuestCart {
+                cart_id: customer_cart,
+                guest_cart_id: guest_cart,
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(merged.events.len(), 1);
+    let cart: Cart = env.replay(&Cart::stream_id(&customer_cart)).await;
+    let lines: Vec<(String, u32)> = cart
+        .lines()
+        .iter()
+        .map(|l: &LineItem| (l.sku.to_string(), l.quantity.get()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("CAP-RED".to_owned(), 3),
+            ("CAP-BLUE".to_owned(), 4),
+            ("CAP-GREEN".to_owned(), 2)
+        ]
+    );
+    let abandoned: Cart = env.replay(&Cart::stream_id(&guest_cart)).await;
+    assert_eq!(abandoned.status(), Some(CartStatus::Abandoned));
+    let again = env
+        .commands
+        .cart(
+            CartAction::MergeGuestCart {
+                cart_id: customer_cart,
+                guest_cart_id: guest_cart,
+            },
+            &ctx(),
+        )
+        .await;
+    assert_eq!(
+        rejection(again),
+        DomainError::CartLocked {
+            status: "abandoned"
+        }
+    );
+}
+
+async fn checking_out_locks_the_cart_with_its_total(backend: Backend) {
+    let env = backend.env().await;
+    let product_id = env.published_product(&["LAMP"], eur(3_450)).await;
+    let cart_id = open_cart(&env, customer(), "EUR").await;
+    add(&env, cart_id, product_id, "LAMP", 2).await;
+
+    let checked_out = env
+        .commands
+        .cart(CartAction::CheckOut { cart_id }, &ctx())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        checked_out.events,
+        [CartEvent::CartCheckedOut { total: eur(6_900) }]
+    );
+    let locked = env
+        .commands
+        .cart(
+            CartAction::AddItem {
+                cart_id,
+                product_id,
+                sku: sku("LAMP"),
+                quantity: qty(1),
+            },
+            &ctx(),
+        )
+        .await;
+    assert_eq!(
+        rejection(locked),
+        DomainError::CartLocked {
+            status: "checked_out"
+        }
+    );
+    let cart = env.commands.load_cart(cart_id).await.unwrap();
+    assert_eq!(cart.version, 3);
+    assert_eq!(cart.state.status(), Some(CartStatus::CheckedOut));
+}
