@@ -69,3 +69,47 @@ async fn two_processes_appending_to_one_stream_see_each_others_versions() {
     );
     eventstore::hash::verify_chain(eventstore::hash::GENESIS_HASH, &log).expect("one chain");
 }
+
+/// A subscriber that never hears a notification still sees every event another
+/// process commits, by polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_without_notifications_follows_by_polling() {
+    use eventstore::{AppendRequest, ExpectedVersion, NewEvent, Subscription, SubscriptionOptions};
+    use std::time::Duration;
+    let db = test_database().await.expect("a test database");
+    let writer = PostgresStore::connect(PostgresConfig::new(db.url.clone()))
+        .await
+        .expect("writer");
+    let mut deaf = PostgresConfig::new(db.url.clone());
+    deaf.listen_for_commits = false;
+    let reader: Arc<dyn EventStore> = Arc::new(PostgresStore::connect(deaf).await.expect("reader"));
+    let options = SubscriptionOptions {
+        poll_interval: Duration::from_millis(50),
+        ..SubscriptionOptions::default()
+    };
+    let mut subscription = Subscription::new(reader, 0, options);
+    let appends = tokio::spawn(async move {
+        for i in 0..30u64 {
+            writer
+                .append(AppendRequest {
+                    stream_id: format!("order-{}", i % 3),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent::new("OrderNoted", serde_json::json!({ "i": i }))],
+                    command_id: None,
+                })
+                .await
+                .expect("append");
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 30 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch())
+            .await
+            .expect("polling kept up")
+            .expect("batch");
+        seen.extend(batch.into_iter().map(|e| e.position));
+    }
+    appends.await.expect("writer");
+    assert_eq!(seen, (1..=30).collect::<Vec<u64>>());
+}

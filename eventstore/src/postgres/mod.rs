@@ -47,6 +47,9 @@ pub struct PostgresConfig {
     pub append_batch_timeout: Duration,
     /// How long to wait for a connection to open.
     pub connect_timeout: Duration,
+    /// Follow other processes' commits with `LISTEN`; without it, subscribers in this
+    /// process notice them by polling only.
+    pub listen_for_commits: bool,
 }
 
 impl PostgresConfig {
@@ -60,6 +63,7 @@ impl PostgresConfig {
             append_enqueue_timeout: Duration::from_secs(5),
             append_batch_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            listen_for_commits: true,
         }
     }
 
@@ -89,12 +93,14 @@ pub struct PostgresStore {
 
 /// Background tasks that end with the last clone of the store.
 struct Tasks {
-    listener: JoinHandle<()>,
+    listener: Option<JoinHandle<()>>,
 }
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        self.listener.abort();
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
     }
 }
 
@@ -137,7 +143,11 @@ impl PostgresStore {
             jobs,
             head_tx.clone(),
         ));
-        let listener = tokio::spawn(listener::run(pg, head_tx.clone()));
+        let listener = if config.listen_for_commits {
+            Some(tokio::spawn(listener::run(pg, head_tx.clone())))
+        } else {
+            None
+        };
         Ok(PostgresStore {
             pool,
             appends,
