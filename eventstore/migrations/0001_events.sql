@@ -25,11 +25,13 @@ CREATE TABLE events (
 );
 CREATE UNIQUE INDEX events_command_id ON events (command_id) WHERE command_id IS NOT NULL;
 
--- The one row every append locks: the last position and the last hash of the chain.
+-- The one row every append locks: the last position, the last hash of the chain, and
+-- the last event's time (so `recorded_at` never goes back, whatever the clock does).
 CREATE TABLE log_head (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    position  bigint  NOT NULL,
-    hash      bytea   NOT NULL
+    singleton   boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    position    bigint      NOT NULL,
+    hash        bytea       NOT NULL,
+    recorded_at timestamptz NOT NULL
 );
-INSERT INTO log_head (singleton, position, hash)
-VALUES (true, 0, decode(repeat('00', 32), 'hex'));
+INSERT INTO log_head (singleton, position, hash, recorded_at)
+VALUES (true, 0, decode(repeat('00', 32), 'hex'), '1970-01-01 00:00:00+00');

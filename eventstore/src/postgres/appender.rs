@@ -41,6 +41,7 @@ pub(crate) struct AppendJob {
 
 struct Statements {
     lock_head: Statement,
+    clock: Statement,
     stream_versions: Statement,
     commands: Statement,
     copy_events: Statement,
@@ -186,7 +187,12 @@ async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> 
         async move { client.prepare(sql).await.map_err(db_error) }
     };
     let statements = Statements {
-        lock_head: prepare("SELECT position, hash, now() FROM log_head FOR UPDATE").await?,
+        lock_head: prepare("SELECT position, hash, recorded_at FROM log_head FOR UPDATE").await?,
+        // Sent right behind the lock, so it runs once the lock is held: events are
+        // stamped with the time they were ordered, not when their transaction began
+        // (which, for a transaction that waited on the lock, may be before the time
+        // of the batch ahead of it).
+        clock: prepare("SELECT clock_timestamp()").await?,
         stream_versions: prepare(
             "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id) \
              CROSS JOIN LATERAL (SELECT version FROM events WHERE stream_id = s.id \
@@ -206,7 +212,8 @@ async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> 
         .await?,
         // The notification is delivered when the transaction commits, never before.
         move_head: prepare(
-            "WITH moved AS (UPDATE log_head SET position = $1, hash = $2 RETURNING position) \
+            "WITH moved AS (UPDATE log_head SET position = $1, hash = $2, recorded_at = $4 \
+                            RETURNING position) \
              SELECT pg_notify($3, position::text) FROM moved",
         )
         .await?,
@@ -299,24 +306,27 @@ async fn write_batch(
     // are cheap no-ops).
     let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
     let command_params: [&(dyn ToSql + Sync); 1] = [&command_ids];
-    let (begin, head_row, version_rows, command_rows) = futures::join!(
+    let (begin, head_row, clock_row, version_rows, command_rows) = futures::join!(
         client.batch_execute("BEGIN"),
         client.query_one(&st.lock_head, &[]),
+        client.query_one(&st.clock, &[]),
         client.query(&st.stream_versions, &version_params),
         client.query(&st.commands, &command_params),
     );
     let read = (|| {
         begin?;
-        Ok::<_, tokio_postgres::Error>((head_row?, version_rows?, command_rows?))
+        Ok::<_, tokio_postgres::Error>((head_row?, clock_row?, version_rows?, command_rows?))
     })();
-    let (head_row, mut version_rows, command_rows) = match read {
+    let (head_row, clock_row, mut version_rows, command_rows) = match read {
         Ok(rows) => rows,
         Err(e) => return Err(rollback(client, e).await),
     };
 
     let head_position: i64 = head_row.get(0);
     let head_hash: &[u8] = head_row.get(1);
-    let recorded_at: DateTime<Utc> = head_row.get(2);
+    let last_recorded_at: DateTime<Utc> = head_row.get(2);
+    let clock: DateTime<Utc> = clock_row.get(0);
+    let recorded_at = clock.max(last_recorded_at);
     let previous_hash: [u8; 32] = head_hash
         .try_into()
         .map_err(|_| StoreError::Corrupt("log_head hash is not 32 bytes".into()))?;
@@ -421,7 +431,7 @@ async fn write_batch(
         Err(e) => return Err(rollback(client, e).await),
     };
     let head_hash = previous_hash.as_slice();
-    let head_params: [&(dyn ToSql + Sync); 3] = [&head, &head_hash, &NOTIFY_CHANNEL];
+    let head_params: [&(dyn ToSql + Sync); 4] = [&head, &head_hash, &NOTIFY_CHANNEL, &recorded_at];
     let (moved, committed) = futures::join!(
         client.query_one(&st.move_head, &head_params),
         client.batch_execute("COMMIT"),

@@ -896,6 +896,10 @@ pub async fn concurrent_writers_and_subscribers_see_one_gapless_order(store: Sto
         expected_positions
     );
     verify_chain(GENESIS_HASH, &log).expect("chain intact");
+    assert!(
+        log.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at),
+        "recorded_at never goes back in position order"
+    );
     let mut by_stream: HashMap<&str, Vec<u64>> = HashMap::new();
     for e in &log {
         by_stream.entry(&e.stream_id).or_default().push(e.version);
