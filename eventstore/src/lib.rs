@@ -12,6 +12,7 @@
 //! Every stored event carries a SHA-256 hash chained to the event before it
 //! ([`hash`]), so an auditor can prove the log was not edited.
 
+pub mod audit;
 pub mod hash;
 mod memory;
 mod postgres;
