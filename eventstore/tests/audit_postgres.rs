@@ -63,10 +63,12 @@ async fn verifying_an_untouched_log_finds_it_intact() {
 async fn a_row_changed_through_sql_is_found_at_its_position() {
     let (store, pg, _db) = store_with_events(1_500).await;
     let client = pg.connection().await.expect("connection");
+    // Only someone who can switch the append-only triggers off can forge a row.
     client
-        .execute(
-            "UPDATE events SET data = '{\"i\": 1, \"email\": \"forged@example.com\"}' WHERE position = 1234",
-            &[],
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete;
+             UPDATE events SET data = '{\"i\": 1, \"email\": \"forged@example.com\"}' WHERE position = 1234;
+             ALTER TABLE events ENABLE TRIGGER events_no_update_or_delete;",
         )
         .await
         .expect("tamper");
@@ -140,4 +142,37 @@ async fn a_moment_maps_to_the_first_position_recorded_at_or_after_it() {
             .expect("position"),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_to_update_delete_or_truncate_events() {
+    let (store, pg, _db) = store_with_events(100).await;
+    let client = pg.connection().await.expect("connection");
+    for statement in [
+        "UPDATE events SET data = '{}' WHERE position = 10",
+        "DELETE FROM events WHERE position = 10",
+        "TRUNCATE events",
+    ] {
+        let err = client.batch_execute(statement).await.expect_err(statement);
+        let db = err.as_db_error().expect("a database error");
+        assert!(
+            db.message().contains("append-only"),
+            "{statement}: {}",
+            db.message()
+        );
+    }
+    let report = verify_log(store.clone(), 1, |_, _| {})
+        .await
+        .expect("verify");
+    assert!(report.intact() && report.checked == 100, "{report:?}");
+    let result = store
+        .append(AppendRequest {
+            stream_id: "order-9".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent::new("Noted", json!({}))],
+            command_id: None,
+        })
+        .await
+        .expect("appends still work");
+    assert_eq!(result.first_position, 101);
 }

@@ -15,11 +15,18 @@ pub struct Migration {
 }
 
 /// The event store's own schema.
-pub const EVENTSTORE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sql: include_str!("../../migrations/0001_events.sql"),
-}];
+pub const EVENTSTORE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "append_only",
+        sql: include_str!("../../migrations/0002_append_only.sql"),
+    },
+];
 
 /// Arbitrary but fixed: the advisory lock key all migrating processes agree on.
 const MIGRATION_LOCK_KEY: i64 = 0x636f_6d6d_6572_6365; // "commerce"
