@@ -1,5 +1,5 @@
-//! `commerce`: the engine's binary. Serves the HTTP API, runs the demo, and runs the
-//! benchmarks; every subcommand is described by `commerce --help`.
+//! `commerce`: the engine's binary. Serves the HTTP API, mints tokens, runs the demo
+//! and the benchmarks; every subcommand is described by `commerce --help`.
 
 mod bench;
 mod status;
@@ -13,9 +13,12 @@ const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5433/postgres"
 #[derive(Parser)]
 #[command(name = "commerce", version, about = "An event-sourced commerce engine")]
 struct Cli {
-    /// PostgreSQL server (benchmarks create their own databases on it).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
-    database_url: String,
+    /// PostgreSQL server. `serve` without it runs a managed local PostgreSQL in its
+    /// data directory; `status` and the benchmarks default to the scripts' server
+    /// (postgres://postgres@127.0.0.1:5433/postgres; benchmarks create their own
+    /// databases on it).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -23,6 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API (JSON; OpenAPI document at /openapi.json).
+    Serve(api::serve::ServeArgs),
+    /// Mint an HS256 bearer token for local use, with the secret `serve` verifies.
+    Token(api::token::TokenArgs),
     /// Run the demo: the event store's status until the shop demo lands.
     Demo,
     /// Show the event log's status: head position, streams, chain check of the tail.
@@ -50,13 +57,20 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Token(args) = cli.command {
+        return api::token::run(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let database_url = cli.database_url;
+        let or_default = |url: Option<String>| url.unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
         match cli.command {
-            Command::Demo | Command::Status => status::run(&cli.database_url).await,
-            Command::Bench { bench } => bench::run(bench, &cli.database_url).await,
+            Command::Serve(args) => api::serve::run(args, database_url).await,
+            Command::Token(_) => Ok(()),
+            Command::Demo | Command::Status => status::run(&or_default(database_url)).await,
+            Command::Bench { bench } => bench::run(bench, &or_default(database_url)).await,
         }
     })
 }

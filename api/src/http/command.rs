@@ -1,0 +1,208 @@
+//! The path every command request takes: look its `Idempotency-Key` up, run the
+//! command with a command id derived from the key, keep the response, answer.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use commands::{CommandContext, Committed};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::extract::IdempotencyKey;
+use super::idempotency::{IdempotencyKeys, Prior};
+use super::problem::ApiError;
+use super::{json_response, metrics, AppState, Principal};
+
+/// The header on a response that repeats the first response to its key.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// What a command wrote.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CommandAccepted {
+    /// The ids the command touched, by name (`cart_id`, `order_id`, `product_id`,
+    /// `sku`, ...).
+    #[schema(value_type = std::collections::HashMap<String, String>)]
+    pub ids: BTreeMap<&'static str, String>,
+    /// The global log position of the last event written; wait for a read model to
+    /// pass it to read your own write. Absent if the command wrote nothing.
+    pub position: Option<u64>,
+    /// Each stream written, with its version afterwards.
+    pub streams: Vec<StreamWritten>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StreamWritten {
+    pub stream_id: String,
+    pub version: u64,
+}
+
+impl CommandAccepted {
+    pub fn new() -> Self {
+        CommandAccepted {
+            ids: BTreeMap::new(),
+            position: None,
+            streams: Vec::new(),
+        }
+    }
+
+    pub fn id(mut self, name: &'static str, value: impl ToString) -> Self {
+        self.ids.insert(name, value.to_string());
+        self
+    }
+
+    /// Adds what one command of the pipeline wrote.
+    pub fn wrote<E>(mut self, committed: &Committed<E>) -> Self {
+        if let Some(positions) = committed.positions {
+            self.position = Some(
+                self.position
+                    .map_or(positions.last, |p| p.max(positions.last)),
+            );
+        }
+        self.streams.push(StreamWritten {
+            stream_id: committed.stream_id.clone(),
+            version: committed.stream_version,
+        });
+        self
+    }
+}
+
+/// Everything a command request carries besides its body: who sends it (401 if
+/// nobody), its `Idempotency-Key` (400 if missing), the request id (the command's
+/// correlation id when it is a UUID), and the method and path it was sent to.
+pub struct CommandMeta {
+    pub principal: Principal,
+    pub key: IdempotencyKey,
+    request_id: Option<Uuid>,
+    method: Method,
+    path: String,
+}
+
+impl FromRequestParts<AppState> for CommandMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let key = IdempotencyKey::from_request_parts(parts, state).await?;
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Uuid::parse_str(v).ok());
+        Ok(CommandMeta {
+            principal,
+            key,
+            request_id,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+        })
+    }
+}
+
+impl CommandMeta {
+    /// Runs `execute` once per idempotency key and answers with its response.
+    /// `command` names the command for metrics; `body` is the request body's
+    /// fingerprint, if it has one.
+    pub async fn run<F, Fut>(
+        self,
+        state: AppState,
+        command: &'static str,
+        body: Option<&[u8; 32]>,
+        execute: F,
+    ) -> Response
+    where
+        F: FnOnce(CommandContext) -> Fut,
+        Fut: Future<Output = Result<(StatusCode, CommandAccepted), ApiError>>,
+    {
+        let scope = self.principal.actor();
+        let key = self.key.0.as_str();
+        let fingerprint = IdempotencyKeys::fingerprint(self.method.as_str(), &self.path, body);
+        let keys = state.idempotency();
+        match keys.lookup(&scope, key, &fingerprint).await {
+            Ok(Prior::New) => {}
+            Ok(Prior::Answered { status, body }) => {
+                metrics::command_outcome(command, "replayed");
+                return replayed(status, &body);
+            }
+            Ok(Prior::Mismatch) => {
+                metrics::command_outcome(command, "idempotency-key-reused");
+                return key_reused().into_response();
+            }
+            Err(e) => {
+                metrics::command_outcome(command, e.code);
+                return e.into_response();
+            }
+        }
+        let command_id = IdempotencyKeys::command_id(&scope, key);
+        let context = CommandContext {
+            command_id,
+            correlation_id: self.request_id.unwrap_or(command_id),
+            causation_id: None,
+            actor: scope.clone(),
+        };
+        let (status, body) = match execute(context).await {
+            Ok((status, accepted)) => {
+                metrics::command_outcome(command, "accepted");
+                match serde_json::to_value(&accepted) {
+                    Ok(body) => (status, body),
+                    Err(e) => return ApiError::internal(e.to_string()).into_response(),
+                }
+            }
+            Err(error) => {
+                metrics::command_outcome(command, error.code);
+                if !worth_keeping(&error) {
+                    return error.into_response();
+                }
+                let body = serde_json::to_value(error.problem()).unwrap_or(Value::Null);
+                (error.status, body)
+            }
+        };
+        if let Err(e) = keys.record(&scope, key, &fingerprint, status, &body).await {
+            // The command is done; only a retry's shortcut is lost (the command id
+            // still makes the retry harmless).
+            tracing::warn!(detail = %e.detail, "cannot keep the idempotent response");
+        }
+        respond(status, &body)
+    }
+}
+
+/// Refusals that a retry would meet again are kept; answers that invite a retry
+/// (server errors, conflicts after retries, overload) and key mismatches are not.
+fn worth_keeping(error: &ApiError) -> bool {
+    error.status.is_client_error()
+        && error.retry_after_secs.is_none()
+        && error.code != "idempotency-key-reused"
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "this Idempotency-Key was already used for a different request",
+    )
+    .with_field("Idempotency-Key")
+}
+
+fn respond(status: StatusCode, body: &Value) -> Response {
+    let mut response = json_response(status, body);
+    if !status.is_success() {
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static(super::problem::PROBLEM_CONTENT_TYPE),
+        );
+    }
+    response
+}
+
+fn replayed(status: StatusCode, body: &Value) -> Response {
+    let mut response = respond(status, body);
+    response
+        .headers_mut()
+        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    response
+}

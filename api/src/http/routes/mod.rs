@@ -1,0 +1,47 @@
+//! The routes, one module per part of the shop. Registration is in one place so the
+//! served table can be checked against the OpenAPI document.
+
+pub(crate) mod audit;
+pub(crate) mod carts;
+pub(crate) mod health;
+pub(crate) mod inventory;
+pub(crate) mod orders;
+pub(crate) mod products;
+
+use super::RouteTable;
+
+pub(super) fn register(table: RouteTable) -> RouteTable {
+    table
+        .get("/health", health::health)
+        .get("/ready", health::ready)
+        .get("/metrics", health::prometheus)
+        .get("/openapi.json", health::openapi)
+        // Catalog and stock (admins change them).
+        .post("/v1/products", products::create)
+        .get("/v1/products/{product_id}", products::get)
+        .post("/v1/products/{product_id}/skus", products::add_sku)
+        .put("/v1/products/{product_id}/prices", products::set_price)
+        .post("/v1/products/{product_id}/publish", products::publish)
+        .post("/v1/products/{product_id}/unpublish", products::unpublish)
+        .post(
+            "/v1/products/{product_id}/discontinue",
+            products::discontinue,
+        )
+        .get("/v1/inventory/{sku}", inventory::get)
+        .post("/v1/inventory/{sku}/receipts", inventory::receive)
+        .post("/v1/inventory/{sku}/adjustments", inventory::adjust)
+        // Carts and orders (customers, their own).
+        .post("/v1/carts", carts::create)
+        .get("/v1/carts/{cart_id}", carts::get)
+        .post("/v1/carts/{cart_id}/lines", carts::add_line)
+        .put("/v1/carts/{cart_id}/lines/{sku}", carts::change_quantity)
+        .delete("/v1/carts/{cart_id}/lines/{sku}", carts::remove_line)
+        .post("/v1/carts/{cart_id}/merge", carts::merge)
+        .post("/v1/carts/{cart_id}/checkout", carts::checkout)
+        .get("/v1/orders/{order_id}", orders::get)
+        .post("/v1/orders/{order_id}/cancel", orders::cancel)
+        // Audit reads of the log (auditors, admins).
+        .get("/v1/streams/{stream_id}/events", audit::stream_events)
+        .get("/v1/events", audit::log)
+        .get("/v1/events.ndjson", audit::log_ndjson)
+}
