@@ -1,0 +1,10 @@
+//! The HTTP API, tested as a client sees it: each test starts the real server on a
+//! random port with a database of its own and talks HTTP to it.
+
+mod audit;
+mod auth;
+mod bad_input;
+mod binary;
+mod commands;
+mod operations;
+mod support;

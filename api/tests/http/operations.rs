@@ -1,0 +1,126 @@
+//! Health, readiness, metrics, the OpenAPI document, and the errors of routing.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn health_and_ready_answer_without_a_token() {
+    let app = spawn_app().await;
+    let health = app.send(app.http.get(app.url("/health"))).await;
+    assert_eq!(health.ok(200)["status"], "ok");
+    let ready = app.send(app.http.get(app.url("/ready"))).await;
+    assert_eq!(ready.ok(200)["status"], "ready");
+    assert_eq!(ready.body["head"], 0);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_with_latency_histograms() {
+    let app = spawn_app().await;
+    let cart = app.create_cart(&customer("alice"), "EUR").await;
+    app.get(&format!("/v1/carts/{cart}"), &customer("alice"))
+        .await
+        .ok(200);
+    let reply = app.send(app.http.get(app.url("/metrics"))).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.content_type.starts_with("text/plain"));
+    let text = reply.body.as_str().unwrap();
+    assert!(
+        text.contains(
+            r#"http_requests_total{method="GET",route="/v1/carts/{cart_id}",status="200"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains(r#"commerce_commands_total{command="CreateCart",outcome="accepted"}"#));
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_served_route() {
+    let app = spawn_app().await;
+    let doc = app.send(app.http.get(app.url("/openapi.json"))).await;
+    let doc = doc.ok(200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let served: BTreeSet<(String, String)> = api::http::served_routes()
+        .into_iter()
+        .map(|(method, path)| (method.as_str().to_owned(), path.to_owned()))
+        .collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not documented: {undocumented:?}"
+    );
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        unserved.is_empty(),
+        "documented but not served: {unserved:?}"
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+}
+
+#[tokio::test]
+async fn every_served_route_answers_and_unknown_ones_are_problems() {
+    let app = spawn_app().await;
+    // Each served (method, path) is routed: with no token it is a 401 or a 2xx,
+    // never the router's 404 or 405.
+    for (method, path) in api::http::served_routes() {
+        let path = path
+            .replace("{product_id}", &uuid::Uuid::nil().to_string())
+            .replace("{cart_id}", &uuid::Uuid::nil().to_string())
+            .replace("{order_id}", &uuid::Uuid::nil().to_string())
+            .replace("{sku}", "SKU-1")
+            .replace("{stream_id}", "cart-x");
+        let reply = app
+            .send(
+                app.http
+                    .request(method.clone(), app.url(&path))
+                    .json(&json!({})),
+            )
+            .await;
+        assert!(
+            reply.status.is_success() || reply.status == 401,
+            "{method} {path}: {}",
+            reply.status
+        );
+    }
+    app.send(app.http.get(app.url("/v1/nothing-here")))
+        .await
+        .problem(404, "not-found");
+    app.send(app.http.delete(app.url("/health")))
+        .await
+        .problem(405, "method-not-allowed");
+}
+
+#[tokio::test]
+async fn a_slow_request_is_cut_off_with_a_problem() {
+    // A 1 ms budget: the checkout's database work cannot fit in it.
+    let app = spawn_app_with(api::http::ServerConfig {
+        request_timeout: std::time::Duration::from_millis(1),
+        ..api::http::ServerConfig::default()
+    })
+    .await;
+    let mut saw_timeout = false;
+    for _ in 0..20 {
+        let reply = app
+            .send(app.http.get(app.url("/v1/events")).bearer_auth(auditor()))
+            .await;
+        if reply.status == 503 {
+            reply.problem(503, "request-timeout");
+            saw_timeout = true;
+            break;
+        }
+    }
+    assert!(saw_timeout, "no request hit the 1 ms timeout");
+}
