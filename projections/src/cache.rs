@@ -50,25 +50,6 @@ impl<K: Eq + Hash, V> RowCache<K, V> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_cache_drops_its_oldest_generation() {
-        let mut cache = RowCache::new(4);
-        for i in 0..4 {
-            cache.put(i, i * 10);
-        }
-        // 0 and 1 went to the old generation when 2 arrived, then were dropped at 4.
-        cache.put(4, 40);
-        assert_eq!(cache.take(&0), None);
-        assert_eq!(cache.take(&2), Some(20));
-        assert_eq!(cache.take(&4), Some(40));
-        assert_eq!(cache.take(&4), None);
-    }
-}
-
 /// The rows of one table (or one entity) that a batch works on: taken from the
 /// cache, known to be new, or loaded once from the database. After the batch commits
 /// they go back into the cache; if it does not, everything cached is forgotten.
@@ -174,5 +155,24 @@ impl<K: Eq + Hash + Clone, V> BatchRows<K, V> {
         self.rows.clear();
         self.missing.clear();
         self.cache.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_cache_drops_its_oldest_generation() {
+        let mut cache = RowCache::new(4);
+        for i in 0..4 {
+            cache.put(i, i * 10);
+        }
+        // 0 and 1 went to the old generation when 2 arrived, then were dropped at 4.
+        cache.put(4, 40);
+        assert_eq!(cache.take(&0), None);
+        assert_eq!(cache.take(&2), Some(20));
+        assert_eq!(cache.take(&4), Some(40));
+        assert_eq!(cache.take(&4), None);
     }
 }

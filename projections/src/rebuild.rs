@@ -302,24 +302,24 @@ async fn build_round(
         .map(|w| Arc::new(AtomicU64::new(w.cursor.position)))
         .collect();
     let mut senders = Vec::new();
-    let mut tasks: Vec<JoinHandle<Result<Worker, ProjectionError>>> = Vec::new();
+    let mut tasks: Vec<AbortOnDrop<Result<Worker, ProjectionError>>> = Vec::new();
     for (worker, position) in workers.into_iter().zip(&positions) {
         let (sender, receiver) = mpsc::channel::<Arc<Batch>>(READ_AHEAD_PAGES);
         senders.push(sender);
-        tasks.push(tokio::spawn(apply_batches(
+        tasks.push(AbortOnDrop(tokio::spawn(apply_batches(
             worker,
             receiver,
             position.clone(),
-        )));
+        ))));
     }
-    let reader = tokio::spawn(read_log(
+    let reader = AbortOnDrop(tokio::spawn(read_log(
         store.clone(),
         from,
         head,
         batch_max_events,
         categories,
         senders,
-    ));
+    )));
 
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     let mut reader = Some(reader);
@@ -331,22 +331,20 @@ async fn build_round(
             .min()
             .unwrap_or(head);
         progress(&report.progress(RebuildPhase::Building, slowest));
-        if let Some(r) = &reader {
-            if r.is_finished() {
-                let r = reader.take().expect("checked just above");
-                r.await.map_err(|e| {
-                    ProjectionError::Database(format!("log reader panicked: {e}"))
-                })??;
-            }
+        if let Some(r) = reader.as_mut().filter(|r| r.0.is_finished()) {
+            (&mut r.0)
+                .await
+                .map_err(|e| ProjectionError::Database(format!("log reader panicked: {e}")))??;
+            reader = None;
         }
-        if reader.is_none() || tasks.iter().any(JoinHandle::is_finished) {
+        if reader.is_none() || tasks.iter().any(|t| t.0.is_finished()) {
             break;
         }
     }
     let mut workers = Vec::new();
     let mut failure = None;
-    for task in tasks {
-        match task.await {
+    for mut task in tasks {
+        match (&mut task.0).await {
             Ok(Ok(worker)) => workers.push(worker),
             Ok(Err(e)) => failure = failure.or(Some(e)),
             Err(e) => {
@@ -356,13 +354,23 @@ async fn build_round(
             }
         }
     }
-    if let Some(reader) = reader {
+    if let Some(mut reader) = reader {
         // A worker ended early: the reader stops when its channel closes.
-        let _ = reader.await;
+        let _ = (&mut reader.0).await;
     }
     match failure {
         Some(e) => Err(e),
         None => Ok(workers),
+    }
+}
+
+/// A task that ends with its handle: when a rebuild is dropped (interrupted), its
+/// reader and workers stop too instead of writing on into the shadow.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

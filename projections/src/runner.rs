@@ -130,10 +130,12 @@ impl ProjectionTask {
                     self.leases.release(lease).await;
                     match end {
                         Ok(LeadEnd::Stopped) => return,
+                        // A lost lock connection hints at trouble on this side:
+                        // give a standby the first chance to take over.
                         Ok(LeadEnd::LeaseLost) => {
                             tracing::warn!(projection = %self.projection, "lost the lease");
                             backoff.reset();
-                            continue;
+                            self.config.lease_retry_interval
                         }
                         Err(e) => {
                             tracing::warn!(projection = %self.projection, error = %e, "projection interrupted");
