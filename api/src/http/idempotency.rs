@@ -13,6 +13,7 @@
 //! Responses that say "try again" (5xx, 409 conflict after retries, overload) are not
 //! kept: retrying them with the same key is what a client should do.
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -20,6 +21,7 @@ use deadpool_postgres::Pool;
 use eventstore::{Migration, StoreError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::problem::ApiError;
@@ -31,14 +33,25 @@ pub const API_MIGRATIONS: &[Migration] = &[Migration {
     sql: include_str!("../../migrations/0001_idempotency_keys.sql"),
 }];
 
+/// Most lookups (or records) answered by one statement. Every command looks its key
+/// up and records its response, so under load these are batched like the event
+/// store's appends: one round trip and one commit for many requests.
+pub const KEYS_BATCH_MAX: usize = 1_024;
+/// Most lookups or records waiting for their batch.
+pub const KEYS_QUEUE_MAX: usize = 65_536;
+/// How long a request waits for room in a queue, or for its batch, in milliseconds.
+pub const KEYS_WAIT_MS: u64 = 5_000;
+
 /// Namespace of command ids derived from idempotency keys.
 const COMMAND_ID_NAMESPACE: Uuid = Uuid::from_u128(0x1d3f_0c52_8e4b_4a07_b6a9_2f5e_7c11_d0a3);
 
-const SELECT_KEY: &str =
-    "SELECT fingerprint, status, response FROM api_idempotency_keys WHERE principal = $1 AND key = $2";
-const INSERT_KEY: &str =
+const LOOKUP_KEYS: &str = "SELECT k.i, t.fingerprint, t.status, t.response \
+     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(principal, key, i) \
+     JOIN api_idempotency_keys t ON t.principal = k.principal AND t.key = k.key";
+const INSERT_KEYS: &str =
     "INSERT INTO api_idempotency_keys (principal, key, fingerprint, status, response) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (principal, key) DO NOTHING";
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int2[], $5::jsonb[]) \
+     ON CONFLICT (principal, key) DO NOTHING";
 const PURGE_KEYS: &str =
     "DELETE FROM api_idempotency_keys WHERE created_at < now() - make_interval(secs => $1)";
 
@@ -53,13 +66,32 @@ pub enum Prior {
     Mismatch,
 }
 
+struct Lookup {
+    principal: String,
+    key: String,
+    fingerprint: [u8; 32],
+}
+
+struct Record {
+    principal: String,
+    key: String,
+    fingerprint: [u8; 32],
+    status: i16,
+    body: Value,
+}
+
+type Job<Q, A> = (Q, oneshot::Sender<Result<A, ApiError>>);
+
 #[derive(Clone)]
 pub struct IdempotencyKeys {
     pool: Pool,
+    lookups: mpsc::Sender<Job<Lookup, Prior>>,
+    records: mpsc::Sender<Job<Record, ()>>,
 }
 
 impl IdempotencyKeys {
-    /// Runs the API's migrations on the log's database.
+    /// Runs the API's migrations on the log's database and starts the two tasks
+    /// that batch lookups and records. The tasks end with the last clone.
     pub async fn connect(pool: Pool) -> Result<Self, StoreError> {
         let mut client = pool
             .get()
@@ -67,7 +99,19 @@ impl IdempotencyKeys {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let client: &mut tokio_postgres::Client = &mut client;
         eventstore::migrate(client, "api", API_MIGRATIONS).await?;
-        Ok(IdempotencyKeys { pool })
+        let lookups = spawn_batcher({
+            let pool = pool.clone();
+            move |batch| lookup_batch(pool.clone(), batch)
+        });
+        let records = spawn_batcher({
+            let pool = pool.clone();
+            move |batch| record_batch(pool.clone(), batch)
+        });
+        Ok(IdempotencyKeys {
+            pool,
+            lookups,
+            records,
+        })
     }
 
     /// The command id for `key` of `principal`: the same on every retry.
@@ -97,31 +141,16 @@ impl IdempotencyKeys {
         key: &str,
         fingerprint: &[u8; 32],
     ) -> Result<Prior, ApiError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(SELECT_KEY).await.map_err(db_error)?;
-        let Some(row) = client
-            .query_opt(&statement, &[&principal, &key])
-            .await
-            .map_err(db_error)?
-        else {
-            return Ok(Prior::New);
+        let lookup = Lookup {
+            principal: principal.to_owned(),
+            key: key.to_owned(),
+            fingerprint: *fingerprint,
         };
-        let stored: &[u8] = row.get(0);
-        if stored != fingerprint.as_slice() {
-            return Ok(Prior::Mismatch);
-        }
-        let status: i16 = row.get(1);
-        let status = u16::try_from(status)
-            .ok()
-            .and_then(|s| StatusCode::from_u16(s).ok())
-            .ok_or_else(|| ApiError::internal(format!("stored status {status} is not HTTP")))?;
-        Ok(Prior::Answered {
-            status,
-            body: row.get(2),
-        })
+        submit(&self.lookups, lookup).await
     }
 
-    /// Keeps the first response of a key; a concurrent first writer wins.
+    /// Keeps the first response of a key (a concurrent first writer wins), and
+    /// returns once it is committed.
     pub async fn record(
         &self,
         principal: &str,
@@ -130,34 +159,132 @@ impl IdempotencyKeys {
         status: StatusCode,
         body: &Value,
     ) -> Result<(), ApiError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(INSERT_KEY).await.map_err(db_error)?;
-        let status = status.as_u16() as i16;
-        client
-            .execute(
-                &statement,
-                &[&principal, &key, &fingerprint.as_slice(), &status, body],
-            )
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        let record = Record {
+            principal: principal.to_owned(),
+            key: key.to_owned(),
+            fingerprint: *fingerprint,
+            status: status.as_u16() as i16,
+            body: body.clone(),
+        };
+        submit(&self.records, record).await
     }
 
     /// Forgets keys older than `ttl`; returns how many.
     pub async fn purge_older_than(&self, ttl: Duration) -> Result<u64, ApiError> {
-        let client = self.client().await?;
+        let client = client(&self.pool).await?;
         client
             .execute(PURGE_KEYS, &[&ttl.as_secs_f64()])
             .await
             .map_err(db_error)
     }
+}
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, ApiError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| ApiError::from(StoreError::Unavailable(e.to_string())))
+/// Queues one job and waits for its answer, both bounded by [`KEYS_WAIT_MS`].
+async fn submit<Q, A>(queue: &mpsc::Sender<Job<Q, A>>, job: Q) -> Result<A, ApiError> {
+    let wait = Duration::from_millis(KEYS_WAIT_MS);
+    let overloaded = || ApiError::from(StoreError::Overloaded("idempotency keys".into()));
+    let (reply, answer) = oneshot::channel();
+    tokio::time::timeout(wait, queue.send((job, reply)))
+        .await
+        .map_err(|_| overloaded())?
+        .map_err(|_| ApiError::from(StoreError::Unavailable("idempotency keys stopped".into())))?;
+    tokio::time::timeout(wait, answer)
+        .await
+        .map_err(|_| overloaded())?
+        .map_err(|_| ApiError::from(StoreError::Unavailable("idempotency keys stopped".into())))?
+}
+
+/// A task that takes whatever jobs are queued (up to [`KEYS_BATCH_MAX`]), runs them
+/// as one batch, and answers each. While a batch runs, the next one gathers.
+fn spawn_batcher<Q, A, F, Fut>(run: F) -> mpsc::Sender<Job<Q, A>>
+where
+    Q: Send + 'static,
+    A: Send + 'static,
+    F: Fn(Vec<Q>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Vec<A>, ApiError>> + Send,
+{
+    let (tx, mut rx) = mpsc::channel::<Job<Q, A>>(KEYS_QUEUE_MAX);
+    tokio::spawn(async move {
+        let mut jobs = Vec::with_capacity(KEYS_BATCH_MAX);
+        while rx.recv_many(&mut jobs, KEYS_BATCH_MAX).await > 0 {
+            let (queries, replies): (Vec<Q>, Vec<_>) =
+                std::mem::take(&mut jobs).into_iter().unzip();
+            match run(queries).await {
+                Ok(answers) => {
+                    debug_assert_eq!(answers.len(), replies.len());
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+async fn lookup_batch(pool: Pool, batch: Vec<Lookup>) -> Result<Vec<Prior>, ApiError> {
+    let client = client(&pool).await?;
+    let statement = client.prepare_cached(LOOKUP_KEYS).await.map_err(db_error)?;
+    let principals: Vec<&str> = batch.iter().map(|l| l.principal.as_str()).collect();
+    let keys: Vec<&str> = batch.iter().map(|l| l.key.as_str()).collect();
+    let rows = client
+        .query(&statement, &[&principals, &keys])
+        .await
+        .map_err(db_error)?;
+    let mut answers = vec![Prior::New; batch.len()];
+    for row in rows {
+        let ordinal: i64 = row.get(0);
+        let Some(slot) = usize::try_from(ordinal - 1)
+            .ok()
+            .filter(|i| *i < batch.len())
+        else {
+            continue;
+        };
+        let stored: &[u8] = row.get(1);
+        answers[slot] = if stored != batch[slot].fingerprint.as_slice() {
+            Prior::Mismatch
+        } else {
+            let status: i16 = row.get(2);
+            let status = u16::try_from(status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .ok_or_else(|| ApiError::internal(format!("stored status {status} is not HTTP")))?;
+            Prior::Answered {
+                status,
+                body: row.get(3),
+            }
+        };
     }
+    Ok(answers)
+}
+
+async fn record_batch(pool: Pool, batch: Vec<Record>) -> Result<Vec<()>, ApiError> {
+    let client = client(&pool).await?;
+    let statement = client.prepare_cached(INSERT_KEYS).await.map_err(db_error)?;
+    let principals: Vec<&str> = batch.iter().map(|r| r.principal.as_str()).collect();
+    let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
+    let fingerprints: Vec<&[u8]> = batch.iter().map(|r| r.fingerprint.as_slice()).collect();
+    let statuses: Vec<i16> = batch.iter().map(|r| r.status).collect();
+    let bodies: Vec<&Value> = batch.iter().map(|r| &r.body).collect();
+    client
+        .execute(
+            &statement,
+            &[&principals, &keys, &fingerprints, &statuses, &bodies],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(vec![(); batch.len()])
+}
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, ApiError> {
+    pool.get()
+        .await
+        .map_err(|e| ApiError::from(StoreError::Unavailable(e.to_string())))
 }
 
 fn db_error(e: tokio_postgres::Error) -> ApiError {
