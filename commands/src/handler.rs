@@ -47,8 +47,11 @@ pub const LOAD_PAGE_EVENTS: usize = 5_000;
 pub const STREAM_IDLE_TIMEOUT_MS: u64 = 5_000;
 /// How long a command may wait for room in its stream's queue.
 pub const ENQUEUE_TIMEOUT_MS: u64 = 5_000;
-/// How long a caller waits for its command's outcome.
-pub const REPLY_TIMEOUT_MS: u64 = 30_000;
+/// How long a stream task waits for one call to the event store or the snapshot
+/// store. Each round makes at most a few such calls, so a caller's wait is bounded by
+/// the rounds ahead of it; a per-command timer would cost every command a timer
+/// registration for a case that this bound already covers.
+pub const STORE_CALL_TIMEOUT_MS: u64 = 30_000;
 /// Attempts to hand a command to its stream's task when tasks retire under it.
 const SUBMIT_ATTEMPTS_MAX: u32 = 3;
 
@@ -67,7 +70,7 @@ pub struct Limits {
     pub load_page_events: usize,
     pub stream_idle_timeout: Duration,
     pub enqueue_timeout: Duration,
-    pub reply_timeout: Duration,
+    pub store_call_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -84,7 +87,7 @@ impl Default for Limits {
             load_page_events: LOAD_PAGE_EVENTS,
             stream_idle_timeout: Duration::from_millis(STREAM_IDLE_TIMEOUT_MS),
             enqueue_timeout: Duration::from_millis(ENQUEUE_TIMEOUT_MS),
-            reply_timeout: Duration::from_millis(REPLY_TIMEOUT_MS),
+            store_call_timeout: Duration::from_millis(STORE_CALL_TIMEOUT_MS),
         }
     }
 }
@@ -195,15 +198,30 @@ impl<A: StreamAggregate> Shared<A> {
 }
 
 /// Runs the commands of aggregate type `A`. Cloning shares the tasks and the cache.
+/// When the last clone is dropped, the stream tasks answer what is queued and end.
 pub struct Handler<A: StreamAggregate> {
     shared: Arc<Shared<A>>,
+    _owner: Arc<Owner<A>>,
 }
 
 impl<A: StreamAggregate> Clone for Handler<A> {
     fn clone(&self) -> Self {
         Handler {
             shared: self.shared.clone(),
+            _owner: self._owner.clone(),
         }
+    }
+}
+
+/// Dropped with the last `Handler`: the routing table holds the queues' senders,
+/// so emptying it lets each stream task see its queue end once drained.
+struct Owner<A: StreamAggregate> {
+    shared: Arc<Shared<A>>,
+}
+
+impl<A: StreamAggregate> Drop for Owner<A> {
+    fn drop(&mut self) {
+        self.shared.live().clear();
     }
 }
 
@@ -214,16 +232,20 @@ impl<A: StreamAggregate> Handler<A> {
         limits: Limits,
     ) -> Self {
         let cache = StateCache::new(limits.cache_max_streams);
+        let shared = Arc::new(Shared {
+            store,
+            snapshots,
+            limits,
+            cache: Mutex::new(cache),
+            live: Mutex::new(HashMap::new()),
+            next_task_id: AtomicU64::new(0),
+            counters: Counters::default(),
+        });
         Handler {
-            shared: Arc::new(Shared {
-                store,
-                snapshots,
-                limits,
-                cache: Mutex::new(cache),
-                live: Mutex::new(HashMap::new()),
-                next_task_id: AtomicU64::new(0),
-                counters: Counters::default(),
+            _owner: Arc::new(Owner {
+                shared: shared.clone(),
             }),
+            shared,
         }
     }
 
@@ -282,19 +304,30 @@ impl<A: StreamAggregate> Handler<A> {
         let mut job = job(reply);
         for _ in 0..SUBMIT_ATTEMPTS_MAX {
             let queue = self.queue_for(stream_id)?;
-            match tokio::time::timeout(limits.enqueue_timeout, queue.send(job)).await {
-                Ok(Ok(())) => return self.wait(stream_id, answer).await,
+            // The queue usually has room: only a full one costs a timer.
+            let sent = match queue.try_send(job) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Closed(returned)) => Err(returned),
+                Err(mpsc::error::TrySendError::Full(returned)) => {
+                    match tokio::time::timeout(limits.enqueue_timeout, queue.send(returned)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(mpsc::error::SendError(returned))) => Err(returned),
+                        Err(_) => {
+                            return Err(CommandError::Overloaded {
+                                stream: stream_id.to_owned(),
+                                reason: "its queue stayed full",
+                            })
+                        }
+                    }
+                }
+            };
+            match sent {
+                Ok(()) => return self.wait(stream_id, answer).await,
                 // The task retired (or died) between the lookup and the send: forget
                 // it and hand the job to a new one.
-                Ok(Err(mpsc::error::SendError(returned))) => {
+                Err(returned) => {
                     job = returned;
                     self.forget_closed(stream_id);
-                }
-                Err(_) => {
-                    return Err(CommandError::Overloaded {
-                        stream: stream_id.to_owned(),
-                        reason: "its queue stayed full",
-                    })
                 }
             }
         }
@@ -303,22 +336,18 @@ impl<A: StreamAggregate> Handler<A> {
         })
     }
 
+    /// The stream task answers every job it takes, or drops it only by ending
+    /// (`Stopped`); its store calls are bounded by `store_call_timeout`.
     async fn wait<T>(
         &self,
         stream_id: &str,
         answer: oneshot::Receiver<Result<T, CommandError>>,
     ) -> Result<T, CommandError> {
-        let timeout = self.shared.limits.reply_timeout;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(CommandError::Stopped {
+        answer.await.unwrap_or_else(|_| {
+            Err(CommandError::Stopped {
                 stream: stream_id.to_owned(),
-            }),
-            Err(_) => Err(CommandError::Timeout {
-                stream: stream_id.to_owned(),
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            }),
-        }
+            })
+        })
     }
 
     /// The queue of the stream's task, starting the task if there is none.

@@ -56,6 +56,7 @@ pub(crate) async fn run<A: StreamAggregate>(
         shared,
         stream_id,
         held,
+        round_command_ids: HashSet::new(),
     };
     loop {
         let first = match tokio::time::timeout(idle, jobs.recv()).await {
@@ -77,6 +78,8 @@ struct StreamTask<A: StreamAggregate> {
     stream_id: String,
     /// `None` until loaded, and after anything that made it doubtful.
     held: Option<Held<A>>,
+    /// The command ids of the round being decided (kept to reuse its allocation).
+    round_command_ids: HashSet<Uuid>,
 }
 
 /// How one command (or read) of a round was decided.
@@ -160,7 +163,10 @@ impl<A: StreamAggregate> StreamTask<A> {
 
             if round.accepted == 0 {
                 // Nothing to write: the answers stand if the state was current.
-                match shared.store.stream_version(&self.stream_id).await {
+                match self
+                    .within(shared.store.stream_version(&self.stream_id))
+                    .await
+                {
                     Ok(version) if version == held.version => {
                         settle(&self.stream_id, round, &mut held, None);
                         self.held = Some(held);
@@ -180,7 +186,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                         self.held = Some(held);
                     }
                     Err(e) => {
-                        fail_all(round.jobs.into_iter().map(|(job, _)| job), &e.into());
+                        fail_all(round.jobs.into_iter().map(|(job, _)| job), &e);
                         self.held = Some(held);
                     }
                 }
@@ -198,7 +204,14 @@ impl<A: StreamAggregate> StreamTask<A> {
                     None
                 },
             };
-            match shared.store.append(request).await {
+            let limit = shared.limits.store_call_timeout;
+            let Ok(appended) = tokio::time::timeout(limit, shared.store.append(request)).await
+            else {
+                // The outcome is unknown; see the transient errors below.
+                fail_all(round.jobs.into_iter().map(|(job, _)| job), &self.timeout());
+                continue;
+            };
+            match appended {
                 Ok(result) if result.stream_version == base_version + written => {
                     Counters::add(&shared.counters.appends, 1);
                     Counters::add(&shared.counters.appended_commands, round.accepted as u64);
@@ -250,6 +263,25 @@ impl<A: StreamAggregate> StreamTask<A> {
         }
     }
 
+    fn timeout(&self) -> CommandError {
+        CommandError::Timeout {
+            stream: self.stream_id.clone(),
+            timeout_ms: u64::try_from(self.shared.limits.store_call_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A store call, bounded by `store_call_timeout`.
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, CommandError> {
+        match tokio::time::timeout(self.shared.limits.store_call_timeout, call).await {
+            Ok(outcome) => outcome.map_err(CommandError::from),
+            Err(_) => Err(self.timeout()),
+        }
+    }
+
     fn conflict(&self, attempts: u32) -> CommandError {
         CommandError::Conflict {
             stream: self.stream_id.clone(),
@@ -261,7 +293,7 @@ impl<A: StreamAggregate> StreamTask<A> {
     /// until the queue is empty or the round is full. `solo` limits the round to one
     /// accepted command.
     fn decide_round(
-        &self,
+        &mut self,
         held: &mut Held<A>,
         pending: &mut VecDeque<Job<A>>,
         solo: bool,
@@ -273,7 +305,8 @@ impl<A: StreamAggregate> StreamTask<A> {
             accepted: 0,
             first_command_id: None,
         };
-        let mut command_ids = HashSet::with_capacity(pending.len());
+        let command_ids = &mut self.round_command_ids;
+        command_ids.clear();
         while let Some(job) = pending.pop_front() {
             let decided = match &job {
                 Job::Load { .. } => Some(Decided::Load),
@@ -334,7 +367,7 @@ impl<A: StreamAggregate> StreamTask<A> {
         let shared = &self.shared;
         Counters::add(&shared.counters.loads, 1);
         let mut held = Held::empty(shared.limits.recent_commands_per_stream);
-        match shared.snapshots.load(&self.stream_id).await {
+        match self.within(shared.snapshots.load(&self.stream_id)).await {
             Ok(Some(snapshot)) if snapshot.state_schema == A::SNAPSHOT_SCHEMA => {
                 match serde_json::from_slice::<A>(&snapshot.state) {
                     Ok(state) => {
@@ -367,14 +400,13 @@ impl<A: StreamAggregate> StreamTask<A> {
         let shared = &self.shared;
         let page_size = shared.limits.load_page_events.max(1);
         loop {
-            let page = shared
-                .store
-                .read_stream(
+            let page = self
+                .within(shared.store.read_stream(
                     &self.stream_id,
                     held.version + 1,
                     Direction::Forward,
                     page_size,
-                )
+                ))
                 .await?;
             for recorded in &page {
                 if recorded.version != held.version + 1 {

@@ -1,12 +1,16 @@
 use std::time::{Duration, Instant};
 
-use commands::Limits;
+use commands::{CommandError, Limits};
+use domain::{DomainError, Inventory};
+use eventstore::{AppendRequest, AppendResult, Direction, EventStore, RecordedEvent, StoreError};
 
 use crate::support::{ctx, on_both_stores, reserve, Backend};
 
 on_both_stores!(
     an_idle_stream_parks_its_state_and_the_next_command_finds_it_in_the_cache,
     the_cache_of_idle_states_keeps_at_most_its_bound,
+    a_store_that_does_not_answer_gives_a_timeout_and_the_stream_recovers,
+    dropping_the_command_side_ends_its_stream_tasks,
 );
 
 fn quickly_idle(cache_max_streams: usize) -> Limits {
@@ -58,5 +62,124 @@ async fn the_cache_of_idle_states_keeps_at_most_its_bound(backend: Backend) {
     assert_eq!(env.commands.inventory().cached_streams(), 2);
     for code in ["C-1", "C-2", "C-3"] {
         assert_eq!(env.inventory(code).await.on_hand(), 1);
+    }
+}
+
+/// A store whose appends of reservations never come back.
+struct Unanswering {
+    inner: std::sync::Arc<dyn EventStore>,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Unanswering {
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError> {
+        if request
+            .events
+            .iter()
+            .any(|e| e.event_type == "StockReserved")
+        {
+            std::future::pending::<()>().await;
+        }
+        self.inner.append(request).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner
+            .read_stream(stream_id, from_version, direction, limit)
+            .await
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+        category: Option<&str>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_all(after, limit, category).await
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+        self.inner.stream_version(stream_id).await
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.inner.head().await
+    }
+
+    async fn wait_for_head(&self, known: u64, timeout: Duration) -> Result<u64, StoreError> {
+        self.inner.wait_for_head(known, timeout).await
+    }
+}
+
+async fn a_store_that_does_not_answer_gives_a_timeout_and_the_stream_recovers(backend: Backend) {
+    let limits = Limits {
+        store_call_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let env = backend
+        .env_wrapped(limits, |inner| std::sync::Arc::new(Unanswering { inner }))
+        .await;
+    env.receive("SLOW", 5).await;
+    let inventory = env.commands.inventory();
+
+    let started = Instant::now();
+    let outcome = inventory.execute(reserve("SLOW", 1), &ctx()).await;
+
+    assert_eq!(
+        outcome,
+        Err(CommandError::Timeout {
+            stream: Inventory::stream_id(&crate::support::sku("SLOW")),
+            timeout_ms: 200
+        })
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The stream is not stuck: what does not need the hanging call still works.
+    let refused = inventory.execute(reserve("SLOW", 6), &ctx()).await;
+    assert!(matches!(
+        refused,
+        Err(CommandError::Rejected(DomainError::OutOfStock {
+            available: 5,
+            ..
+        }))
+    ));
+}
+
+async fn dropping_the_command_side_ends_its_stream_tasks(backend: Backend) {
+    let env = backend.env().await;
+    let before = std::sync::Arc::strong_count(&env.store);
+    let process = env.another_process();
+    for code in ["END-1", "END-2"] {
+        process
+            .inventory()
+            .execute(
+                domain::InventoryCommand::ReceiveStock {
+                    sku: crate::support::sku(code),
+                    warehouse: crate::support::warehouse("main"),
+                    quantity: crate::support::qty(1),
+                },
+                &ctx(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(process.inventory().live_streams(), 2);
+
+    drop(process);
+
+    // Each task held the store through its handler; all of them let go, well
+    // before they would have retired for being idle.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while std::sync::Arc::strong_count(&env.store) > before {
+        assert!(
+            Instant::now() < deadline,
+            "stream tasks still hold the store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
