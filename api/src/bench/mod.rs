@@ -3,6 +3,7 @@
 //! counts that prove the run was correct).
 
 mod append;
+mod flash_sale;
 
 use std::time::Duration;
 
@@ -18,6 +19,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// One SKU, 1,000 units, 20,000 concurrent one-unit reservations through the
+    /// command pipeline, against `UPDATE ... WHERE qty >= 1` on a plain table.
+    FlashSale {
+        /// Concurrent clients sharing the 20,000 commands (20000: one per command).
+        #[arg(long, default_value_t = 500)]
+        clients: usize,
+        /// Runs of the sale (fresh SKU each), pipeline and baseline in turn; the
+        /// medians are reported.
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
+    },
 }
 
 pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
@@ -26,6 +38,9 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
     }
     match bench {
         Bench::Append { seconds } => append::run(database_url, Duration::from_secs(seconds)).await,
+        Bench::FlashSale { clients, trials } => {
+            flash_sale::run(database_url, clients, trials).await
+        }
     }
 }
 
