@@ -3,6 +3,7 @@
 //! counts that prove the run was correct).
 
 mod append;
+mod http_commands;
 mod flash_sale;
 
 use std::time::Duration;
@@ -30,6 +31,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 3)]
         trials: usize,
     },
+    /// Add-to-cart commands over HTTP (a JWT per customer, an Idempotency-Key per
+    /// request) from `connections` keep-alive connections, against the same command
+    /// through the pipeline in-process.
+    HttpCommands {
+        /// How long the measured run lasts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent keep-alive connections of the load generator.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
 }
 
 pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
@@ -38,6 +50,10 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
     }
     match bench {
         Bench::Append { seconds } => append::run(database_url, Duration::from_secs(seconds)).await,
+        Bench::HttpCommands {
+            seconds,
+            connections,
+        } => http_commands::run(database_url, Duration::from_secs(seconds), connections).await,
         Bench::FlashSale { clients, trials } => {
             flash_sale::run(database_url, clients, trials).await
         }

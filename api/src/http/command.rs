@@ -145,7 +145,10 @@ impl CommandMeta {
             causation_id: None,
             actor: scope.clone(),
         };
-        let (status, body) = match execute(context).await {
+        let started = std::time::Instant::now();
+        let outcome = execute(context).await;
+        metrics::command_duration(command, started.elapsed());
+        let (status, body) = match outcome {
             Ok((status, accepted)) => {
                 metrics::command_outcome(command, "accepted");
                 match serde_json::to_value(&accepted) {

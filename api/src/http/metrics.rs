@@ -68,6 +68,13 @@ pub fn command_outcome(command: &'static str, outcome: &'static str) {
         .increment(1);
 }
 
+/// Records how long a command took through the command side (load, decide,
+/// append, commit), without the HTTP and idempotency work around it.
+pub fn command_duration(command: &'static str, elapsed: std::time::Duration) {
+    metrics::histogram!("commerce_command_duration_seconds", "command" => command)
+        .record(elapsed.as_secs_f64());
+}
+
 /// Copies the command side's counters into gauges-as-counters before a scrape.
 pub fn record_handler_stats(aggregate: &'static str, stats: commands::HandlerStats) {
     let set = |name: &'static str, value: u64| {

@@ -99,17 +99,26 @@ pub(crate) fn cart_id(raw: &str) -> Result<CartId, ApiError> {
     CartId::parse(raw).map_err(|e| ApiError::bad_parameter("cart_id", e.to_string()))
 }
 
-/// The cart, if the principal may change it; another customer's cart (or none) is a
-/// 404, so ids cannot be probed.
+/// The cart's owner, if the principal may change the cart; another customer's cart
+/// (or none) is a 404, so ids cannot be probed.
 async fn writable_cart(
     state: &AppState,
     principal: &Principal,
     cart_id: CartId,
-) -> Result<Cart, ApiError> {
+) -> Result<Option<CartOwner>, ApiError> {
     principal.require(CART_WRITERS)?;
-    let cart = state.commands().load_cart(cart_id).await?.state;
-    if principal.may_see_cart(cart.owner()) {
-        Ok(cart)
+    let owner = match state.cart_owners().get(cart_id) {
+        Some(owner) => Some(owner),
+        None => {
+            let owner = state.commands().load_cart(cart_id).await?.state.owner();
+            if let Some(owner) = owner {
+                state.cart_owners().remember(cart_id, owner);
+            }
+            owner
+        }
+    };
+    if principal.may_see_cart(owner) {
+        Ok(owner)
     } else {
         Err(ApiError::not_found("cart"))
     }
@@ -169,6 +178,7 @@ pub async fn create(
                 currency: request.currency,
             };
             let committed = state.commands().cart(action, &context).await?;
+            state.cart_owners().remember(cart_id, owner);
             Ok((
                 StatusCode::CREATED,
                 CommandAccepted::new()
@@ -402,8 +412,8 @@ pub async fn checkout(
     let principal = meta.principal.clone();
     meta.run(state.clone(), "CheckOut", Some(&fingerprint), |context| async move {
         let shipping_address = shipping_address(request.shipping_address)?;
-        let cart = writable_cart(&state, &principal, cart_id).await?;
-        if let Some(CartOwner::Guest(_)) = cart.owner() {
+        let owner = writable_cart(&state, &principal, cart_id).await?;
+        if let Some(CartOwner::Guest(_)) = owner {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "guest-cart",
