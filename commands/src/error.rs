@@ -34,9 +34,9 @@ pub enum CommandError {
         reason: &'static str,
     },
 
-    /// No answer in time. The outcome is unknown; retrying with the same command id
-    /// is safe.
-    #[error("no answer for stream {stream} within {timeout_ms} ms")]
+    /// A call to the store did not answer within `Limits::store_call_timeout`. The
+    /// outcome is unknown; retrying with the same command id is safe.
+    #[error("the store did not answer for stream {stream} within {timeout_ms} ms")]
     Timeout { stream: String, timeout_ms: u64 },
 
     /// The stream's task ended before answering (a bug, or shutdown). The outcome is

@@ -129,7 +129,8 @@ pub struct HandlerStats {
     pub appends: u64,
     /// Commands whose events those appends carried.
     pub appended_commands: u64,
-    /// Appends refused because another writer moved the stream.
+    /// Rounds decided again because another writer had moved the stream (a refused
+    /// append, or a version check that found the state stale).
     pub conflicts: u64,
     /// Streams loaded from the store (snapshot and tail, or the whole stream).
     pub loads: u64,
