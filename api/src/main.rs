@@ -1,6 +1,7 @@
 //! `commerce`: the engine's binary. Serves the HTTP API, mints tokens, runs the demo
 //! and the benchmarks; every subcommand is described by `commerce --help`.
 
+mod audit;
 mod bench;
 mod status;
 
@@ -34,6 +35,11 @@ enum Command {
     Demo,
     /// Show the event log's status: head position, streams, chain check of the tail.
     Status,
+    /// Verify the hash chain, or export the log as verifiable NDJSON.
+    Audit {
+        #[command(subcommand)]
+        audit: audit::Audit,
+    },
     /// Run a benchmark (release build; it sets up its own database).
     Bench {
         #[command(subcommand)]
@@ -70,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Serve(args) => api::serve::run(args, database_url).await,
             Command::Token(_) => Ok(()),
             Command::Demo | Command::Status => status::run(&or_default(database_url)).await,
+            Command::Audit { audit } => audit::run(audit, &or_default(database_url)).await,
             Command::Bench { bench } => bench::run(bench, &or_default(database_url)).await,
         }
     })
