@@ -55,10 +55,10 @@ pub async fn run(audit: Audit, database_url: &str) -> Result<()> {
                 report.events_per_sec()
             );
             println!("{}", serde_json::to_string(&report)?);
-            if !report.intact() {
-                bail!("the hash chain is broken at position {verdict}");
+            match report.first_break {
+                Some(position) => bail!("the hash chain is broken at position {position}"),
+                None => Ok(()),
             }
-            Ok(())
         }
         Audit::Export {
             from,
