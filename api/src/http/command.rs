@@ -117,7 +117,7 @@ impl CommandMeta {
     ) -> Response
     where
         F: FnOnce(CommandContext) -> Fut,
-        Fut: Future<Output = Result<(StatusCode, CommandAccepted), ApiError>>,
+        Fut: Future<Output = Result<(StatusCode, CommandAccepted), ApiError>> + Send + 'static,
     {
         let scope = self.principal.actor();
         let key = self.key.0.as_str();
@@ -145,32 +145,45 @@ impl CommandMeta {
             causation_id: None,
             actor: scope.clone(),
         };
-        let started = std::time::Instant::now();
-        let outcome = execute(context).await;
-        metrics::command_duration(command, started.elapsed());
-        let (status, body) = match outcome {
-            Ok((status, accepted)) => {
-                metrics::command_outcome(command, "accepted");
-                match serde_json::to_value(&accepted) {
-                    Ok(body) => (status, body),
-                    Err(e) => return ApiError::internal(e.to_string()).into_response(),
+        // The command and the keeping of its response run in a task of their own, so
+        // a client that hangs up midway (which drops this future) cannot cut a
+        // command in two (a checkout between its cart and its order), and shutdown
+        // waits for them (`AppState::in_flight`).
+        let keys = keys.clone();
+        let key = key.to_owned();
+        let work = execute(context);
+        let finish = async move {
+            let started = std::time::Instant::now();
+            let outcome = work.await;
+            metrics::command_duration(command, started.elapsed());
+            let (status, body) = match outcome {
+                Ok((status, accepted)) => {
+                    metrics::command_outcome(command, "accepted");
+                    let body = serde_json::to_value(&accepted)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    (status, body)
                 }
-            }
-            Err(error) => {
-                metrics::command_outcome(command, error.code);
-                if !worth_keeping(&error) {
-                    return error.into_response();
+                Err(error) => {
+                    metrics::command_outcome(command, error.code);
+                    if !worth_keeping(&error) {
+                        return Err(error);
+                    }
+                    let body = serde_json::to_value(error.problem()).unwrap_or(Value::Null);
+                    (error.status, body)
                 }
-                let body = serde_json::to_value(error.problem()).unwrap_or(Value::Null);
-                (error.status, body)
+            };
+            if let Err(e) = keys.record(&scope, &key, &fingerprint, status, &body).await {
+                // The command is done; only a retry's shortcut is lost (the command
+                // id still makes the retry harmless).
+                tracing::warn!(detail = %e.detail, "cannot keep the idempotent response");
             }
+            Ok((status, body))
         };
-        if let Err(e) = keys.record(&scope, key, &fingerprint, status, &body).await {
-            // The command is done; only a retry's shortcut is lost (the command id
-            // still makes the retry harmless).
-            tracing::warn!(detail = %e.detail, "cannot keep the idempotent response");
+        match state.in_flight().spawn(finish).await {
+            Ok(Ok((status, body))) => respond(status, &body),
+            Ok(Err(error)) => error.into_response(),
+            Err(e) => ApiError::internal(format!("the command's task failed: {e}")).into_response(),
         }
-        respond(status, &body)
     }
 }
 

@@ -32,6 +32,7 @@ use domain::{CartId, CartOwner};
 use eventstore::{PostgresConfig, PostgresStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -89,6 +90,7 @@ pub struct AppState {
 
 struct Inner {
     store: PostgresStore,
+    in_flight: TaskTracker,
     commands: Commands,
     cart_owners: CartOwners,
     authenticator: Authenticator,
@@ -111,6 +113,7 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
+                in_flight: TaskTracker::new(),
                 commands,
                 cart_owners: CartOwners::default(),
                 authenticator,
@@ -123,6 +126,11 @@ impl AppState {
 
     pub fn store(&self) -> &PostgresStore {
         &self.inner.store
+    }
+
+    /// The commands running now; shutdown waits for them.
+    pub(crate) fn in_flight(&self) -> &TaskTracker {
+        &self.inner.in_flight
     }
 
     pub fn commands(&self) -> &Commands {
@@ -329,10 +337,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let purge = tokio::spawn(purge_idempotency_keys(state.clone()));
-    let result = axum::serve(listener, router(state))
+    let result = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await;
     purge.abort();
+    // Commands whose clients hung up run on; let them finish too (bounded).
+    let in_flight = state.in_flight();
+    in_flight.close();
+    let timeout = state.config().request_timeout;
+    if tokio::time::timeout(timeout, in_flight.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = in_flight.len(),
+            "commands still running at shutdown"
+        );
+    }
     result
 }
 

@@ -293,3 +293,50 @@ async fn concurrent_copies_of_one_command_write_once() {
     }
     assert_eq!(app.head().await, head + 1);
 }
+
+#[tokio::test]
+async fn a_checkout_whose_client_hangs_up_completes_once_and_its_retry_answers() {
+    let app = spawn_app().await;
+    let product = app.seed_catalog().await;
+    let alice = customer("alice");
+    let cart = app.create_cart(&alice, "EUR").await;
+    app.post(
+        &format!("/v1/carts/{cart}/lines"),
+        &alice,
+        json!({"product_id": product, "sku": SKU, "quantity": 1}),
+    )
+    .await
+    .ok(202);
+    let path = format!("/v1/carts/{cart}/checkout");
+    let key = new_key();
+    let body = json!({"shipping_address": address()});
+    // The client gives up almost at once (the server may or may not have started).
+    let _ = app
+        .http
+        .post(app.url(&path))
+        .bearer_auth(&alice)
+        .header("idempotency-key", &key)
+        .json(&body)
+        .timeout(std::time::Duration::from_millis(2))
+        .send()
+        .await;
+    let retry = app
+        .command(Method::POST, &path, &alice, &key, Some(body))
+        .await;
+    let order = retry.ok(202)["ids"]["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.get(&format!("/v1/orders/{order}"), &alice)
+        .await
+        .ok(200);
+    let events = app.events_after(0).await;
+    let count = |event_type: &str| {
+        events
+            .iter()
+            .filter(|e| e["event_type"] == event_type)
+            .count()
+    };
+    assert_eq!(count("CartCheckedOut"), 1);
+    assert_eq!(count("OrderPlaced"), 1);
+}
