@@ -44,6 +44,9 @@ use crate::handler::{Counters, Job, Shared};
 use crate::snapshot::Snapshot;
 use crate::{CommandError, Committed, Loaded, Positions, StreamAggregate};
 
+/// Most times a stream task yields to let a burst's commands join a round.
+const STREAM_LINGER_YIELDS_MAX: usize = 16;
+
 pub(crate) async fn run<A: StreamAggregate>(
     shared: Arc<Shared<A>>,
     stream_id: String,
@@ -67,7 +70,7 @@ pub(crate) async fn run<A: StreamAggregate>(
                 break;
             }
         };
-        let batch = task.fill_batch(first, &mut jobs);
+        let batch = task.fill_batch(first, &mut jobs).await;
         task.process(batch).await;
     }
     task.park();
@@ -108,17 +111,31 @@ struct Round<A: StreamAggregate> {
 }
 
 impl<A: StreamAggregate> StreamTask<A> {
-    fn fill_batch(&self, first: Job<A>, jobs: &mut mpsc::Receiver<Job<A>>) -> Vec<Job<A>> {
+    /// `first` and what else is queued, up to a round's worth. While commands keep
+    /// arriving, it yields a few times to let their senders run: at the start of a
+    /// burst the queue fills a little after the first command, and a round that
+    /// waits microseconds for them saves a whole append later. A lone command costs
+    /// one yield.
+    async fn fill_batch(&self, first: Job<A>, jobs: &mut mpsc::Receiver<Job<A>>) -> Vec<Job<A>> {
         let max = self.shared.limits.stream_batch_max_commands.max(1);
         let mut batch = Vec::with_capacity(max.min(jobs.len() + 1));
         batch.push(first);
-        while batch.len() < max {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut yields = 0;
+        loop {
+            let before = batch.len();
+            while batch.len() < max {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
+            let arriving = yields == 0 || batch.len() > before;
+            if batch.len() >= max || !arriving || yields >= STREAM_LINGER_YIELDS_MAX {
+                return batch;
+            }
+            tokio::task::yield_now().await;
+            yields += 1;
         }
-        batch
     }
 
     /// Leaves the routing table, refuses new commands, and handles the ones that
@@ -133,7 +150,7 @@ impl<A: StreamAggregate> StreamTask<A> {
         }
         jobs.close();
         while let Some(first) = jobs.recv().await {
-            let batch = self.fill_batch(first, jobs);
+            let batch = self.fill_batch(first, jobs).await;
             self.process(batch).await;
         }
     }
