@@ -28,7 +28,7 @@ pub enum Bench {
         clients: usize,
         /// Runs of the sale (fresh SKU each), pipeline and baseline in turn; the
         /// medians are reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         trials: usize,
     },
     /// Add-to-cart commands over HTTP (a JWT per customer, an Idempotency-Key per
