@@ -78,7 +78,8 @@ pub async fn run(audit: Audit, database_url: &str) -> Result<()> {
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout())),
             };
-            let written = export(store.as_ref(), from, to, category.as_deref(), out.as_mut()).await?;
+            let written =
+                export(store.as_ref(), from, to, category.as_deref(), out.as_mut()).await?;
             eprintln!("exported {written} events (positions {from}..={to})");
             Ok(())
         }
