@@ -52,7 +52,11 @@ pub async fn run(database_url: &str, events: u64) -> Result<()> {
 
     let report = verify_log(store.clone(), 1, |_, _| {}).await?;
     ensure!(report.intact(), "chain broken at {:?}", report.first_break);
-    ensure!(report.checked == events, "verified {} of {events}", report.checked);
+    ensure!(
+        report.checked == events,
+        "verified {} of {events}",
+        report.checked
+    );
     println!(
         "  verifying the hash chain:   {:>9.0} events/s ({} events, intact)",
         report.events_per_sec(),
