@@ -3,8 +3,9 @@
 //! counts that prove the run was correct).
 
 mod append;
-mod http_commands;
 mod flash_sale;
+mod http_commands;
+mod verify;
 
 use std::time::Duration;
 
@@ -42,6 +43,12 @@ pub enum Bench {
         #[arg(long, default_value_t = 64)]
         connections: usize,
     },
+    /// Verify the hash chain and export NDJSON over a log of `events` events,
+    /// against reading the log alone.
+    Verify {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+    },
 }
 
 pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
@@ -57,6 +64,7 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
         Bench::FlashSale { clients, trials } => {
             flash_sale::run(database_url, clients, trials).await
         }
+        Bench::Verify { events } => verify::run(database_url, events).await,
     }
 }
 
