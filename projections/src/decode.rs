@@ -4,6 +4,8 @@
 
 use std::ops::BitOr;
 
+use serde::de::DeserializeOwned;
+
 use chrono::{DateTime, Utc};
 use domain::{
     CartEvent, CartId, DomainEvent, InventoryEvent, OrderEvent, OrderId, ProductEvent, ProductId,
@@ -21,7 +23,7 @@ pub(crate) enum Category {
 }
 
 impl Category {
-    fn of(stream_id: &str) -> Option<Category> {
+    pub(crate) fn of(stream_id: &str) -> Option<Category> {
         match category_of(stream_id) {
             "product" => Some(Category::Product),
             "inventory" => Some(Category::Inventory),
@@ -146,6 +148,82 @@ pub(crate) fn decode(event: RecordedEvent, wanted: Categories) -> Option<Decoded
         recorded_at: event.recorded_at,
         category,
         event: decoded,
+    })
+}
+
+/// Decodes an event from its stored parts, `json` being the text of its data.
+///
+/// The usual case, an event at its type's current schema version, is deserialised
+/// straight from the text into the domain's event enum (serde's external tagging,
+/// `{"Type": data}`, exactly as `DomainEvent::from_stored` does from a parsed value);
+/// anything else (older versions to upcast, unknown types) goes through
+/// `from_stored`, so the domain's upcasting and errors apply unchanged. `buf` is
+/// scratch space kept between calls.
+pub(crate) fn decode_text(
+    category: Category,
+    stream_id: &str,
+    event_type: &str,
+    schema_version: u32,
+    json: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<ShopEvent, String> {
+    fn fast<E: DomainEvent + DeserializeOwned>(
+        types: &[(&str, u32)],
+        event_type: &str,
+        schema_version: u32,
+        json: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<E, String> {
+        let current = types
+            .iter()
+            .any(|&(t, v)| t == event_type && v == schema_version);
+        if current {
+            // The type is one of the enum's own names: plain identifiers, no escaping.
+            buf.clear();
+            buf.extend_from_slice(b"{\"");
+            buf.extend_from_slice(event_type.as_bytes());
+            buf.extend_from_slice(b"\":");
+            buf.extend_from_slice(json);
+            buf.push(b'}');
+            return serde_json::from_slice(buf).map_err(|e| {
+                domain::DecodeError::Malformed {
+                    event_type: event_type.to_owned(),
+                    reason: e.to_string(),
+                }
+                .to_string()
+            });
+        }
+        let data = serde_json::from_slice(json).map_err(|e| {
+            domain::DecodeError::Malformed {
+                event_type: event_type.to_owned(),
+                reason: e.to_string(),
+            }
+            .to_string()
+        })?;
+        E::from_stored(event_type, schema_version, data).map_err(|e| e.to_string())
+    }
+    let id = stream_id
+        .split_once('-')
+        .map(|(_, id)| id)
+        .ok_or_else(|| format!("stream id {stream_id:?} has no id"))?;
+    let bad_id = |e: domain::DomainError| format!("stream id {stream_id:?}: {e}");
+    Ok(match category {
+        Category::Product => ShopEvent::Product {
+            id: ProductId::parse(id).map_err(bad_id)?,
+            event: fast(ProductEvent::TYPES, event_type, schema_version, json, buf)?,
+        },
+        Category::Inventory => ShopEvent::Inventory {
+            sku: Sku::parse(id).map_err(bad_id)?,
+            event: fast(InventoryEvent::TYPES, event_type, schema_version, json, buf)?,
+        },
+        Category::Cart => ShopEvent::Cart {
+            id: CartId::parse(id).map_err(bad_id)?,
+            event: fast(CartEvent::TYPES, event_type, schema_version, json, buf)?,
+        },
+        Category::Order => ShopEvent::Order {
+            id: OrderId::parse(id).map_err(bad_id)?,
+            event: fast(OrderEvent::TYPES, event_type, schema_version, json, buf)?,
+        },
     })
 }
 

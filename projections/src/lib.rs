@@ -31,6 +31,7 @@ mod decode;
 mod error;
 pub mod inventory;
 mod lease;
+mod log;
 pub mod orders;
 mod page;
 mod rebuild;

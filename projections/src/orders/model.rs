@@ -1,7 +1,5 @@
 //! The `orders` projection: orders, their lines, and customer order history.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -10,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::apply::{poison, ApplyError, ReadModel, ROW_CACHE_MAX_ROWS};
-use crate::cache::BatchRows;
+use crate::cache::{BatchRows, FastMap};
 use crate::decode::{Decoded, ShopEvent};
 
 /// Order statuses as stored; the same words as `domain::OrderStatus::as_str`.
@@ -167,12 +165,12 @@ pub(crate) struct OrdersModel {
     insert_lines: String,
     upsert_customers: String,
     orders: BatchRows<Uuid, OrderRow>,
-    customers: HashMap<(Uuid, String), CustomerDelta>,
+    customers: FastMap<(Uuid, String), CustomerDelta>,
 }
 
 /// The history delta of `order`'s customer in its currency.
 fn customer_delta<'a>(
-    customers: &'a mut HashMap<(Uuid, String), CustomerDelta>,
+    customers: &'a mut FastMap<(Uuid, String), CustomerDelta>,
     order: &OrderRow,
     position: u64,
 ) -> &'a mut CustomerDelta {
@@ -198,7 +196,7 @@ impl OrdersModel {
             insert_lines: sql(INSERT_LINES),
             upsert_customers: sql(UPSERT_CUSTOMERS),
             orders: BatchRows::new(ROW_CACHE_MAX_ROWS),
-            customers: HashMap::new(),
+            customers: FastMap::default(),
         }
     }
 

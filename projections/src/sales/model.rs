@@ -4,8 +4,6 @@
 //! lines of every order that may still be confirmed or cancelled in a table of its
 //! own (`sales_open_orders`) and drops them once the order is past that.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::Transaction;
@@ -14,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::apply::{poison, ApplyError, ReadModel, ROW_CACHE_MAX_ROWS};
-use crate::cache::BatchRows;
+use crate::cache::{BatchRows, FastMap};
 use crate::decode::{Decoded, ShopEvent};
 
 const LOAD: &str = "SELECT order_id, currency, lines, confirmed \
@@ -83,12 +81,12 @@ pub(crate) struct SalesModel {
     open: BatchRows<Uuid, OpenOrder>,
     /// Stored open orders that the batch closes.
     closed: Vec<Uuid>,
-    deltas: HashMap<DeltaKey, Delta>,
+    deltas: FastMap<DeltaKey, Delta>,
 }
 
 /// Adds `change` for every line of `order` on `at`'s day.
 fn add(
-    deltas: &mut HashMap<DeltaKey, Delta>,
+    deltas: &mut FastMap<DeltaKey, Delta>,
     order: &OpenOrder,
     at: DateTime<Utc>,
     position: u64,
@@ -118,7 +116,7 @@ impl SalesModel {
             upsert_daily: sql(UPSERT_DAILY),
             open: BatchRows::new(ROW_CACHE_MAX_ROWS),
             closed: Vec::new(),
-            deltas: HashMap::new(),
+            deltas: FastMap::default(),
         }
     }
 
