@@ -5,6 +5,7 @@
 mod append;
 mod flash_sale;
 mod http_commands;
+mod rebuild;
 mod verify;
 
 use std::time::Duration;
@@ -43,6 +44,12 @@ pub enum Bench {
         #[arg(long, default_value_t = 64)]
         connections: usize,
     },
+    /// Rebuild every read model from a log of at least `events` events of the
+    /// domain's workload, against reading and decoding the log alone.
+    Rebuild {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+    },
     /// Verify the hash chain and export NDJSON over a log of `events` events,
     /// against reading the log alone.
     Verify {
@@ -64,6 +71,7 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
         Bench::FlashSale { clients, trials } => {
             flash_sale::run(database_url, clients, trials).await
         }
+        Bench::Rebuild { events } => rebuild::run(database_url, events).await,
         Bench::Verify { events } => verify::run(database_url, events).await,
     }
 }
