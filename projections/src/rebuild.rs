@@ -111,6 +111,12 @@ pub async fn rebuild(
     mut progress: impl FnMut(&RebuildProgress) + Send,
 ) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
+    if projections.is_empty() {
+        return Err(ProjectionError::InvalidQuery {
+            field: "projections",
+            reason: "name at least one projection to rebuild".to_owned(),
+        });
+    }
     let mut projections = projections.to_vec();
     projections.sort();
     projections.dedup();
