@@ -53,7 +53,12 @@ pub(crate) async fn copy_batches(
     senders: &[mpsc::Sender<Arc<Batch>>],
 ) -> Result<(), ProjectionError> {
     let mut buf = Vec::with_capacity(4096);
-    let mut batch = Batch::default();
+    // Reserved up front: growing a vector of tens of thousands of events copies it.
+    let new_batch = || Batch {
+        events: Vec::with_capacity(batch_max_events),
+        last_position: 0,
+    };
+    let mut batch = new_batch();
     let mut in_batch = 0usize;
     let mut from = after;
     let mut last = after;
@@ -108,7 +113,7 @@ pub(crate) async fn copy_batches(
                 });
             }
             if in_batch == batch_max_events {
-                if !send(senders, std::mem::take(&mut batch)).await {
+                if !send(senders, std::mem::replace(&mut batch, new_batch())).await {
                     return Ok(());
                 }
                 in_batch = 0;
