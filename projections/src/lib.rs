@@ -48,14 +48,16 @@ use std::str::FromStr;
 use serde::Serialize;
 
 pub use error::ProjectionError;
-pub use page::{Page, PageRequest, PAGE_MAX_ITEMS};
+pub use page::{Page, PageRequest, PAGE_MAX_ITEMS, PAGE_MAX_OFFSET};
 pub use rebuild::{
     rebuild, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport, REBUILD_BATCH_MAX_EVENTS,
 };
 pub use runner::{Runner, RunnerConfig};
 pub use schema::{migrate, MIGRATION_COMPONENT, PROJECTIONS_MIGRATIONS, READ_MODELS_SCHEMA};
-pub use status::{retry, status, ProjectionState, ProjectionStatus, RebuildStatus};
-pub use wait::CheckpointWatch;
+pub use status::{
+    retry, status, ProjectionState, ProjectionStatus, RebuildStatus, CATCHING_UP_LAG_EVENTS,
+};
+pub use wait::{CheckpointWatch, CHECKPOINT_POLL_INTERVAL};
 
 /// The projections this crate keeps, each owning the tables it lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
