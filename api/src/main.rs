@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod projections_cli;
 mod status;
 
 use anyhow::Result;
@@ -39,6 +40,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         audit: audit::Audit,
+    },
+    /// The read models: status, and rebuilds into shadow tables.
+    Projections {
+        #[command(subcommand)]
+        projections: projections_cli::Projections,
     },
     /// Run a benchmark (release build; it sets up its own database).
     Bench {
@@ -77,6 +83,9 @@ fn run(cli: Cli) -> Result<()> {
             Command::Token(_) => Ok(()),
             Command::Demo | Command::Status => status::run(&or_default(database_url)).await,
             Command::Audit { audit } => audit::run(audit, &or_default(database_url)).await,
+            Command::Projections { projections } => {
+                projections_cli::run(projections, &or_default(database_url)).await
+            }
             Command::Bench { bench } => bench::run(bench, &or_default(database_url)).await,
         }
     })
