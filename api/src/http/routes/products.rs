@@ -77,6 +77,13 @@ fn product_id(raw: &str) -> Result<ProductId, ApiError> {
     ProductId::parse(raw).map_err(|e| ApiError::bad_parameter("product_id", e.to_string()))
 }
 
+/// The catalog's commands on one product: an admin's, with a well-formed id.
+fn admin_product_id(meta: &CommandMeta, raw: &str) -> Result<ProductId, ApiError> {
+    meta.principal
+        .require(&[Role::Admin])
+        .and_then(|()| product_id(raw))
+}
+
 /// Creates a product (draft) with its SKUs. Admins only.
 #[utoipa::path(post, path = "/v1/products", tag = "catalog", request_body = CreateProductRequest,
     params(("Idempotency-Key" = String, Header, description = "Makes retries safe")),
@@ -137,11 +144,7 @@ pub async fn add_sku(
     meta: CommandMeta,
     body: JsonBody<SkuRequest>,
 ) -> Response {
-    let product_id = match meta
-        .principal
-        .require(&[Role::Admin])
-        .and_then(|()| product_id(&raw_id))
-    {
+    let product_id = match admin_product_id(&meta, &raw_id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
@@ -187,11 +190,7 @@ pub async fn set_price(
     meta: CommandMeta,
     body: JsonBody<SetPriceRequest>,
 ) -> Response {
-    let product_id = match meta
-        .principal
-        .require(&[Role::Admin])
-        .and_then(|()| product_id(&raw_id))
-    {
+    let product_id = match admin_product_id(&meta, &raw_id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
@@ -240,11 +239,7 @@ async fn change_status(
     meta: CommandMeta,
     change: StatusChange,
 ) -> Response {
-    let product_id = match meta
-        .principal
-        .require(&[Role::Admin])
-        .and_then(|()| product_id(&raw_id))
-    {
+    let product_id = match admin_product_id(&meta, &raw_id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
