@@ -3,12 +3,14 @@
 //! the listener closes, in-flight requests (and so their commands) finish, then the
 //! managed server stops.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use projections::{Runner, RunnerConfig};
 use tokio::net::TcpListener;
 
 use crate::http::{self, AppState, Authenticator, ServerConfig};
@@ -94,16 +96,47 @@ pub async fn run(args: ServeArgs, database_url: Option<String>) -> Result<()> {
 }
 
 async fn serve(args: &ServeArgs, database_url: &str, authenticator: Authenticator) -> Result<()> {
-    let state = AppState::connect(database_url, authenticator, args.server_config())
-        .await
-        .context("cannot open the event store")?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    println!("commerce: serving http://{address}");
-    http::serve(listener, state, shutdown_signal()).await?;
+    serve_on(
+        listener,
+        args,
+        database_url,
+        authenticator,
+        async move {
+            println!("commerce: serving http://{address}");
+        },
+        shutdown_signal(),
+    )
+    .await?;
     eprintln!("commerce: stopped");
+    Ok(())
+}
+
+/// Runs the engine on a bound listener until `shutdown` resolves: the HTTP API and
+/// the workers beside it (the projections that keep the read models). `ready` runs
+/// once everything has started. `commerce serve` and `commerce demo` both start the
+/// engine here, so the demo shows exactly what a deployment runs.
+pub async fn serve_on(
+    listener: TcpListener,
+    args: &ServeArgs,
+    database_url: &str,
+    authenticator: Authenticator,
+    ready: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let state = AppState::connect(database_url, authenticator, args.server_config())
+        .await
+        .context("cannot open the event store")?;
+    let projections = Runner::start(state.store().clone(), RunnerConfig::default())
+        .await
+        .context("cannot start the projections")?;
+    ready.await;
+    let served = http::serve(listener, state, shutdown).await;
+    projections.stop().await;
+    served?;
     Ok(())
 }
 
