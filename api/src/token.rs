@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::http::auth::{mint_hs256, Claims, Role, HS256_SECRET_MIN_BYTES};
+use crate::http::auth::{
+    mint_hs256_with_kid, Claims, Role, DEFAULT_AUDIENCE, DEFAULT_ISSUER, HS256_SECRET_MIN_BYTES,
+};
 use crate::managed_pg::default_data_dir;
 
 /// Name of the generated secret inside the data directory.
@@ -56,6 +58,16 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl_secs: u64,
+    /// The key id to put in the token's header, when the server selects keys by kid
+    /// (`serve --jwt-key KID=hs256:FILE`); sign with that key's secret.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// The issuer (`iss`) the server requires (`serve --jwt-issuer`).
+    #[arg(long, env = "COMMERCE_JWT_ISSUER", default_value = DEFAULT_ISSUER)]
+    pub iss: String,
+    /// The audience (`aud`) the server requires (`serve --jwt-audience`).
+    #[arg(long, env = "COMMERCE_JWT_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub aud: String,
     #[command(flatten)]
     pub secret: SecretArg,
     #[command(flatten)]
@@ -67,15 +79,31 @@ pub fn run(args: TokenArgs) -> Result<()> {
         bail!("--ttl-secs must be between 1 and {TTL_MAX_SECS}");
     }
     let secret = hs256_secret(args.secret.jwt_secret.as_deref(), &args.data_dir.resolve())?;
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
     let claims = Claims {
-        sub: args.sub,
-        role: args.role,
-        exp: now + args.ttl_secs,
-        iat: Some(now),
+        iss: args.iss,
+        aud: args.aud,
+        ..claims_for(args.role, args.sub, args.ttl_secs)
     };
-    println!("{}", mint_hs256(&secret, &claims)?);
+    println!(
+        "{}",
+        mint_hs256_with_kid(&secret, args.kid.as_deref(), &claims)?
+    );
     Ok(())
+}
+
+fn claims_for(role: Role, sub: String, ttl_secs: u64) -> Claims {
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    Claims::new(sub, role, now + ttl_secs)
+}
+
+/// An HS256 token for `sub` in `role`, valid from now for `ttl_secs`: what
+/// `commerce token` prints and what the demo's shoppers and staff carry.
+pub fn mint(secret: &[u8], role: Role, sub: String, ttl_secs: u64) -> Result<String> {
+    Ok(mint_hs256_with_kid(
+        secret,
+        None,
+        &claims_for(role, sub, ttl_secs),
+    )?)
 }
 
 /// The HS256 secret: `explicit` if given, else the one in `data_dir`'s secret file,
