@@ -32,8 +32,9 @@ enum Command {
     Serve(api::serve::ServeArgs),
     /// Mint an HS256 bearer token for local use, with the secret `serve` verifies.
     Token(api::token::TokenArgs),
-    /// Run the demo: the event store's status until the shop demo lands.
-    Demo,
+    /// Run the demo: a shop that runs itself (catalog, shoppers, a flash sale)
+    /// through the HTTP API, ending with a report checked against the event log.
+    Demo(Box<api::demo::DemoArgs>),
     /// Show the event log's status: head position, streams, chain check of the tail.
     Status,
     /// Verify the hash chain, or export the log as verifiable NDJSON.
@@ -81,7 +82,8 @@ fn run(cli: Cli) -> Result<()> {
         match cli.command {
             Command::Serve(args) => api::serve::run(args, database_url).await,
             Command::Token(_) => Ok(()),
-            Command::Demo | Command::Status => status::run(&or_default(database_url)).await,
+            Command::Demo(args) => api::demo::run(*args, database_url).await,
+            Command::Status => status::run(&or_default(database_url)).await,
             Command::Audit { audit } => audit::run(audit, &or_default(database_url)).await,
             Command::Projections { projections } => {
                 projections_cli::run(projections, &or_default(database_url)).await

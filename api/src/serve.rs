@@ -141,7 +141,7 @@ pub async fn serve_on(
 }
 
 /// Resolves on SIGTERM or ctrl-c (SIGINT).
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

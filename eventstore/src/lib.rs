@@ -30,7 +30,7 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 pub use postgres::{migrate, Migration, PostgresConfig, PostgresStore, EVENTSTORE_MIGRATIONS};
-pub use scratch::ScratchDatabase;
+pub use scratch::{recreate_database, ScratchDatabase};
 pub use subscription::{Subscription, SubscriptionOptions};
 pub use types::*;
 
