@@ -26,6 +26,11 @@ pub const EVENTSTORE_MIGRATIONS: &[Migration] = &[
         name: "append_only",
         sql: include_str!("../../migrations/0002_append_only.sql"),
     },
+    Migration {
+        version: 3,
+        name: "engine_role",
+        sql: include_str!("../../migrations/0003_engine_role.sql"),
+    },
 ];
 
 /// Arbitrary but fixed: the advisory lock key all migrating processes agree on.
@@ -43,17 +48,26 @@ pub async fn migrate(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .map_err(db_error)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             component  text        NOT NULL,
-             version    integer     NOT NULL,
-             name       text        NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now(),
-             PRIMARY KEY (component, version)
-         )",
-    )
-    .await
-    .map_err(db_error)?;
+    // Checked before creating: the engine's role, which has no CREATE on the schema,
+    // runs this too, and even `CREATE TABLE IF NOT EXISTS` needs that privilege.
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(db_error)?
+        .get(0);
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE schema_migrations (
+                 component  text        NOT NULL,
+                 version    integer     NOT NULL,
+                 name       text        NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (component, version)
+             )",
+        )
+        .await
+        .map_err(db_error)?;
+    }
     let applied: Vec<i32> = tx
         .query(
             "SELECT version FROM schema_migrations WHERE component = $1",
