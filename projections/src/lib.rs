@@ -38,6 +38,7 @@ mod rebuild;
 mod runner;
 pub mod sales;
 mod schema;
+pub mod search;
 mod status;
 mod wait;
 pub mod workload;

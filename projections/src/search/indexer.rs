@@ -1,0 +1,486 @@
+//! Applying the log to the index: the one writer of a process's index.
+//!
+//! Events are folded into states held in memory for the documents they touch since
+//! the last commit (the index is the store of every other state: a document's
+//! `state` field); at the end of each batch the touched documents are replaced
+//! (delete by key, add), and a commit writes them together with the checkpoint (the
+//! last position applied and its event's hash) in the commit's payload. A process
+//! killed at any instant therefore finds the index and its checkpoint of its last
+//! commit, never documents without their position or the other way round.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::TopDocs;
+use tantivy::query::TermQuery;
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use uuid::Uuid;
+
+use super::document::{stock_document, ProductState, StockState};
+use super::schema::{self, Fields, SCHEMA_VERSION};
+use super::SearchError;
+use crate::decode::{Batch, Decoded, ShopEvent};
+
+/// What a commit's payload records: where in the log the index is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    pub schema: u32,
+    /// The last log position applied (0: none).
+    pub position: u64,
+    /// The hash of the event at `position`, to tell a log that was replaced.
+    #[serde(with = "hex_hash")]
+    pub hash: [u8; 32],
+}
+
+impl Checkpoint {
+    pub(crate) const START: Checkpoint = Checkpoint {
+        schema: SCHEMA_VERSION,
+        position: 0,
+        hash: [0; 32],
+    };
+}
+
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        let text: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut hash = [0u8; 32];
+        if text.len() != 64 {
+            return Err(serde::de::Error::custom("a hash has 64 hex digits"));
+        }
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+                .map_err(serde::de::Error::custom)?;
+        }
+        Ok(hash)
+    }
+}
+
+/// How the writer works.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterConfig {
+    pub heap_bytes: usize,
+    pub threads: usize,
+}
+
+/// An index opened for writing, with its checkpoint.
+pub(crate) struct Opened {
+    pub index: Index,
+    pub checkpoint: Checkpoint,
+}
+
+/// Opens the index in `dir`, or creates an empty one there when there is none or it
+/// cannot be used (unreadable, damaged, another schema): then `rebuilt` says why.
+pub(crate) fn open_or_create(dir: &Path) -> Result<(Opened, Option<String>), SearchError> {
+    let has_index = dir.join("meta.json").exists();
+    let problem = if has_index {
+        match open(dir) {
+            Ok(opened) => return Ok((opened, None)),
+            Err(reason) => Some(reason),
+        }
+    } else {
+        None
+    };
+    if dir.exists() {
+        // Only what an index holds is removed: the folder may be shared with
+        // nothing else, but a typo in --search-dir must not empty a home folder.
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+            let path = entry.map_err(|e| io_error(dir, e))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ours = name == "meta.json"
+                || name == ".managed.json"
+                || name.starts_with(".tantivy")
+                || name.ends_with(".idx")
+                || name.ends_with(".pos")
+                || name.ends_with(".term")
+                || name.ends_with(".fieldnorm")
+                || name.ends_with(".fast")
+                || name.ends_with(".store")
+                || name.ends_with(".del")
+                || name.ends_with(".tmp");
+            if ours && path.is_file() {
+                std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    let index = Index::create_in_dir(dir, schema::schema()).map_err(tantivy_error)?;
+    schema::register_analyzer(&index);
+    Ok((
+        Opened {
+            index,
+            checkpoint: Checkpoint::START,
+        },
+        problem,
+    ))
+}
+
+/// An existing index, if it is whole and of this schema.
+fn open(dir: &Path) -> Result<Opened, String> {
+    let index = Index::open_in_dir(dir).map_err(|e| format!("cannot open it: {e}"))?;
+    if index.schema() != schema::schema() {
+        return Err("its fields are not this version's".to_owned());
+    }
+    let damaged = index
+        .validate_checksum()
+        .map_err(|e| format!("cannot check it: {e}"))?;
+    if !damaged.is_empty() {
+        return Err(format!("damaged files: {damaged:?}"));
+    }
+    let metas = index
+        .load_metas()
+        .map_err(|e| format!("cannot read its commit: {e}"))?;
+    let checkpoint = match metas.payload {
+        None => Checkpoint::START,
+        Some(payload) => serde_json::from_str::<Checkpoint>(&payload)
+            .map_err(|e| format!("its checkpoint does not parse: {e}"))?,
+    };
+    if checkpoint.schema != SCHEMA_VERSION {
+        return Err(format!(
+            "it was built by schema version {}, this is {SCHEMA_VERSION}",
+            checkpoint.schema
+        ));
+    }
+    schema::register_analyzer(&index);
+    Ok(Opened { index, checkpoint })
+}
+
+pub(crate) fn io_error(path: &Path, e: std::io::Error) -> SearchError {
+    SearchError::Index(format!("{}: {e}", path.display()))
+}
+
+pub(crate) fn tantivy_error(e: tantivy::TantivyError) -> SearchError {
+    SearchError::Index(e.to_string())
+}
+
+/// A state held since the last commit.
+struct Held<T> {
+    state: T,
+    /// The index holds a document for it (committed, or added since): replacing it
+    /// must delete that one first.
+    indexed: bool,
+    dirty: bool,
+}
+
+/// What an applied batch changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub products: usize,
+    /// Events that could not be applied (skipped, see the module documentation).
+    pub skipped: usize,
+}
+
+pub(crate) struct Indexer {
+    fields: Fields,
+    writer: IndexWriter,
+    reader: IndexReader,
+    products: HashMap<Uuid, Held<ProductState>>,
+    stock: HashMap<String, Held<StockState>>,
+    /// SKU -> product, for the products held.
+    owners: HashMap<String, Uuid>,
+    /// Products and SKUs that no document has yet (looked up once per commit).
+    missing_products: HashSet<Uuid>,
+    /// Where the applied events end (committed or not).
+    pub position: u64,
+    /// Where the last commit ends.
+    pub committed: Checkpoint,
+    /// Documents written since the last commit.
+    pub written: usize,
+}
+
+impl Indexer {
+    pub(crate) fn new(
+        opened: &Opened,
+        reader: IndexReader,
+        config: WriterConfig,
+    ) -> Result<Indexer, SearchError> {
+        let writer = opened
+            .index
+            .writer_with_num_threads(config.threads.max(1), config.heap_bytes)
+            .map_err(tantivy_error)?;
+        Ok(Indexer {
+            fields: Fields::of(&opened.index.schema()).map_err(tantivy_error)?,
+            writer,
+            reader,
+            products: HashMap::new(),
+            stock: HashMap::new(),
+            owners: HashMap::new(),
+            missing_products: HashSet::new(),
+            position: opened.checkpoint.position,
+            committed: opened.checkpoint,
+            written: 0,
+        })
+    }
+
+    /// States held in memory (bounded by committing).
+    pub(crate) fn held(&self) -> usize {
+        self.products.len() + self.stock.len()
+    }
+
+    /// Applies a batch after `self.position`, then writes the documents it touched
+    /// (uncommitted).
+    pub(crate) fn apply(&mut self, batch: &Batch) -> Result<Applied, SearchError> {
+        let mut applied = Applied::default();
+        for event in &batch.events {
+            if event.position <= self.position {
+                continue;
+            }
+            match self.apply_event(event) {
+                Ok(true) => applied.products += 1,
+                Ok(false) => {}
+                Err(reason) => {
+                    applied.skipped += 1;
+                    tracing::warn!(position = event.position, reason = %reason, "search index skipped an event");
+                }
+            }
+        }
+        self.position = self.position.max(batch.last_position);
+        self.write_touched()?;
+        Ok(applied)
+    }
+
+    /// Returns whether a product document changed.
+    fn apply_event(&mut self, event: &Decoded) -> Result<bool, String> {
+        match &event.event {
+            Ok(ShopEvent::Product { id, event: e }) => {
+                let id = *id.as_uuid();
+                if let Some(created) =
+                    ProductState::created(id, e, event.recorded_at, event.position)
+                {
+                    if self.product(id)?.is_some() {
+                        return Err(format!("product {id} is created twice"));
+                    }
+                    let mut created = created;
+                    for sku in &mut created.skus {
+                        sku.in_stock = self.stock_of(&sku.sku)?.in_stock();
+                    }
+                    for sku in &created.skus {
+                        self.owners.insert(sku.sku.clone(), id);
+                    }
+                    self.missing_products.remove(&id);
+                    self.products.insert(
+                        id,
+                        Held {
+                            state: created,
+                            indexed: false,
+                            dirty: true,
+                        },
+                    );
+                    return Ok(true);
+                }
+                if self.product(id)?.is_none() {
+                    return Err(format!("product {id} does not exist"));
+                }
+                let added = {
+                    let held = self.products.get_mut(&id).ok_or("product not held")?;
+                    held.dirty = true;
+                    held.state.apply(e).map_err(|r| r.0)?.map(str::to_owned)
+                };
+                if let Some(sku) = added {
+                    let in_stock = self.stock_of(&sku)?.in_stock();
+                    self.owners.insert(sku.clone(), id);
+                    let held = self.products.get_mut(&id).ok_or("product not held")?;
+                    if let Some(s) = held.state.skus.iter_mut().find(|s| s.sku == sku) {
+                        s.in_stock = in_stock;
+                    }
+                }
+                Ok(true)
+            }
+            Ok(ShopEvent::Inventory { sku, event: e }) => {
+                let sku = sku.as_str();
+                self.stock_of(sku)?;
+                let held = self.stock.get_mut(sku).ok_or("stock not held")?;
+                held.dirty = true;
+                let crossed = held.state.apply(e);
+                let in_stock = held.state.in_stock();
+                if !crossed {
+                    return Ok(false);
+                }
+                let Some(owner) = self.owner_of(sku)? else {
+                    return Ok(false);
+                };
+                let held = self.products.get_mut(&owner).ok_or("product not held")?;
+                if let Some(s) = held.state.skus.iter_mut().find(|s| s.sku == sku) {
+                    s.in_stock = in_stock;
+                    held.dirty = true;
+                }
+                Ok(true)
+            }
+            Ok(ShopEvent::Cart { .. } | ShopEvent::Order { .. }) => Ok(false),
+            Err(reason) => Err(reason.clone()),
+        }
+    }
+
+    /// The product, held from now on if it exists.
+    fn product(&mut self, id: Uuid) -> Result<Option<&ProductState>, String> {
+        if !self.products.contains_key(&id) && !self.missing_products.contains(&id) {
+            let term = Term::from_field_text(self.fields.product_id, &id.hyphenated().to_string());
+            match self.lookup::<ProductState>(term)? {
+                Some(state) => {
+                    for sku in &state.skus {
+                        self.owners.insert(sku.sku.clone(), id);
+                    }
+                    self.products.insert(
+                        id,
+                        Held {
+                            state,
+                            indexed: true,
+                            dirty: false,
+                        },
+                    );
+                }
+                None => {
+                    self.missing_products.insert(id);
+                }
+            }
+        }
+        Ok(self.products.get(&id).map(|h| &h.state))
+    }
+
+    /// A SKU's stock, held from now on (zero if the log has none yet).
+    fn stock_of(&mut self, sku: &str) -> Result<StockState, String> {
+        if let Some(held) = self.stock.get(sku) {
+            return Ok(held.state);
+        }
+        let term = Term::from_field_text(self.fields.stock_sku, sku);
+        let (state, indexed) = match self.lookup::<StockState>(term)? {
+            Some(state) => (state, true),
+            None => (StockState::default(), false),
+        };
+        self.stock.insert(
+            sku.to_owned(),
+            Held {
+                state,
+                indexed,
+                dirty: false,
+            },
+        );
+        Ok(state)
+    }
+
+    /// The product a SKU belongs to, held from now on.
+    fn owner_of(&mut self, sku: &str) -> Result<Option<Uuid>, String> {
+        if let Some(owner) = self.owners.get(sku) {
+            return Ok(Some(*owner));
+        }
+        let term = Term::from_field_text(self.fields.sku, sku);
+        let Some(state) = self.lookup::<ProductState>(term)? else {
+            return Ok(None);
+        };
+        let id = state.product_id;
+        if self.products.contains_key(&id) {
+            // Held already under its id, with newer state than the committed one.
+            return Ok(Some(id));
+        }
+        for s in &state.skus {
+            self.owners.insert(s.sku.clone(), id);
+        }
+        self.products.insert(
+            id,
+            Held {
+                state,
+                indexed: true,
+                dirty: false,
+            },
+        );
+        Ok(Some(id))
+    }
+
+    /// The state in the committed document with `term`, if any.
+    fn lookup<T: serde::de::DeserializeOwned>(&self, term: Term) -> Result<Option<T>, String> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        let hits = searcher
+            .search(&query, &TopDocs::with_limit(1).order_by_score())
+            .map_err(|e| e.to_string())?;
+        let Some((_, address)) = hits.first() else {
+            return Ok(None);
+        };
+        let doc: TantivyDocument = searcher.doc(*address).map_err(|e| e.to_string())?;
+        let bytes = doc
+            .get_first(self.fields.state)
+            .and_then(|v| v.as_bytes())
+            .ok_or("a document without state")?;
+        serde_json::from_slice(bytes)
+            .map(Some)
+            .map_err(|e| format!("a document's state does not parse: {e}"))
+    }
+
+    /// Replaces the documents of every state changed since the last write.
+    fn write_touched(&mut self) -> Result<(), SearchError> {
+        for held in self.products.values_mut().filter(|h| h.dirty) {
+            if held.indexed {
+                let id = held.state.product_id.hyphenated().to_string();
+                self.writer
+                    .delete_term(Term::from_field_text(self.fields.product_id, &id));
+            }
+            self.writer
+                .add_document(held.state.document(&self.fields))
+                .map_err(tantivy_error)?;
+            held.indexed = true;
+            held.dirty = false;
+            self.written += 1;
+        }
+        for (sku, held) in self.stock.iter_mut().filter(|(_, h)| h.dirty) {
+            if held.indexed {
+                self.writer
+                    .delete_term(Term::from_field_text(self.fields.stock_sku, sku));
+            }
+            self.writer
+                .add_document(stock_document(&self.fields, sku, held.state))
+                .map_err(tantivy_error)?;
+            held.indexed = true;
+            held.dirty = false;
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    /// Commits the documents written with the checkpoint (`hash` being that of the
+    /// event at `self.position`), then lets searches see them.
+    pub(crate) fn commit(&mut self, hash: [u8; 32]) -> Result<Checkpoint, SearchError> {
+        let checkpoint = Checkpoint {
+            schema: SCHEMA_VERSION,
+            position: self.position,
+            hash,
+        };
+        let payload = serde_json::to_string(&checkpoint)
+            .map_err(|e| SearchError::Index(format!("cannot encode the checkpoint: {e}")))?;
+        let mut prepared = self.writer.prepare_commit().map_err(tantivy_error)?;
+        prepared.set_payload(&payload);
+        prepared.commit().map_err(tantivy_error)?;
+        self.reader.reload().map_err(tantivy_error)?;
+        self.committed = checkpoint;
+        self.written = 0;
+        // The index now holds every state: memory starts over.
+        self.products.clear();
+        self.stock.clear();
+        self.owners.clear();
+        self.missing_products.clear();
+        Ok(checkpoint)
+    }
+
+    /// Waits for merges to finish (at shutdown, so no merge is cut off midway).
+    pub(crate) fn close(self) {
+        if let Err(e) = self.writer.wait_merging_threads() {
+            tracing::warn!(error = %e, "search index merges did not finish");
+        }
+    }
+}
+
+/// A reader that is reloaded by the writer after each commit.
+pub(crate) fn reader(index: &Index) -> Result<IndexReader, SearchError> {
+    index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()
+        .map_err(tantivy_error)
+}

@@ -1,0 +1,657 @@
+//! Queries: words matched exactly (BM25), with typos (edit distance by word length)
+//! and, for the last word, as a prefix; filters; facets counted over the matches;
+//! a stable order for paging.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use tantivy::collector::{Collector, Count, FacetCollector, SegmentCollector, TopDocs};
+use tantivy::columnar::{Column, StrColumn};
+use tantivy::query::{
+    BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
+};
+use tantivy::schema::{Facet, Field, IndexRecordOption, Value};
+use tantivy::{
+    DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
+};
+use uuid::Uuid;
+
+use super::document::{attribute_term, category_facet, ProductState};
+use super::schema::{currency_code, price_in, price_range, words, Fields, PRICE_MAX_MINOR};
+use super::SearchError;
+
+/// Most hits per page.
+pub const SEARCH_PAGE_MAX_ITEMS: usize = 100;
+/// Hits per page unless the request says otherwise.
+pub const SEARCH_PAGE_DEFAULT_ITEMS: usize = 20;
+/// The deepest page: offset + limit may not pass this (deep pages cost a sort of
+/// everything before them).
+pub const SEARCH_OFFSET_MAX: usize = 10_000;
+/// Longest query text, in characters.
+pub const SEARCH_QUERY_MAX_CHARS: usize = 200;
+/// Most words of a query that are matched (the rest are ignored).
+pub const SEARCH_QUERY_MAX_WORDS: usize = 8;
+/// Most attribute filters in one request.
+pub const SEARCH_ATTRIBUTES_MAX: usize = 8;
+/// Most suggestions.
+pub const SUGGEST_MAX_ITEMS: usize = 20;
+/// Most brands and categories a facet lists (the most frequent).
+pub const FACET_MAX_VALUES: usize = 50;
+/// Lower edges of the price buckets, in minor units of the requested currency.
+pub const PRICE_BUCKET_EDGES: [u64; 8] = [0, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000];
+
+/// The fields a word is looked for in, with their weight.
+const TEXT_FIELDS: [(TextField, Score); 4] = [
+    (TextField::Title, 3.0),
+    (TextField::Brand, 2.0),
+    (TextField::Category, 1.5),
+    (TextField::Description, 1.0),
+];
+/// A match with a typo weighs this much of an exact one.
+const TYPO_WEIGHT: Score = 0.3;
+/// A prefix match of the last word weighs this much of an exact one.
+const PREFIX_WEIGHT: Score = 0.5;
+/// Shorter last words are not completed (too many words start with them).
+const PREFIX_MIN_CHARS: usize = 2;
+
+#[derive(Debug, Clone, Copy)]
+enum TextField {
+    Title,
+    Brand,
+    Category,
+    Description,
+}
+
+impl TextField {
+    fn field(self, fields: &Fields) -> Field {
+        match self {
+            TextField::Title => fields.title,
+            TextField::Brand => fields.brand_text,
+            TextField::Category => fields.category_text,
+            TextField::Description => fields.description,
+        }
+    }
+}
+
+/// The edit distance a word may be off by: none for short words, where one typo
+/// makes another word, one up to seven characters, two beyond.
+pub fn typo_distance(word: &str) -> u8 {
+    match word.chars().count() {
+        0..=3 => 0,
+        4..=7 => 1,
+        _ => 2,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SearchSort {
+    #[default]
+    Relevance,
+    PriceAscending,
+    PriceDescending,
+    Newest,
+}
+
+impl SearchSort {
+    pub const NAMES: [&'static str; 4] = ["relevance", "price_asc", "price_desc", "newest"];
+
+    pub fn parse(name: &str) -> Result<SearchSort, SearchError> {
+        match name {
+            "relevance" => Ok(SearchSort::Relevance),
+            "price_asc" => Ok(SearchSort::PriceAscending),
+            "price_desc" => Ok(SearchSort::PriceDescending),
+            "newest" => Ok(SearchSort::Newest),
+            _ => Err(SearchError::InvalidQuery {
+                field: "sort",
+                reason: format!("{name:?} is not one of {}", Self::NAMES.join(", ")),
+            }),
+        }
+    }
+}
+
+/// A search. Build it with [`SearchRequest::new`] and the fields; [`validate`] runs
+/// before every search.
+///
+/// [`validate`]: SearchRequest::validate
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchRequest {
+    /// The shopper's words (empty: every product the filters let through).
+    pub text: String,
+    pub brand: Option<String>,
+    /// A category path prefix: `["Shoes"]` matches `Shoes > Running` too.
+    pub category: Vec<String>,
+    /// The currency of the price filter, the price sort and the price facet.
+    pub currency: Option<String>,
+    /// Lowest price from, in minor units, inclusive.
+    pub price_min: Option<u64>,
+    /// Highest price from, in minor units, inclusive.
+    pub price_max: Option<u64>,
+    pub in_stock_only: bool,
+    /// `(name, value)` pairs a SKU of the product must have.
+    pub attributes: Vec<(String, String)>,
+    pub sort: SearchSort,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl SearchRequest {
+    pub fn new(text: impl Into<String>) -> SearchRequest {
+        SearchRequest {
+            text: text.into(),
+            limit: SEARCH_PAGE_DEFAULT_ITEMS,
+            ..SearchRequest::default()
+        }
+    }
+
+    /// Refuses a request that cannot be answered as asked.
+    pub fn validate(&self) -> Result<(), SearchError> {
+        let invalid =
+            |field: &'static str, reason: String| SearchError::InvalidQuery { field, reason };
+        if self.text.chars().count() > SEARCH_QUERY_MAX_CHARS {
+            return Err(invalid(
+                "q",
+                format!("longer than {SEARCH_QUERY_MAX_CHARS} characters"),
+            ));
+        }
+        if self.limit == 0 || self.limit > SEARCH_PAGE_MAX_ITEMS {
+            return Err(invalid(
+                "limit",
+                format!("must be 1..={SEARCH_PAGE_MAX_ITEMS}"),
+            ));
+        }
+        if self.offset + self.limit > SEARCH_OFFSET_MAX {
+            return Err(invalid(
+                "offset",
+                format!("offset + limit may not pass {SEARCH_OFFSET_MAX}"),
+            ));
+        }
+        if let Some(currency) = &self.currency {
+            if currency_code(currency).is_none() {
+                return Err(invalid(
+                    "currency",
+                    format!("{currency:?} is not three letters A-Z"),
+                ));
+            }
+        }
+        let priced = self.price_min.is_some() || self.price_max.is_some();
+        let by_price = matches!(
+            self.sort,
+            SearchSort::PriceAscending | SearchSort::PriceDescending
+        );
+        if (priced || by_price) && self.currency.is_none() {
+            return Err(invalid(
+                "currency",
+                "a price filter or sort needs a currency".to_owned(),
+            ));
+        }
+        if let (Some(min), Some(max)) = (self.price_min, self.price_max) {
+            if min > max {
+                return Err(invalid(
+                    "price_min",
+                    format!("{min} is above price_max {max}"),
+                ));
+            }
+        }
+        for bound in [self.price_min, self.price_max].into_iter().flatten() {
+            if bound > PRICE_MAX_MINOR {
+                return Err(invalid(
+                    "price_max",
+                    format!("prices end at {PRICE_MAX_MINOR}"),
+                ));
+            }
+        }
+        if self.category.iter().any(|s| s.is_empty()) {
+            return Err(invalid(
+                "category",
+                "a category path has no empty level".to_owned(),
+            ));
+        }
+        if self.attributes.len() > SEARCH_ATTRIBUTES_MAX {
+            return Err(invalid(
+                "attribute",
+                format!("at most {SEARCH_ATTRIBUTES_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchHit {
+    pub product_id: Uuid,
+    pub title: String,
+    pub brand: String,
+    pub category: Vec<String>,
+    /// The lowest SKU price per currency, in minor units.
+    pub price_from: BTreeMap<String, i64>,
+    pub in_stock: bool,
+    /// Relevance (BM25 with field weights); 0 when sorted by something else.
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FacetCount {
+    pub value: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriceBucket {
+    /// Inclusive, minor units.
+    pub min: u64,
+    /// Exclusive; `None` for the last bucket.
+    pub max: Option<u64>,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Facets {
+    /// Brands of the matches, most frequent first.
+    pub brands: Vec<FacetCount>,
+    /// The categories one level below the category filter (the top level without
+    /// one), most frequent first.
+    pub categories: Vec<FacetCount>,
+    /// Matches per price bucket in the request's currency (empty without one).
+    pub price_buckets: Vec<PriceBucket>,
+    /// Matches with at least one unit available.
+    pub in_stock: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchResults {
+    /// Matches in all.
+    pub total: u64,
+    pub hits: Vec<SearchHit>,
+    pub facets: Facets,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Suggestion {
+    pub product_id: Uuid,
+    pub title: String,
+}
+
+/// The query of the shopper's words, or `None` when there are none.
+fn text_query(fields: &Fields, text: &str, complete_last: bool) -> Option<Box<dyn Query>> {
+    let mut words = words(text);
+    words.truncate(SEARCH_QUERY_MAX_WORDS);
+    let last = words.len().checked_sub(1)?;
+    let per_word: Vec<(Occur, Box<dyn Query>)> = words
+        .iter()
+        .enumerate()
+        .map(|(i, word)| {
+            let distance = typo_distance(word);
+            let prefix = complete_last && i == last && word.chars().count() >= PREFIX_MIN_CHARS;
+            let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            for (text_field, weight) in TEXT_FIELDS {
+                let term = Term::from_field_text(text_field.field(fields), word);
+                let exact = TermQuery::new(term.clone(), IndexRecordOption::WithFreqs);
+                alternatives.push((
+                    Occur::Should,
+                    Box::new(BoostQuery::new(Box::new(exact), weight)),
+                ));
+                if distance > 0 {
+                    let typo = FuzzyTermQuery::new(term.clone(), distance, true);
+                    alternatives.push((
+                        Occur::Should,
+                        Box::new(ConstScoreQuery::new(Box::new(typo), weight * TYPO_WEIGHT)),
+                    ));
+                }
+                if prefix {
+                    let completion = FuzzyTermQuery::new_prefix(term, 0, true);
+                    alternatives.push((
+                        Occur::Should,
+                        Box::new(ConstScoreQuery::new(
+                            Box::new(completion),
+                            weight * PREFIX_WEIGHT,
+                        )),
+                    ));
+                }
+            }
+            (
+                Occur::Must,
+                Box::new(BooleanQuery::new(alternatives)) as Box<dyn Query>,
+            )
+        })
+        .collect();
+    Some(Box::new(BooleanQuery::new(per_word)))
+}
+
+/// A filter: matches without adding to the score.
+fn filter(query: impl Query) -> (Occur, Box<dyn Query>) {
+    (
+        Occur::Must,
+        Box::new(ConstScoreQuery::new(Box::new(query), 0.0)),
+    )
+}
+
+fn term_filter(term: Term) -> (Occur, Box<dyn Query>) {
+    filter(TermQuery::new(term, IndexRecordOption::Basic))
+}
+
+fn build_query(fields: &Fields, request: &SearchRequest) -> Box<dyn Query> {
+    let mut clauses = vec![term_filter(Term::from_field_u64(fields.visible, 1))];
+    if let Some(text) = text_query(fields, &request.text, true) {
+        clauses.push((Occur::Must, text));
+    }
+    if let Some(brand) = &request.brand {
+        clauses.push(term_filter(Term::from_field_text(fields.brand, brand)));
+    }
+    if !request.category.is_empty() {
+        let facet = category_facet(&request.category);
+        clauses.push(term_filter(Term::from_facet(fields.category, &facet)));
+    }
+    if let Some(currency) = request.currency.as_deref().and_then(currency_code) {
+        if request.price_min.is_some() || request.price_max.is_some() {
+            let (low, high) = price_range(
+                currency,
+                request.price_min.unwrap_or(0),
+                request.price_max.unwrap_or(PRICE_MAX_MINOR),
+            );
+            clauses.push(filter(RangeQuery::new(
+                std::ops::Bound::Included(Term::from_field_u64(fields.price, low)),
+                std::ops::Bound::Included(Term::from_field_u64(fields.price, high)),
+            )));
+        }
+    }
+    if request.in_stock_only {
+        clauses.push(term_filter(Term::from_field_u64(fields.in_stock, 1)));
+    }
+    for (name, value) in &request.attributes {
+        clauses.push(term_filter(Term::from_field_text(
+            fields.attribute,
+            &attribute_term(name, value),
+        )));
+    }
+    Box::new(BooleanQuery::new(clauses))
+}
+
+/// The sort key of a hit: greater first. The last part, the creation position
+/// reversed, is unique, so pages never overlap or skip.
+type SortKey = (Score, u64, u64);
+
+pub(crate) fn search(
+    searcher: &Searcher,
+    fields: &Fields,
+    request: &SearchRequest,
+) -> Result<SearchResults, SearchError> {
+    request.validate()?;
+    let query = build_query(fields, request);
+    let currency = request.currency.as_deref().and_then(currency_code);
+    let sort = request.sort;
+    let top = TopDocs::with_limit(request.limit)
+        .and_offset(request.offset)
+        .tweak_score(move |segment: &SegmentReader| {
+            let seq = segment.fast_fields().u64("seq").ok();
+            let price = segment.fast_fields().u64("price").ok();
+            move |doc: DocId, score: Score| -> SortKey {
+                let tie = u64::MAX - seq.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+                let price_of = || {
+                    let currency = currency?;
+                    price
+                        .as_ref()?
+                        .values_for_doc(doc)
+                        .find_map(|k| price_in(k, currency))
+                };
+                match sort {
+                    SearchSort::Relevance => (score, 0, tie),
+                    // Products without a price in the currency come last either way.
+                    SearchSort::PriceAscending => {
+                        (0.0, price_of().map_or(0, |p| u64::MAX - p), tie)
+                    }
+                    SearchSort::PriceDescending => (0.0, price_of().map_or(0, |p| p + 1), tie),
+                    SearchSort::Newest => (0.0, u64::MAX - tie, 0),
+                }
+            }
+        });
+    let mut categories = FacetCollector::for_field("category");
+    let category_root = if request.category.is_empty() {
+        Facet::root()
+    } else {
+        category_facet(&request.category)
+    };
+    categories.add_facet(category_root.clone());
+    let counter = FacetCounter { currency };
+    let (top, total, categories, counted) = searcher
+        .search(&query, &(top, Count, categories, counter))
+        .map_err(|e| SearchError::Index(e.to_string()))?;
+    let hits = top
+        .into_iter()
+        .map(|((score, _, _), address)| {
+            let state = product_state(searcher, fields, address)?;
+            Ok(SearchHit {
+                product_id: state.product_id,
+                price_from: state.price_from(),
+                in_stock: state.in_stock(),
+                title: state.title,
+                brand: state.brand,
+                category: state.category,
+                score: if sort == SearchSort::Relevance {
+                    score
+                } else {
+                    0.0
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, SearchError>>()?;
+    let mut category_counts: Vec<FacetCount> = categories
+        .get(category_root)
+        .map(|(facet, count)| FacetCount {
+            value: facet
+                .to_path()
+                .last()
+                .map(|s| (*s).to_owned())
+                .unwrap_or_default(),
+            count,
+        })
+        .collect();
+    sort_counts(&mut category_counts);
+    let mut brands: Vec<FacetCount> = counted
+        .brands
+        .into_iter()
+        .map(|(value, count)| FacetCount { value, count })
+        .collect();
+    sort_counts(&mut brands);
+    let price_buckets = if currency.is_some() {
+        PRICE_BUCKET_EDGES
+            .iter()
+            .enumerate()
+            .map(|(i, &min)| PriceBucket {
+                min,
+                max: PRICE_BUCKET_EDGES.get(i + 1).copied(),
+                count: counted.buckets[i],
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(SearchResults {
+        total: total as u64,
+        hits,
+        facets: Facets {
+            brands,
+            categories: category_counts,
+            price_buckets,
+            in_stock: counted.in_stock,
+        },
+    })
+}
+
+fn sort_counts(counts: &mut Vec<FacetCount>) {
+    counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+    counts.truncate(FACET_MAX_VALUES);
+}
+
+/// Titles of the best matches of what the shopper has typed so far: the last word
+/// is completed, the others may have typos.
+pub(crate) fn suggest(
+    searcher: &Searcher,
+    fields: &Fields,
+    text: &str,
+    limit: usize,
+) -> Result<Vec<Suggestion>, SearchError> {
+    if text.chars().count() > SEARCH_QUERY_MAX_CHARS {
+        return Err(SearchError::InvalidQuery {
+            field: "q",
+            reason: format!("longer than {SEARCH_QUERY_MAX_CHARS} characters"),
+        });
+    }
+    if limit == 0 || limit > SUGGEST_MAX_ITEMS {
+        return Err(SearchError::InvalidQuery {
+            field: "limit",
+            reason: format!("must be 1..={SUGGEST_MAX_ITEMS}"),
+        });
+    }
+    let Some(text) = text_query(fields, text, true) else {
+        return Ok(Vec::new());
+    };
+    let query = BooleanQuery::new(vec![
+        term_filter(Term::from_field_u64(fields.visible, 1)),
+        (Occur::Must, text),
+    ]);
+    let top = TopDocs::with_limit(limit).tweak_score(|segment: &SegmentReader| {
+        let seq = segment.fast_fields().u64("seq").ok();
+        move |doc: DocId, score: Score| -> (Score, u64) {
+            (
+                score,
+                u64::MAX - seq.as_ref().and_then(|c| c.first(doc)).unwrap_or(0),
+            )
+        }
+    });
+    let hits = searcher
+        .search(&query, &top)
+        .map_err(|e| SearchError::Index(e.to_string()))?;
+    hits.into_iter()
+        .map(|(_, address)| {
+            let state = product_state(searcher, fields, address)?;
+            Ok(Suggestion {
+                product_id: state.product_id,
+                title: state.title,
+            })
+        })
+        .collect()
+}
+
+fn product_state(
+    searcher: &Searcher,
+    fields: &Fields,
+    address: DocAddress,
+) -> Result<ProductState, SearchError> {
+    let doc: TantivyDocument = searcher
+        .doc(address)
+        .map_err(|e| SearchError::Index(e.to_string()))?;
+    let bytes = doc
+        .get_first(fields.state)
+        .and_then(|v| v.as_bytes())
+        .ok_or_else(|| SearchError::Index("a product document without state".to_owned()))?;
+    serde_json::from_slice(bytes)
+        .map_err(|e| SearchError::Index(format!("a product's state does not parse: {e}")))
+}
+
+/// Counts brands, price buckets and in-stock products of the matches in one pass
+/// over the fast fields.
+struct FacetCounter {
+    currency: Option<u64>,
+}
+
+#[derive(Default)]
+struct Counted {
+    brands: HashMap<String, u64>,
+    buckets: [u64; PRICE_BUCKET_EDGES.len()],
+    in_stock: u64,
+}
+
+struct SegmentCounter {
+    currency: Option<u64>,
+    brand: Option<StrColumn>,
+    brand_counts: Vec<u64>,
+    price: Option<Column<u64>>,
+    in_stock: Option<Column<u64>>,
+    buckets: [u64; PRICE_BUCKET_EDGES.len()],
+    in_stock_count: u64,
+}
+
+impl Collector for FacetCounter {
+    type Fruit = Counted;
+    type Child = SegmentCounter;
+
+    fn for_segment(
+        &self,
+        _segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<SegmentCounter> {
+        let fast = reader.fast_fields();
+        let brand = fast.str("brand")?;
+        let terms = brand.as_ref().map_or(0, |c| c.num_terms());
+        Ok(SegmentCounter {
+            currency: self.currency,
+            brand,
+            brand_counts: vec![0; terms],
+            price: fast.column_opt::<u64>("price")?,
+            in_stock: fast.column_opt::<u64>("in_stock")?,
+            buckets: [0; PRICE_BUCKET_EDGES.len()],
+            in_stock_count: 0,
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Counted>) -> tantivy::Result<Counted> {
+        let mut merged = Counted::default();
+        for fruit in fruits {
+            for (brand, count) in fruit.brands {
+                *merged.brands.entry(brand).or_default() += count;
+            }
+            for (total, count) in merged.buckets.iter_mut().zip(fruit.buckets) {
+                *total += count;
+            }
+            merged.in_stock += fruit.in_stock;
+        }
+        Ok(merged)
+    }
+}
+
+impl SegmentCollector for SegmentCounter {
+    type Fruit = Counted;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        if let Some(brand) = &self.brand {
+            for ord in brand.term_ords(doc) {
+                self.brand_counts[ord as usize] += 1;
+            }
+        }
+        if let (Some(currency), Some(price)) = (self.currency, &self.price) {
+            if let Some(minor) = price
+                .values_for_doc(doc)
+                .find_map(|k| price_in(k, currency))
+            {
+                let bucket = PRICE_BUCKET_EDGES.partition_point(|&edge| edge <= minor) - 1;
+                self.buckets[bucket] += 1;
+            }
+        }
+        if let Some(in_stock) = &self.in_stock {
+            if in_stock.first(doc) == Some(1) {
+                self.in_stock_count += 1;
+            }
+        }
+    }
+
+    fn harvest(self) -> Counted {
+        let mut brands = HashMap::new();
+        if let Some(column) = &self.brand {
+            let mut name = String::new();
+            for (ord, &count) in self.brand_counts.iter().enumerate() {
+                if count > 0 && column.ord_to_str(ord as u64, &mut name).unwrap_or(false) {
+                    brands.insert(name.clone(), count);
+                }
+            }
+        }
+        Counted {
+            brands,
+            buckets: self.buckets,
+            in_stock: self.in_stock_count,
+        }
+    }
+}
