@@ -2,7 +2,7 @@
 //! command targets, and a snapshot form of the state. Also the conversions between
 //! domain events and the store's envelopes.
 
-use domain::{Aggregate, Cart, DomainEvent, Inventory, Order, Payment, Product};
+use domain::{Aggregate, Cart, Checkout, DomainEvent, Inventory, Order, Payment, Product};
 use eventstore::{NewEvent, RecordedEvent};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -49,6 +49,13 @@ impl StreamAggregate for Order {
 }
 
 impl StreamAggregate for Payment {
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    fn stream_of(command: &Self::Command) -> String {
+        command.stream_id()
+    }
+}
+
+impl StreamAggregate for Checkout {
     const SNAPSHOT_SCHEMA: u32 = 1;
     fn stream_of(command: &Self::Command) -> String {
         command.stream_id()

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::{
-    Cart, CartId, CartOwner, CartStatus, DomainError, Inventory, Order, OrderCommand, OrderEvent,
-    OrderId, Payment, Product, ShippingAddress,
+    Cart, CartId, CartOwner, CartStatus, Checkout, DomainError, Inventory, Order, OrderCommand,
+    OrderEvent, OrderId, Payment, Product, ShippingAddress,
 };
 use eventstore::{EventStore, PostgresStore};
 
@@ -23,6 +23,7 @@ pub struct Commands {
     pub(crate) carts: Handler<Cart>,
     pub(crate) orders: Handler<Order>,
     pub(crate) payments: Handler<Payment>,
+    pub(crate) checkouts: Handler<Checkout>,
 }
 
 /// Places the order for a checked-out cart: the lines and their prices come from
@@ -46,7 +47,8 @@ impl Commands {
             inventory: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
             carts: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
             orders: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
-            payments: Handler::new(store, snapshots, limits),
+            payments: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
+            checkouts: Handler::new(store, snapshots, limits),
         }
     }
 
@@ -78,6 +80,11 @@ impl Commands {
 
     pub fn payments(&self) -> &Handler<Payment> {
         &self.payments
+    }
+
+    /// The checkout saga's own streams.
+    pub fn checkouts(&self) -> &Handler<Checkout> {
+        &self.checkouts
     }
 
     pub async fn load_cart(&self, cart_id: CartId) -> Result<Loaded<Cart>, CommandError> {

@@ -86,6 +86,12 @@ uuid_id!(
     RefundId,
     "refund_id"
 );
+uuid_id!(
+    /// One checkout: the process that takes a cart to a paid, confirmed order. It
+    /// shares its UUID with the order it places (`Checkout::order_id`).
+    CheckoutId,
+    "checkout_id"
+);
 
 #[cfg(test)]
 mod tests {

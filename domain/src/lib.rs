@@ -8,7 +8,7 @@
 //! Value types ([`Sku`], [`Quantity`], [`Money`], the id newtypes, ...) are parsed once
 //! at the edge, including when serde deserialises them, so a value that exists is
 //! valid. The aggregates are [`Product`], [`Inventory`] (one stream per SKU),
-//! [`Cart`], [`Order`] and [`Payment`]; each command names the stream it targets
+//! [`Cart`], [`Order`], [`Payment`] and [`Checkout`] (the checkout saga's state); each command names the stream it targets
 //! (`command.stream_id()`), and the stored shape of every event is described in
 //! `docs/events.md`.
 //!
@@ -19,6 +19,7 @@ use serde_json::Value;
 
 mod address;
 mod cart;
+mod checkout;
 mod codec;
 mod codes;
 mod error;
@@ -34,10 +35,16 @@ mod text;
 
 pub use address::{AddressInput, CountryCode, ShippingAddress};
 pub use cart::{Cart, CartCommand, CartEvent, CartOwner, CartStatus, MAX_CART_LINES};
+pub use checkout::{
+    CartStage, Checkout, CheckoutCommand, CheckoutEvent, CheckoutLine, CheckoutOutcome,
+    CheckoutStatus, CheckoutTimer, LineStock, MoneyState, OrderStage, PaymentOperation,
+    PaymentSettlement, ReservedLine, UnavailableLine, MAX_PAYMENT_METHOD_CHARS,
+};
 pub use codes::{Sku, WarehouseId};
 pub use error::DomainError;
 pub use ids::{
-    CartId, CustomerId, GuestToken, OrderId, PaymentId, ProductId, RefundId, ReservationId,
+    CartId, CheckoutId, CustomerId, GuestToken, OrderId, PaymentId, ProductId, RefundId,
+    ReservationId,
 };
 pub use inventory::{
     Allocation, Inventory, InventoryCommand, InventoryEvent, Reservation, ReservationOutcome,

@@ -1,7 +1,8 @@
 //! The storage form of events, across aggregates.
 
 use domain::{
-    CartEvent, DecodeError, DomainEvent, InventoryEvent, OrderEvent, PaymentEvent, ProductEvent,
+    CartEvent, CheckoutEvent, DecodeError, DomainEvent, InventoryEvent, OrderEvent, PaymentEvent,
+    ProductEvent,
 };
 use serde_json::json;
 
@@ -143,6 +144,7 @@ fn event_type_names_are_unique_across_aggregates() {
         CartEvent::TYPES,
         OrderEvent::TYPES,
         PaymentEvent::TYPES,
+        CheckoutEvent::TYPES,
     ]
     .iter()
     .flat_map(|types| types.iter().map(|(name, _)| *name))
@@ -161,6 +163,7 @@ fn only_stock_received_is_past_its_first_version() {
         CartEvent::TYPES,
         OrderEvent::TYPES,
         PaymentEvent::TYPES,
+        CheckoutEvent::TYPES,
     ]
     .iter()
     .flat_map(|types| types.iter().copied())

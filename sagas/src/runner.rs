@@ -1,0 +1,411 @@
+//! The saga runner: follows the log from its checkpoint, and for every event of a
+//! checkout runs the steps `react` decides, recording their outcomes on the checkout
+//! stream.
+//!
+//! A batch of the log is applied checkout by checkout: the events of one checkout in
+//! log order (one step in flight per checkout), different checkouts side by side (up
+//! to `concurrent_checkouts_max`). The checkpoint moves past the batch only when every
+//! step of it ran and its timers are stored; a failure or a crash anywhere leaves the
+//! checkpoint where it was, and the batch runs again. That is harmless because a
+//! step's commands, provider calls and recorded outcome all carry ids derived from
+//! the checkout and the event, and because each event is reacted to with the state
+//! *as of* that event, so the re-run issues the very same steps.
+//!
+//! The order stream matters too: an order cancelled by the customer or staff (not by
+//! the saga) is noted on its checkout, which then compensates (refund, restock).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use commands::{CommandContext, Commands};
+use domain::{
+    Aggregate, Checkout, CheckoutCommand, CheckoutEvent, CheckoutId, CheckoutStatus, DomainEvent,
+    Order, OrderEvent, OrderId,
+};
+use eventstore::{Direction, EventStore, RecordedEvent};
+use futures::stream::{self, StreamExt};
+use uuid::Uuid;
+
+use crate::dispatch::{Dispatcher, StepResult};
+use crate::{react, Clock, PaymentGateway, SagaConfig, SagaError, SagaStore, Timer};
+
+pub use crate::dispatch::SAGA_ACTOR;
+
+/// Most events read per query when a checkout's stream is loaded.
+const STREAM_PAGE_EVENTS: usize = 1_000;
+/// Checkout states kept between batches, so the next event of a checkout needs no
+/// read of its stream.
+const STATE_CACHE_MAX: usize = 100_000;
+
+/// Decides whether the runner "crashes" at a named point (simulation only: a crash
+/// drops everything in flight and leaves the checkpoint where it was).
+pub type CrashSwitch = Arc<dyn Fn(&'static str) -> bool + Send + Sync>;
+
+pub struct SagaRunner {
+    store: Arc<dyn EventStore>,
+    commands: Commands,
+    gateway: Arc<dyn PaymentGateway>,
+    saga_store: Arc<dyn SagaStore>,
+    clock: Arc<dyn Clock>,
+    config: SagaConfig,
+    crash: Option<CrashSwitch>,
+    /// Each checkout's state after the last event this runner applied.
+    states: std::sync::Mutex<HashMap<CheckoutId, (u64, Checkout)>>,
+}
+
+enum Work {
+    Checkout(Box<RecordedEvent>),
+    OrderCancelled {
+        position: u64,
+        event_id: Uuid,
+        reason: String,
+    },
+}
+
+impl SagaRunner {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        commands: Commands,
+        gateway: Arc<dyn PaymentGateway>,
+        saga_store: Arc<dyn SagaStore>,
+        clock: Arc<dyn Clock>,
+        config: SagaConfig,
+    ) -> Self {
+        SagaRunner {
+            store,
+            commands,
+            gateway,
+            saga_store,
+            clock,
+            config,
+            crash: None,
+            states: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Simulation: crash where `crash` says so.
+    pub fn with_crashes(mut self, crash: CrashSwitch) -> Self {
+        self.crash = Some(crash);
+        self
+    }
+
+    fn crash_point(&self, point: &'static str) -> Result<(), SagaError> {
+        match &self.crash {
+            Some(crash) if crash(point) => Err(SagaError::Crashed { point }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies one batch of the log after the checkpoint. Returns the number of log
+    /// events it covered (0: nothing new).
+    pub async fn run_batch(&self) -> Result<usize, SagaError> {
+        let from = self.saga_store.checkpoint().await?;
+        let events = self
+            .store
+            .read_all(from, self.config.batch_max_events, None)
+            .await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(0);
+        };
+        let count = events.len();
+        // Group the batch per checkout, in log order within each.
+        let mut order: Vec<CheckoutId> = Vec::new();
+        let mut groups: HashMap<CheckoutId, Vec<Work>> = HashMap::new();
+        for event in events {
+            let Some((id, work)) = relevant(event)? else {
+                continue;
+            };
+            groups
+                .entry(id)
+                .or_insert_with(|| {
+                    order.push(id);
+                    Vec::new()
+                })
+                .push(work);
+        }
+        let jobs = order
+            .into_iter()
+            .filter_map(|id| groups.remove(&id).map(|w| (id, w)));
+        let results: Vec<Result<Vec<Timer>, SagaError>> = stream::iter(jobs)
+            .map(|(id, work)| self.apply_checkout(id, work))
+            .buffer_unordered(self.config.concurrent_checkouts_max.max(1))
+            .collect()
+            .await;
+        let mut timers = Vec::new();
+        for result in results {
+            timers.extend(result?);
+        }
+        self.crash_point("before-timers")?;
+        self.saga_store.schedule(&timers).await?;
+        self.crash_point("before-checkpoint")?;
+        if !self.saga_store.advance(from, last).await? {
+            return Err(SagaError::LeaseLost);
+        }
+        Ok(count)
+    }
+
+    /// Runs batches until stopped: waits for new events when idle, for the lease
+    /// when another process holds it, and after a failed batch starts again from
+    /// the checkpoint.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut idle_head = 0;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let pause = match self.saga_store.try_lease().await {
+                Ok(true) => match self.run_batch().await {
+                    Ok(0) => {
+                        let head = self.store.head().await.unwrap_or(idle_head);
+                        idle_head = head;
+                        tokio::select! {
+                            _ = self.store.wait_for_head(head, self.config.idle_wait) => {}
+                            _ = stop.changed() => {}
+                        }
+                        None
+                    }
+                    Ok(_) => None,
+                    Err(error) => {
+                        tracing::warn!(%error, "saga batch failed; retrying from the checkpoint");
+                        self.forget_states();
+                        Some(self.config.lease_retry)
+                    }
+                },
+                Ok(false) => Some(self.config.lease_retry),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot take the saga lease");
+                    Some(self.config.lease_retry)
+                }
+            };
+            if let Some(pause) = pause {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+
+    fn forget_states(&self) {
+        self.states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    /// The checkout's state as of `version`: from the cache when it holds exactly the
+    /// version before, else by reading the stream.
+    async fn state_before(&self, id: CheckoutId, version: u64) -> Result<Checkout, SagaError> {
+        {
+            let states = self
+                .states
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((cached, state)) = states.get(&id) {
+                if *cached + 1 == version {
+                    return Ok(state.clone());
+                }
+            }
+        }
+        let stream_id = Checkout::stream_id(&id);
+        let mut state = Checkout::default();
+        let mut next = 1;
+        while next < version {
+            let limit = STREAM_PAGE_EVENTS.min((version - next) as usize);
+            let page = self
+                .store
+                .read_stream(&stream_id, next, Direction::Forward, limit)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for recorded in &page {
+                state = state.evolve(&decode_checkout(recorded)?);
+                next = recorded.version + 1;
+            }
+        }
+        Ok(state)
+    }
+
+    fn remember(&self, id: CheckoutId, version: u64, state: &Checkout) {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let done = matches!(
+            state.status(),
+            Some(CheckoutStatus::Rejected | CheckoutStatus::Cancelled)
+        );
+        if done {
+            states.remove(&id);
+            return;
+        }
+        if states.len() >= STATE_CACHE_MAX && !states.contains_key(&id) {
+            // A full cache costs a stream read later, never a wrong state.
+            states.clear();
+        }
+        states.insert(id, (version, state.clone()));
+    }
+
+    async fn apply_checkout(
+        &self,
+        id: CheckoutId,
+        work: Vec<Work>,
+    ) -> Result<Vec<Timer>, SagaError> {
+        let mut timers = Vec::new();
+        for item in work {
+            match item {
+                Work::Checkout(recorded) => {
+                    let event = decode_checkout(&recorded)?;
+                    let state = self
+                        .state_before(id, recorded.version)
+                        .await?
+                        .evolve(&event);
+                    for step in react(&state, &event) {
+                        self.crash_point("before-step")?;
+                        let name = step.name();
+                        let result = tokio::time::timeout(
+                            self.config.step_timeout,
+                            self.dispatcher().run(step, recorded.event_id),
+                        )
+                        .await
+                        .map_err(|_| SagaError::Timeout {
+                            step: name,
+                            timeout_ms: self.config.step_timeout.as_millis() as u64,
+                        })??;
+                        self.crash_point("before-record")?;
+                        timers.extend(self.record(id, recorded.event_id, name, result).await?);
+                    }
+                    self.remember(id, recorded.version, &state);
+                }
+                Work::OrderCancelled {
+                    position,
+                    event_id,
+                    reason,
+                } => {
+                    self.crash_point("before-note")?;
+                    let noted = self
+                        .commands
+                        .checkouts()
+                        .execute(
+                            CheckoutCommand::NoteOrderCancelled {
+                                checkout_id: id,
+                                reason,
+                                at: self.clock.now(),
+                            },
+                            &saga_context(id, event_id, "note-order-cancelled"),
+                        )
+                        .await;
+                    match noted {
+                        Ok(_) => {}
+                        // An order no checkout placed.
+                        Err(commands::CommandError::Rejected(domain::DomainError::NotFound {
+                            ..
+                        })) => {
+                            tracing::debug!(position, "order cancelled outside a checkout");
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
+        }
+        Ok(timers)
+    }
+
+    fn dispatcher(&self) -> Dispatcher<'_> {
+        Dispatcher {
+            commands: &self.commands,
+            gateway: self.gateway.as_ref(),
+            config: &self.config,
+            now: self.clock.now(),
+        }
+    }
+
+    /// Records a step's outcomes on the checkout stream. The command ids come from
+    /// the event and the step, so a re-run records nothing twice.
+    async fn record(
+        &self,
+        id: CheckoutId,
+        causation: Uuid,
+        step: &'static str,
+        result: StepResult,
+    ) -> Result<Vec<Timer>, SagaError> {
+        for (n, command) in result.record.into_iter().enumerate() {
+            let name = format!("record:{step}:{n}");
+            self.commands
+                .checkouts()
+                .execute(command, &saga_context(id, causation, &name))
+                .await?;
+        }
+        Ok(result.timers)
+    }
+}
+
+/// The context of a command the runner itself sends to a checkout: its id derives
+/// from the event it reacts to and a name.
+fn saga_context(id: CheckoutId, causation: Uuid, name: &str) -> CommandContext {
+    CommandContext {
+        command_id: Uuid::new_v5(&causation, name.as_bytes()),
+        correlation_id: *id.as_uuid(),
+        causation_id: Some(causation),
+        actor: SAGA_ACTOR.to_owned(),
+    }
+}
+
+fn decode_checkout(recorded: &RecordedEvent) -> Result<CheckoutEvent, SagaError> {
+    CheckoutEvent::from_stored(
+        &recorded.event_type,
+        recorded.schema_version,
+        recorded.data.clone(),
+    )
+    .map_err(|source| SagaError::Decode {
+        position: recorded.position,
+        source,
+    })
+}
+
+/// The checkout an event concerns and what to do with it, if any.
+fn relevant(event: RecordedEvent) -> Result<Option<(CheckoutId, Work)>, SagaError> {
+    let category = event.category();
+    if category == Checkout::CATEGORY {
+        let Some(id) = event
+            .stream_id
+            .split_once('-')
+            .and_then(|(_, id)| CheckoutId::parse(id).ok())
+        else {
+            return Ok(None);
+        };
+        return Ok(Some((id, Work::Checkout(Box::new(event)))));
+    }
+    if category == Order::CATEGORY && event.event_type == "OrderCancelled" {
+        // The saga's own cancellations need no note: the checkout is compensating.
+        if event.metadata.actor.as_deref() == Some(SAGA_ACTOR) {
+            return Ok(None);
+        }
+        let Some(order_id) = event
+            .stream_id
+            .split_once('-')
+            .and_then(|(_, id)| OrderId::parse(id).ok())
+        else {
+            return Ok(None);
+        };
+        let decoded =
+            OrderEvent::from_stored(&event.event_type, event.schema_version, event.data.clone())
+                .map_err(|source| SagaError::Decode {
+                    position: event.position,
+                    source,
+                })?;
+        let OrderEvent::OrderCancelled { reason, .. } = decoded else {
+            return Ok(None);
+        };
+        return Ok(Some((
+            Checkout::of_order(order_id),
+            Work::OrderCancelled {
+                position: event.position,
+                event_id: event.event_id,
+                reason,
+            },
+        )));
+    }
+    Ok(None)
+}
