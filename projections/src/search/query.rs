@@ -275,6 +275,15 @@ pub struct Suggestion {
 fn text_query(fields: &Fields, text: &str, complete_last: bool) -> Option<Box<dyn Query>> {
     let mut words = words(text);
     words.truncate(SEARCH_QUERY_MAX_WORDS);
+    // A last word too short to complete ("yoga m") says nothing yet.
+    if complete_last
+        && words.len() > 1
+        && words
+            .last()
+            .is_some_and(|w| w.chars().count() < PREFIX_MIN_CHARS)
+    {
+        words.pop();
+    }
     let last = words.len().checked_sub(1)?;
     let per_word: Vec<(Occur, Box<dyn Query>)> = words
         .iter()
