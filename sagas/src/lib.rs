@@ -9,6 +9,12 @@
 //! is answered with its first outcome. Deadlines (the checkout's timeout, payment
 //! retries, reservation expiries) are rows in [`SagaStore`] that the [`TimerWorker`]
 //! fires. On PostgreSQL one process at a time holds the runner's lease.
+//!
+//! The production [`PaymentGateway`] is [`psp::HttpGateway`]:
+//! `HttpGateway::new(HttpGatewayConfig::new(url))?`, its timeouts, retries and
+//! circuit breaker being fields of the config. The provider it talks to in development
+//! and tests is the sandbox, `psp::Sandbox::start(address).await?`, whose `url()` is
+//! that `url`; `commerce psp` serves the same sandbox on its own.
 
 pub mod config;
 mod dispatch;

@@ -26,4 +26,6 @@ pub use client::{
 };
 pub use ledger::{TestToken, AMOUNT_MAX_MINOR, REFUNDS_MAX_PER_AUTHORIZATION};
 pub use sandbox::{Sandbox, SandboxConfig, SandboxStats, WebhookTarget};
-pub use webhook::{Recorded, VerifiedWebhook, WebhookError, WebhookInbox, WebhookVerifier};
+pub use webhook::{
+    Recorded, VerifiedWebhook, WebhookConfig, WebhookError, WebhookInbox, WebhookVerifier,
+};

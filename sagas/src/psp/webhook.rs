@@ -87,6 +87,36 @@ fn signed_payload(timestamp: i64, body: &[u8]) -> Vec<u8> {
     payload
 }
 
+/// The engine's side of the webhook contract: the secret shared with the provider
+/// and the replay window.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub secret: Vec<u8>,
+    pub tolerance_secs: u64,
+}
+
+impl WebhookConfig {
+    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        WebhookConfig {
+            secret: secret.into(),
+            tolerance_secs: WEBHOOK_TOLERANCE_SECS,
+        }
+    }
+
+    pub fn verifier(&self) -> WebhookVerifier {
+        WebhookVerifier::new(&self.secret, self.tolerance_secs)
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("WebhookConfig")
+            .field("tolerance_secs", &self.tolerance_secs)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Checks callbacks against the shared secret and the replay window.
 #[derive(Clone)]
 pub struct WebhookVerifier {
