@@ -1134,12 +1134,15 @@ impl Aggregate for Checkout {
                     })
                     .cloned()
                     .collect();
+                // A reserved line may come back restocked: committed by a late
+                // commit, then put back on hand.
                 let restocked: Vec<Sku> = restocked
                     .iter()
                     .filter(|sku| {
-                        data.lines
-                            .iter()
-                            .any(|l| &l.sku == *sku && l.stock == LineStock::Committed)
+                        data.lines.iter().any(|l| {
+                            &l.sku == *sku
+                                && matches!(l.stock, LineStock::Committed | LineStock::Reserved)
+                        })
                     })
                     .cloned()
                     .collect();

@@ -30,6 +30,13 @@ use crate::{
 /// Who the saga's commands are from, in every event's metadata.
 pub const SAGA_ACTOR: &str = "system:checkout";
 
+/// How a held line was given back.
+enum Released {
+    Released,
+    /// Committed after all (a late commit): its units were put back on hand.
+    Restocked,
+}
+
 /// What a dispatched step hands back to the runner.
 #[derive(Debug, Default)]
 pub(crate) struct StepResult {
@@ -74,6 +81,24 @@ fn refused(result: &Result<impl Sized, CommandError>) -> bool {
 
 impl Dispatcher<'_> {
     pub async fn run(&self, step: Step, causation: Uuid) -> Result<StepResult, SagaError> {
+        if let Some(checkout_id) = forward_only(&step) {
+            // A step decided on the state as of an older event, while the checkout
+            // has begun compensating since (the deadline fired, the order was
+            // cancelled): going forward would only give the compensation more to
+            // undo, and skipping leaves nothing outstanding.
+            let now = self
+                .commands
+                .checkouts()
+                .load(&Checkout::stream_id(&checkout_id))
+                .await?
+                .state;
+            if now
+                .status()
+                .is_some_and(|s| s == domain::CheckoutStatus::Compensating || s.is_terminal())
+            {
+                return Ok(StepResult::default());
+            }
+        }
         match step {
             Step::ScheduleTimer {
                 checkout_id,
@@ -628,12 +653,13 @@ impl Dispatcher<'_> {
             .iter()
             .map(|line| self.release(checkout_id, causation, line));
         let mut released = Vec::new();
-        for outcome in join_all(releases).await {
-            if let Some(sku) = outcome? {
-                released.push(sku);
+        let mut restocked = Vec::new();
+        for (line, outcome) in c.release.iter().zip(join_all(releases).await) {
+            match outcome? {
+                Released::Released => released.push(line.sku.clone()),
+                Released::Restocked => restocked.push(line.sku.clone()),
             }
         }
-        let mut restocked = Vec::new();
         for line in &c.restock {
             self.restock(checkout_id, causation, &line.sku, &line.allocations)
                 .await?;
@@ -772,13 +798,13 @@ impl Dispatcher<'_> {
         Ok(())
     }
 
-    /// Releases one line's reservation; `Some(sku)` once nothing is held for it.
+    /// Releases one line's reservation, or restocks it if it was committed.
     async fn release(
         &self,
         checkout_id: CheckoutId,
         causation: Uuid,
         line: &StockLine,
-    ) -> Result<Option<Sku>, SagaError> {
+    ) -> Result<Released, SagaError> {
         let result = self
             .commands
             .inventory()
@@ -791,11 +817,11 @@ impl Dispatcher<'_> {
             )
             .await;
         match result {
-            Ok(_) => Ok(Some(line.sku.clone())),
-            Err(CommandError::Rejected(DomainError::ReservationEnded {
+            Ok(_)
+            | Err(CommandError::Rejected(DomainError::ReservationEnded {
                 outcome: ReservationOutcome::Released | ReservationOutcome::Expired,
                 ..
-            })) => Ok(Some(line.sku.clone())),
+            })) => Ok(Released::Released),
             Err(CommandError::Rejected(DomainError::ReservationEnded {
                 outcome: ReservationOutcome::Committed,
                 ..
@@ -804,12 +830,12 @@ impl Dispatcher<'_> {
                 // began: put the units back on hand instead.
                 self.restock(checkout_id, causation, &line.sku, &line.allocations)
                     .await?;
-                Ok(Some(line.sku.clone()))
+                Ok(Released::Restocked)
             }
             Err(CommandError::Rejected(error)) => {
                 // Never reserved under this id: nothing is held.
                 tracing::warn!(%checkout_id, sku = %line.sku, %error, "reservation not found to release");
-                Ok(Some(line.sku.clone()))
+                Ok(Released::Released)
             }
             Err(error) => Err(error.into()),
         }
@@ -947,6 +973,22 @@ impl Dispatcher<'_> {
             Err(GatewayError::Refused { .. }) => Ok(Ok(PaymentSettlement::NothingTaken)),
             Err(error) => Ok(Err(error)),
         }
+    }
+}
+
+/// The checkout of a step that only moves a checkout forward and whose skipping
+/// leaves nothing for a compensation to wait for.
+fn forward_only(step: &Step) -> Option<CheckoutId> {
+    match step {
+        Step::ConfirmOrder { checkout_id, .. }
+        | Step::CapturePayment { checkout_id, .. }
+        | Step::CommitStock { checkout_id, .. }
+        | Step::CloseCart { checkout_id, .. } => Some(*checkout_id),
+        Step::ScheduleTimer { .. }
+        | Step::PlaceOrder { .. }
+        | Step::ReserveStock { .. }
+        | Step::AuthorizePayment { .. }
+        | Step::Compensate(_) => None,
     }
 }
 

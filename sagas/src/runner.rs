@@ -23,7 +23,7 @@ use domain::{
     Order, OrderEvent, OrderId,
 };
 use eventstore::{Direction, EventStore, RecordedEvent};
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use crate::dispatch::{Dispatcher, StepResult};
@@ -126,15 +126,13 @@ impl SagaRunner {
         let jobs = order
             .into_iter()
             .filter_map(|id| groups.remove(&id).map(|w| (id, w)));
-        let results: Vec<Result<Vec<Timer>, SagaError>> = stream::iter(jobs)
+        // The first failure drops the steps still in flight, as a crash would: the
+        // batch runs again from the checkpoint either way.
+        let timers: Vec<Timer> = stream::iter(jobs)
             .map(|(id, work)| self.apply_checkout(id, work))
             .buffer_unordered(self.config.concurrent_checkouts_max.max(1))
-            .collect()
-            .await;
-        let mut timers = Vec::new();
-        for result in results {
-            timers.extend(result?);
-        }
+            .try_concat()
+            .await?;
         self.crash_point("before-timers")?;
         self.saga_store.schedule(&timers).await?;
         self.crash_point("before-checkpoint")?;
