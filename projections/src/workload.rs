@@ -206,6 +206,8 @@ pub struct Shop {
     addresses: HashMap<CustomerId, ShippingAddress>,
     stats: ShopStats,
     set_up: bool,
+    /// The number of the next product `catalog_appends` makes.
+    catalog_next: usize,
 }
 
 const COUNTRIES: [&str; 5] = ["DE", "FR", "NL", "US", "GB"];
@@ -219,6 +221,43 @@ const BRANDS: [&str; 6] = [
     "Hooli",
 ];
 const CATEGORIES: [&str; 4] = ["Shoes", "Shirts", "Bags", "Hats"];
+/// Words of titles and descriptions, so that searches have a vocabulary to find.
+const ADJECTIVES: [&str; 16] = [
+    "classic",
+    "vintage",
+    "waterproof",
+    "lightweight",
+    "premium",
+    "rugged",
+    "slim",
+    "breathable",
+    "organic",
+    "insulated",
+    "urban",
+    "trail",
+    "summer",
+    "winter",
+    "essential",
+    "deluxe",
+];
+/// Nouns per category, in the order of `CATEGORIES`.
+const NOUNS: [[&str; 6]; 4] = [
+    ["sneaker", "runner", "boot", "sandal", "loafer", "trainer"],
+    ["shirt", "polo", "blouse", "tunic", "henley", "oxford"],
+    [
+        "backpack",
+        "tote",
+        "duffel",
+        "satchel",
+        "messenger",
+        "clutch",
+    ],
+    ["beanie", "cap", "fedora", "bucket", "visor", "beret"],
+];
+const COLOURS: [&str; 8] = [
+    "black", "white", "navy", "olive", "crimson", "grey", "sand", "teal",
+];
+const MATERIALS: [&str; 6] = ["cotton", "leather", "canvas", "wool", "linen", "nylon"];
 
 impl Shop {
     pub fn new(config: ShopConfig) -> Shop {
@@ -234,6 +273,7 @@ impl Shop {
             addresses: HashMap::new(),
             stats: ShopStats::default(),
             set_up: false,
+            catalog_next: 0,
         }
     }
 
@@ -284,88 +324,126 @@ impl Shop {
     }
 
     fn set_up_catalog(&mut self, out: &mut Vec<AppendRequest>) {
+        for p in 0..self.config.products {
+            self.add_product(p, out, true);
+        }
+    }
+
+    /// The next `count` products of a catalog without shopping: products, prices,
+    /// stock and publishing only, for large catalogs (`commerce bench search`).
+    /// Their streams are not kept, so memory stays flat; sessions never sell them.
+    pub fn catalog_appends(&mut self, count: usize) -> Vec<AppendRequest> {
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let p = self.catalog_next;
+            self.catalog_next += 1;
+            self.add_product(p, &mut out, false);
+        }
+        let events: usize = out.iter().map(|a| a.events.len()).sum();
+        self.stats.appends += out.len() as u64;
+        self.stats.events += events as u64;
+        out
+    }
+
+    /// Product number `p` with its SKUs, prices and stock; `keep` keeps its
+    /// streams for the shopping sessions.
+    fn add_product(&mut self, p: usize, out: &mut Vec<AppendRequest>, keep: bool) {
         let eur = currency("EUR");
         let usd = currency("USD");
-        for p in 0..self.config.products {
-            let id = ProductId::from_uuid(self.id());
-            let mut stream = Stream::<Product>::new(Product::stream_id(&id));
-            let sku_count = self.rng.random_range(1..=4);
-            let skus: Vec<SkuVariant> = (0..sku_count)
-                .map(|s| SkuVariant {
-                    sku: sku(&format!("S{}-P{p}-{s}", self.config.shard)),
-                    attributes: BTreeMap::from([("size".to_owned(), format!("{}", 38 + s))]),
-                })
-                .collect();
-            let brand = BRANDS[self.rng.random_range(0..BRANDS.len())];
-            let category = CATEGORIES[p % CATEGORIES.len()];
-            let create = ProductCommand::CreateProduct {
+        let id = ProductId::from_uuid(self.id());
+        let mut stream = Stream::<Product>::new(Product::stream_id(&id));
+        let sku_count = self.rng.random_range(1..=4);
+        let skus: Vec<SkuVariant> = (0..sku_count)
+            .map(|s| SkuVariant {
+                sku: sku(&format!("S{}-P{p}-{s}", self.config.shard)),
+                attributes: BTreeMap::from([("size".to_owned(), format!("{}", 38 + s))]),
+            })
+            .collect();
+        let brand = BRANDS[self.rng.random_range(0..BRANDS.len())];
+        let category = CATEGORIES[p % CATEGORIES.len()];
+        // Words from the product number, not the generator, so the sequence of
+        // random draws (and every other stream) stays as it was.
+        let word = |list: &[&'static str], salt: usize| {
+            list[(p.wrapping_mul(2_654_435_761) >> salt) % list.len()]
+        };
+        let adjective = word(&ADJECTIVES, 3);
+        let noun = word(&NOUNS[p % CATEGORIES.len()], 7);
+        let colour = word(&COLOURS, 11);
+        let material = word(&MATERIALS, 13);
+        let create = ProductCommand::CreateProduct {
+            product_id: id,
+            title: format!("{brand} {adjective} {noun} model {p}"),
+            description: format!(
+                "A {colour} {noun} of {material}; synthetic {category} product {p} of shop {}.",
+                self.config.shard
+            ),
+            brand: brand.to_owned(),
+            category: vec![category.to_owned(), format!("{category} line {}", p % 3)],
+            skus: skus.clone(),
+        };
+        let base = self.rng.random_range(500..20_000);
+        let mut commands = vec![
+            create,
+            ProductCommand::SetPrice {
                 product_id: id,
-                title: format!("{brand} {category} model {p}"),
-                description: format!("Synthetic product {p} of shop {}.", self.config.shard),
-                brand: brand.to_owned(),
-                category: vec![category.to_owned(), format!("{category} line {}", p % 3)],
-                skus: skus.clone(),
-            };
-            let base = self.rng.random_range(500..20_000);
-            let mut commands = vec![
-                create,
-                ProductCommand::SetPrice {
-                    product_id: id,
-                    target: PriceTarget::Product,
-                    price: Money::new(base, eur),
-                },
-            ];
-            if self.rng.random_bool(0.5) {
-                commands.push(ProductCommand::SetPrice {
-                    product_id: id,
-                    target: PriceTarget::Product,
-                    price: Money::new(base + base / 10, usd),
-                });
+                target: PriceTarget::Product,
+                price: Money::new(base, eur),
+            },
+        ];
+        if self.rng.random_bool(0.5) {
+            commands.push(ProductCommand::SetPrice {
+                product_id: id,
+                target: PriceTarget::Product,
+                price: Money::new(base + base / 10, usd),
+            });
+        }
+        if self.rng.random_bool(0.3) {
+            commands.push(ProductCommand::SetPrice {
+                product_id: id,
+                target: PriceTarget::Sku(skus[0].sku.clone()),
+                price: Money::new(base + 100, eur),
+            });
+        }
+        // One product in ten stays a draft: not for sale.
+        let sellable = p % 10 != 9;
+        if sellable {
+            commands.push(ProductCommand::Publish { product_id: id });
+        }
+        for command in commands {
+            if let Err(e) = run(out, &mut stream, command) {
+                self.refused("catalog", e);
+            }
+        }
+        let index = self.products.len();
+        if keep {
+            self.products.push(stream);
+        }
+        for variant in skus {
+            let mut inventory = Stream::<Inventory>::new(Inventory::stream_id(&variant.sku));
+            for _ in 0..self.rng.random_range(1..=self.config.warehouses.max(1)) {
+                let warehouse = self.warehouse();
+                let quantity = self.rng.random_range(20..200);
+                let receive = InventoryCommand::ReceiveStock {
+                    sku: variant.sku.clone(),
+                    warehouse,
+                    quantity: quantity_of(quantity),
+                };
+                if let Err(e) = run(out, &mut inventory, receive) {
+                    self.refused("receive", e);
+                }
             }
             if self.rng.random_bool(0.3) {
-                commands.push(ProductCommand::SetPrice {
-                    product_id: id,
-                    target: PriceTarget::Sku(skus[0].sku.clone()),
-                    price: Money::new(base + 100, eur),
-                });
-            }
-            // One product in ten stays a draft: not for sale.
-            let sellable = p % 10 != 9;
-            if sellable {
-                commands.push(ProductCommand::Publish { product_id: id });
-            }
-            for command in commands {
-                if let Err(e) = run(out, &mut stream, command) {
-                    self.refused("catalog", e);
+                let warehouse = self.warehouse();
+                let priority = InventoryCommand::SetWarehousePriority {
+                    sku: variant.sku.clone(),
+                    warehouse,
+                    priority: self.rng.random_range(1..200),
+                };
+                if let Err(e) = run(out, &mut inventory, priority) {
+                    self.refused("priority", e);
                 }
             }
-            let index = self.products.len();
-            self.products.push(stream);
-            for variant in skus {
-                let mut inventory = Stream::<Inventory>::new(Inventory::stream_id(&variant.sku));
-                for _ in 0..self.rng.random_range(1..=self.config.warehouses.max(1)) {
-                    let warehouse = self.warehouse();
-                    let quantity = self.rng.random_range(20..200);
-                    let receive = InventoryCommand::ReceiveStock {
-                        sku: variant.sku.clone(),
-                        warehouse,
-                        quantity: quantity_of(quantity),
-                    };
-                    if let Err(e) = run(out, &mut inventory, receive) {
-                        self.refused("receive", e);
-                    }
-                }
-                if self.rng.random_bool(0.3) {
-                    let warehouse = self.warehouse();
-                    let priority = InventoryCommand::SetWarehousePriority {
-                        sku: variant.sku.clone(),
-                        warehouse,
-                        priority: self.rng.random_range(1..200),
-                    };
-                    if let Err(e) = run(out, &mut inventory, priority) {
-                        self.refused("priority", e);
-                    }
-                }
+            if keep {
                 if sellable {
                     self.skus.push((index, variant.sku.clone()));
                 }
