@@ -221,6 +221,25 @@ impl ManagedPostgres {
         .map(drop)
     }
 
+    /// Stops the server the way a crash or a power cut would (`-m immediate`: no
+    /// checkpoint, sessions cut mid-transaction; the next start replays the WAL).
+    /// For fault tests; [`ManagedPostgres::start`] on the same folder brings it back.
+    pub async fn stop_immediately(&self) -> Result<(), ManagedPgError> {
+        tracing::warn!(cluster = %self.cluster.display(), "stopping PostgreSQL immediately");
+        self.pg_ctl(&[
+            "-D".as_ref(),
+            self.cluster.as_os_str(),
+            "-m".as_ref(),
+            "immediate".as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            PG_CTL_TIMEOUT_SECS.to_string().as_ref(),
+            "stop".as_ref(),
+        ])
+        .await
+        .map(drop)
+    }
+
     async fn init(&self) -> Result<(), ManagedPgError> {
         eprintln!(
             "commerce: creating a PostgreSQL cluster in {}",

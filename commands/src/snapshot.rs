@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use eventstore::{migrate, Migration, StoreError};
+use eventstore::{db_error, migrate, Migration, StoreError};
 
 /// The state of one stream after its event `version`, in the aggregate's snapshot
 /// form `state_schema` (see `StreamAggregate::SNAPSHOT_SCHEMA`), as JSON text.
@@ -170,13 +170,5 @@ impl SnapshotStore for PostgresSnapshots {
             .await
             .map_err(db_error)?;
         Ok(())
-    }
-}
-
-/// No SQLSTATE means the connection itself failed.
-fn db_error(e: tokio_postgres::Error) -> StoreError {
-    match e.as_db_error() {
-        Some(db) => StoreError::Database(format!("{} ({})", db.message(), db.code().code())),
-        None => StoreError::Unavailable(e.to_string()),
     }
 }

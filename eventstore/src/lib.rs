@@ -29,7 +29,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
-pub use postgres::{migrate, Migration, PostgresConfig, PostgresStore, EVENTSTORE_MIGRATIONS};
+pub use postgres::{
+    db_error, migrate, Migration, PostgresConfig, PostgresStore, EVENTSTORE_MIGRATIONS,
+};
 pub use scratch::{recreate_database, ScratchDatabase};
 pub use subscription::{Subscription, SubscriptionOptions};
 pub use types::*;

@@ -297,11 +297,7 @@ async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, ApiError> {
 }
 
 fn db_error(e: tokio_postgres::Error) -> ApiError {
-    let error = match e.as_db_error() {
-        Some(db) => StoreError::Database(format!("{} ({})", db.message(), db.code().code())),
-        None => StoreError::Unavailable(e.to_string()),
-    };
-    error.into()
+    eventstore::db_error(e).into()
 }
 
 #[cfg(test)]

@@ -216,10 +216,21 @@ pub(crate) fn event_from_row(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-/// Maps a driver error: no SQLSTATE means the connection itself failed.
-pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
+/// Maps a driver error. No SQLSTATE means the connection itself failed. A server
+/// that is unreachable (class 08), out of connections or resources (53), or shutting
+/// down, crashing or starting up (57P) is `Unavailable` too: the request may succeed
+/// later, so the edge answers 503 rather than 500.
+pub fn db_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
-        Some(db) => StoreError::Database(format!("{} ({})", db.message(), db.code().code())),
+        Some(db) => {
+            let code = db.code().code();
+            let message = format!("{} ({code})", db.message());
+            if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") {
+                StoreError::Unavailable(message)
+            } else {
+                StoreError::Database(message)
+            }
+        }
         None => StoreError::Unavailable(e.to_string()),
     }
 }
