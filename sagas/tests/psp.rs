@@ -37,7 +37,7 @@ async fn sandbox() -> Sandbox {
 /// Short bounds, so failures are quick to provoke.
 fn config(sandbox: &Sandbox) -> HttpGatewayConfig {
     HttpGatewayConfig {
-        request_timeout_ms: 400,
+        request_timeout_ms: 2_000,
         max_attempts: 4,
         backoff_initial_ms: 10,
         backoff_max_ms: 40,
@@ -212,6 +212,12 @@ async fn bad_requests_get_json_errors_with_codes_and_change_nothing() {
             json!({"amount": 1, "currency": "eur", "payment_method": "tok_visa", "reference": "r-bad"}),
             400,
             "invalid_currency",
+        ),
+        (
+            Some("k4"),
+            json!({"amount": 1, "currency": "EUR", "payment_method": "tok_visa", "reference": "x".repeat(20_000)}),
+            413,
+            "body_too_large",
         ),
     ];
     for (key, body, status, code) in cases {

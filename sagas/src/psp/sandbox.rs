@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -434,8 +435,24 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Answer> {
     }
 }
 
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Answer> {
-    serde_json::from_slice(body).map_err(|e| {
+/// A request body: over the size limit, or not read in full, it is refused as such.
+type RequestBody = Result<Bytes, BytesRejection>;
+
+fn read_body(body: RequestBody) -> Result<Bytes, Answer> {
+    body.map_err(|rejection| {
+        let status = rejection.status().as_u16();
+        let code = if status == 413 {
+            "body_too_large"
+        } else {
+            "invalid_request"
+        };
+        Answer::error(status, code, rejection.body_text())
+    })
+}
+
+fn parse_body<T: DeserializeOwned>(body: RequestBody) -> Result<T, Answer> {
+    let body = read_body(body)?;
+    serde_json::from_slice(&body).map_err(|e| {
         Answer::error(
             400,
             "invalid_request",
@@ -448,9 +465,9 @@ async fn create_authorization(
     State(shared): State<Arc<Shared>>,
     Extension(kill): Extension<ConnectionKill>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
-    let operation = parse_body::<CreateAuthorization>(&body).map(Operation::Authorize);
+    let operation = parse_body::<CreateAuthorization>(body).map(Operation::Authorize);
     execute(shared, kill, &headers, operation).await
 }
 
@@ -459,9 +476,9 @@ async fn capture(
     Extension(kill): Extension<ConnectionKill>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
-    let operation = parse_body::<CreateCapture>(&body).map(|body| Operation::Capture {
+    let operation = parse_body::<CreateCapture>(body).map(|body| Operation::Capture {
         authorization: id,
         body,
     });
@@ -473,15 +490,18 @@ async fn void(
     Extension(kill): Extension<ConnectionKill>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     // A void takes no fields; an empty body or `{}` both do.
-    let operation = if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(())
-    } else {
-        parse_body::<EmptyBody>(&body).map(|_| ())
-    }
-    .map(|()| Operation::Void { authorization: id });
+    let operation = read_body(body)
+        .and_then(|body| {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                Ok(())
+            } else {
+                parse_body::<EmptyBody>(Ok(body)).map(|_| ())
+            }
+        })
+        .map(|()| Operation::Void { authorization: id });
     execute(shared, kill, &headers, operation).await
 }
 
@@ -493,9 +513,9 @@ async fn refund(
     State(shared): State<Arc<Shared>>,
     Extension(kill): Extension<ConnectionKill>,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
-    let operation = parse_body::<CreateRefund>(&body).map(Operation::Refund);
+    let operation = parse_body::<CreateRefund>(body).map(Operation::Refund);
     execute(shared, kill, &headers, operation).await
 }
 
