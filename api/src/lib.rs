@@ -5,6 +5,7 @@
 //! the same server in-process on a random port.
 
 pub mod demo;
+pub mod esdb;
 pub mod http;
 pub mod managed_pg;
 pub mod serve;

@@ -26,6 +26,8 @@ pub struct ServeArgs {
     pub data_dir: DataDirArg,
     #[command(flatten)]
     pub secret: SecretArg,
+    #[command(flatten)]
+    pub esdb: crate::esdb::EsdbArgs,
     /// PEM file with an RSA public key: accept RS256 tokens signed with its private
     /// key. Without --jwt-secret, only RS256 tokens are then accepted.
     #[arg(long, env = "COMMERCE_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
@@ -133,8 +135,14 @@ pub async fn serve_on(
     let projections = Runner::start(state.store().clone(), RunnerConfig::default())
         .await
         .context("cannot start the projections")?;
+    let esdb = crate::esdb::cli::start(&args.esdb, std::sync::Arc::new(state.store().clone()))
+        .await
+        .context("cannot start the EventStoreDB gRPC endpoint")?;
     ready.await;
     let served = http::serve(listener, state, shutdown).await;
+    if let Some(esdb) = esdb {
+        esdb.stop().await?;
+    }
     projections.stop().await;
     served?;
     Ok(())

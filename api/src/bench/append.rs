@@ -19,11 +19,11 @@ const LEVELS: [usize; 3] = [1, 16, 256];
 /// Connections of the naive baseline (the design note's "16 clients").
 const BASELINE_CONNECTIONS: usize = 16;
 
-struct Level {
-    appenders: usize,
-    events: u64,
-    rate: f64,
-    latency: Percentiles,
+pub(super) struct Level {
+    pub(super) appenders: usize,
+    pub(super) events: u64,
+    pub(super) rate: f64,
+    pub(super) latency: Percentiles,
 }
 
 pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
@@ -101,7 +101,9 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
     Ok(())
 }
 
-async fn run_level(
+/// `appenders` tasks appending one small event per append to streams of their own,
+/// through `store`, for `duration`.
+pub(super) async fn run_level(
     store: &Arc<dyn EventStore>,
     appenders: usize,
     duration: Duration,

@@ -3,6 +3,7 @@
 //! counts that prove the run was correct).
 
 mod append;
+mod esdb_append;
 mod flash_sale;
 mod http_commands;
 mod rebuild;
@@ -19,6 +20,13 @@ pub enum Bench {
     /// appenders (one small event per append), against one INSERT per transaction.
     Append {
         /// How long each concurrency level (and the baseline) runs.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// 64 official EventStoreDB clients appending one small event per call through the
+    /// gRPC endpoint, against 64 in-process appenders in the same run.
+    EsdbAppend {
+        /// How long each side runs.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
@@ -64,6 +72,9 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
     }
     match bench {
         Bench::Append { seconds } => append::run(database_url, Duration::from_secs(seconds)).await,
+        Bench::EsdbAppend { seconds } => {
+            esdb_append::run(database_url, Duration::from_secs(seconds)).await
+        }
         Bench::HttpCommands {
             seconds,
             connections,

@@ -1,0 +1,99 @@
+//! An EventStoreDB-compatible gRPC endpoint on the engine's log, so the official
+//! EventStoreDB clients (and the tools built on them) can read the commerce log, follow
+//! it live and keep integration streams beside it. It speaks the streams subset of the
+//! protocol (`event_store.client.streams.Streams`, with `ServerFeatures` for the
+//! clients' connection handshake); the guide is `docs/esdb-compat.md`.
+//!
+//! - [`service`]: the gRPC services, messages in and out;
+//! - [`append`]: expected revisions, deletes and tombstones, who may write what;
+//! - [`read`]: stream and `$all` reads, and subscriptions;
+//! - [`state`]: tombstones and stream metadata, both kept in the log itself;
+//! - [`codec`]: event bytes to the log's JSON and back;
+//! - [`cli`]: the flags of `commerce serve`, starting and stopping;
+//! - [`auth`]: users and roles; [`filter`]: `$all` filters; [`errors`]: the
+//!   protocol's errors.
+//!
+//! Off unless `commerce serve --grpc-listen ADDR` asks for it.
+
+// tonic's service methods answer `Result<_, tonic::Status>`, a large error type; the
+// helpers here return the same so `?` carries a protocol error straight to the reply.
+// Boxing it would cost an allocation per error and a conversion at every call.
+#![allow(clippy::result_large_err)]
+
+pub mod append;
+pub mod auth;
+pub mod cli;
+pub mod codec;
+pub mod errors;
+pub mod filter;
+pub mod proto;
+pub mod read;
+pub mod service;
+pub mod state;
+pub mod streams_rules;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use eventstore::EventStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+pub use auth::{Role, UserEntry, Users};
+pub use cli::{EsdbArgs, EsdbServer};
+
+use proto::event_store::client::server_features::server_features_server::ServerFeaturesServer;
+use proto::streams::streams_server::StreamsServer;
+use service::{ServerFeaturesService, StreamsService};
+
+/// Largest message the endpoint decodes, in bytes: one event at the size limit, with
+/// room for its envelope.
+pub const MESSAGE_MAX_BYTES: usize = 4 << 20;
+/// The port EventStoreDB listens on, and so the one clients assume.
+pub const DEFAULT_PORT: u16 = 2113;
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub certificate_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// How the endpoint runs.
+#[derive(Clone)]
+pub struct EsdbConfig {
+    pub users: Users,
+    /// Serve TLS with this identity; plain HTTP/2 (`tls=false`) without.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// Serves the endpoint on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn EventStore>,
+    config: EsdbConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (stopping_tx, stopping) = watch::channel(false);
+    let streams = StreamsService::new(store, Arc::new(config.users), stopping);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let mut server = Server::builder();
+    if let Some(tls) = config.tls {
+        let identity = Identity::from_pem(tls.certificate_pem, tls.key_pem);
+        server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    server
+        .add_service(
+            StreamsServer::new(streams)
+                .max_decoding_message_size(MESSAGE_MAX_BYTES)
+                .max_encoding_message_size(MESSAGE_MAX_BYTES),
+        )
+        .add_service(ServerFeaturesServer::new(ServerFeaturesService))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
