@@ -255,7 +255,8 @@ impl Indexer {
                 if let Some(created) =
                     ProductState::created(id, e, event.recorded_at, event.position)
                 {
-                    if self.product(id)?.is_some() {
+                    // The first event of its stream: no document can exist yet.
+                    if event.version > 1 && self.product(id)?.is_some() {
                         return Err(format!("product {id} is created twice"));
                     }
                     let mut created = created;
@@ -296,6 +297,17 @@ impl Indexer {
             }
             Ok(ShopEvent::Inventory { sku, event: e }) => {
                 let sku = sku.as_str();
+                if event.version == 1 && !self.stock.contains_key(sku) {
+                    // The SKU's first stock event: nothing to look up.
+                    self.stock.insert(
+                        sku.to_owned(),
+                        Held {
+                            state: StockState::default(),
+                            indexed: false,
+                            dirty: false,
+                        },
+                    );
+                }
                 self.stock_of(sku)?;
                 let held = self.stock.get_mut(sku).ok_or("stock not held")?;
                 held.dirty = true;
