@@ -103,6 +103,7 @@ impl CircuitBreaker {
                 *state = State::HalfOpen {
                     probe_in_flight: true,
                 };
+                report(&state);
                 tracing::info!("payment provider circuit half-open: sending a probe");
                 Some(self.permit(true))
             }
@@ -162,6 +163,7 @@ impl CircuitBreaker {
                 }
             }
         };
+        report(&next);
         *state = next;
     }
 
@@ -183,6 +185,16 @@ impl CircuitBreaker {
             State::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
+}
+
+/// `commerce_psp_breaker_state`: 0 closed, 1 half-open, 2 open.
+fn report(state: &State) {
+    let value = match state {
+        State::Closed { .. } => 0.0,
+        State::HalfOpen { .. } => 1.0,
+        State::Open { .. } => 2.0,
+    };
+    metrics::gauge!("commerce_psp_breaker_state").set(value);
 }
 
 #[cfg(test)]

@@ -105,6 +105,24 @@ enum Attempt {
     },
 }
 
+impl Attempt {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Answered(_) => "answered",
+            Self::Refused { .. } => "refused",
+            Self::Ambiguous(_) => "ambiguous",
+            Self::NotDone { .. } => "not_done",
+        }
+    }
+}
+
+/// `commerce_psp_attempts_total{operation, outcome}`: every attempt, and every call
+/// the open breaker stopped (`breaker_open`).
+fn count_attempt(operation: &'static str, outcome: &'static str) {
+    metrics::counter!("commerce_psp_attempts_total", "operation" => operation, "outcome" => outcome)
+        .increment(1);
+}
+
 impl HttpGateway {
     pub fn new(config: HttpGatewayConfig) -> Result<Self, ClientBuildError> {
         let http = reqwest::Client::builder()
@@ -133,6 +151,23 @@ impl HttpGateway {
     /// POSTs `body` to `path` under `idempotency_key`, retrying what may be retried.
     async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
+        operation: &'static str,
+        path: &str,
+        idempotency_key: &str,
+        body: &B,
+    ) -> Result<R, GatewayError> {
+        let started = std::time::Instant::now();
+        let result = self
+            .post_with_retries(operation, path, idempotency_key, body)
+            .await;
+        metrics::histogram!("commerce_psp_call_duration_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn post_with_retries<B: Serialize, R: DeserializeOwned>(
+        &self,
+        operation: &'static str,
         path: &str,
         idempotency_key: &str,
         body: &B,
@@ -149,6 +184,7 @@ impl HttpGateway {
         let attempts = self.config.max_attempts.max(1);
         for attempt in 1..=attempts {
             let Some(permit) = self.breaker.try_acquire() else {
+                count_attempt(operation, "breaker_open");
                 tracing::debug!(path, attempt, "payment provider circuit open: not sending");
                 return Err(if ambiguous {
                     GatewayError::Timeout
@@ -156,7 +192,9 @@ impl HttpGateway {
                     GatewayError::Unavailable("circuit breaker open".into())
                 });
             };
-            let retry_after = match self.attempt(&url, idempotency_key, body.clone()).await {
+            let outcome = self.attempt(&url, idempotency_key, body.clone()).await;
+            count_attempt(operation, outcome.label());
+            let retry_after = match outcome {
                 Attempt::Answered(bytes) => {
                     permit.record(true);
                     return serde_json::from_slice(&bytes).map_err(|e| {
@@ -292,7 +330,12 @@ impl PaymentGateway for HttpGateway {
             reference: request.payment_id.to_string(),
         };
         let view: AuthorizationView = self
-            .post("/v1/authorizations", &request.idempotency_key, &body)
+            .post(
+                "authorize",
+                "/v1/authorizations",
+                &request.idempotency_key,
+                &body,
+            )
             .await?;
         Ok(match view.status {
             AuthorizationStatus::Declined => Authorization::Declined {
@@ -318,7 +361,9 @@ impl PaymentGateway for HttpGateway {
             "/v1/authorizations/{}/capture",
             path_segment(&request.provider_ref)?
         );
-        let view: AuthorizationView = self.post(&path, &request.idempotency_key, &body).await?;
+        let view: AuthorizationView = self
+            .post("capture", &path, &request.idempotency_key, &body)
+            .await?;
         Ok(Receipt {
             provider_ref: view.id,
         })
@@ -330,7 +375,12 @@ impl PaymentGateway for HttpGateway {
             path_segment(&request.provider_ref)?
         );
         let view: AuthorizationView = self
-            .post(&path, &request.idempotency_key, &serde_json::json!({}))
+            .post(
+                "void",
+                &path,
+                &request.idempotency_key,
+                &serde_json::json!({}),
+            )
             .await?;
         Ok(Receipt {
             provider_ref: view.id,
@@ -344,7 +394,7 @@ impl PaymentGateway for HttpGateway {
             currency: request.amount.currency.to_string(),
         };
         let refund: RefundView = self
-            .post("/v1/refunds", &request.idempotency_key, &body)
+            .post("refund", "/v1/refunds", &request.idempotency_key, &body)
             .await?;
         Ok(Receipt {
             provider_ref: refund.id,
