@@ -27,6 +27,7 @@ mod cart;
 mod context;
 mod error;
 mod handler;
+mod privacy;
 mod shop;
 mod snapshot;
 mod stream;
@@ -42,6 +43,7 @@ pub use handler::{
     STREAM_BATCH_MAX_COMMANDS, STREAM_BATCH_MAX_EVENTS, STREAM_IDLE_TIMEOUT_MS,
     STREAM_MAILBOX_MAX_COMMANDS,
 };
+pub use privacy::{ADDRESS_PERSONAL_FIELDS, PERSONAL_DATA};
 pub use shop::{Commands, PlaceOrder};
 pub use snapshot::{
     MemorySnapshots, PostgresSnapshots, Snapshot, SnapshotStore, COMMANDS_MIGRATIONS,

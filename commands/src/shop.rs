@@ -10,8 +10,10 @@ use domain::{
     Cart, CartId, CartOwner, CartStatus, Checkout, DomainError, Inventory, Order, OrderCommand,
     OrderEvent, OrderId, Payment, Product, ShippingAddress,
 };
+use eventstore::privacy::{KeyVault, PrivateStore};
 use eventstore::{EventStore, PostgresStore};
 
+use crate::privacy::PERSONAL_DATA;
 use crate::snapshot::{MemorySnapshots, PostgresSnapshots, SnapshotStore};
 use crate::{CommandContext, CommandError, Committed, Handler, Limits, Loaded};
 
@@ -54,8 +56,23 @@ impl Commands {
 
     /// On the PostgreSQL log, with snapshots in its database (the command side's
     /// migrations run here).
+    /// Personal fields are sealed on append and opened on load (see
+    /// [`Commands::on_postgres_private`]).
     pub async fn on_postgres(store: PostgresStore, limits: Limits) -> Result<Self, CommandError> {
+        let vault = KeyVault::connect(store.pool().clone()).await?;
+        Self::on_postgres_private(store, vault, limits).await
+    }
+
+    /// On the PostgreSQL log, appending through a [`PrivateStore`] that seals the
+    /// fields of [`PERSONAL_DATA`] with `vault`'s keys (share the vault with whoever
+    /// forgets customers, so its cache drops a destroyed key at once).
+    pub async fn on_postgres_private(
+        store: PostgresStore,
+        vault: KeyVault,
+        limits: Limits,
+    ) -> Result<Self, CommandError> {
         let snapshots = PostgresSnapshots::connect(store.pool().clone()).await?;
+        let store = PrivateStore::new(Arc::new(store), vault, PERSONAL_DATA);
         Ok(Self::new(Arc::new(store), Arc::new(snapshots), limits))
     }
 

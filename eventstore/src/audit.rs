@@ -1,6 +1,8 @@
 //! What auditors do with the log: verify its hash chain over any range, find the
 //! position of a moment, and export envelopes as NDJSON that another tool can verify
-//! on its own (the recipe is in `docs/audit.md`).
+//! on its own (the recipe is in `docs/audit.md`). Also the audit trail: who ran the
+//! operations that are not appends (rebuilds, exports, verifications, erasures),
+//! since appends carry their actor in their own metadata.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::hash::{verify_chain, GENESIS_HASH};
+use crate::postgres::{db_error, migrate, Migration};
 use crate::types::{RecordedEvent, StoreError};
 use crate::EventStore;
 
@@ -234,4 +237,100 @@ pub async fn export(
     out.flush()
         .map_err(|e| StoreError::Unavailable(format!("writing the export: {e}")))?;
     Ok(written)
+}
+
+/// The audit trail's schema (component `audit`).
+pub const AUDIT_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "audit_trail",
+    sql: include_str!("../migrations/audit/0001_audit_trail.sql"),
+}];
+
+/// Most trail entries one read returns.
+pub const TRAIL_PAGE_MAX_ENTRIES: i64 = 1_000;
+
+/// One operation in the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrailEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `role:subject` of a token, or `cli:<user>` for the command line.
+    pub actor: String,
+    /// What was done: `projections.rebuild`, `audit.export`, `audit.verify`,
+    /// `privacy.forget`, ...
+    pub action: String,
+    pub details: serde_json::Value,
+}
+
+/// The audit trail: a table of its own, append-only by use.
+#[derive(Clone)]
+pub struct AuditTrail {
+    pool: deadpool_postgres::Pool,
+}
+
+impl AuditTrail {
+    /// The trail in `pool`'s database, creating its table if needed.
+    pub async fn connect(pool: deadpool_postgres::Pool) -> Result<Self, StoreError> {
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        migrate(&mut client, "audit", AUDIT_MIGRATIONS).await?;
+        Ok(AuditTrail { pool })
+    }
+
+    /// The trail in a database whose `audit_trail` table exists already.
+    pub fn new(pool: deadpool_postgres::Pool) -> Self {
+        AuditTrail { pool }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Records that `actor` did `action`; returns the entry's id.
+    pub async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        details: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO audit_trail (actor, action, details) VALUES ($1, $2, $3) RETURNING id",
+                &[&actor, &action, details],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.get(0))
+    }
+
+    /// Up to `limit` entries with an id above `after`, oldest first.
+    pub async fn read(&self, after: i64, limit: i64) -> Result<Vec<TrailEntry>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, at, actor, action, details FROM audit_trail WHERE id > $1 \
+                 ORDER BY id LIMIT $2",
+                &[&after, &limit.clamp(1, TRAIL_PAGE_MAX_ENTRIES)],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| TrailEntry {
+                id: row.get(0),
+                at: row.get(1),
+                actor: row.get(2),
+                action: row.get(3),
+                details: row.get(4),
+            })
+            .collect())
+    }
 }

@@ -17,6 +17,7 @@ pub mod hash;
 mod memory;
 mod postgres;
 mod prepare;
+pub mod privacy;
 mod scratch;
 mod subscription;
 mod types;

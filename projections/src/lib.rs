@@ -34,6 +34,7 @@ mod lease;
 mod log;
 pub mod orders;
 mod page;
+mod privacy;
 mod rebuild;
 mod runner;
 pub mod sales;
@@ -49,6 +50,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 pub use error::ProjectionError;
+pub use privacy::erase_customer;
 pub use page::{Page, PageRequest, PAGE_MAX_ITEMS, PAGE_MAX_OFFSET};
 pub use rebuild::{
     rebuild, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport, REBUILD_BATCH_MAX_EVENTS,

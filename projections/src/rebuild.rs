@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{ClientWrapper, Object};
+use eventstore::privacy::KeyVault;
 use eventstore::{EventStore, PostgresStore};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -395,7 +396,17 @@ async fn read_log(
     senders: Vec<mpsc::Sender<Arc<Batch>>>,
 ) -> Result<(), ProjectionError> {
     let client = store.connection().await?;
-    crate::log::copy_batches(&client, from, head, batch_max_events, categories, &senders).await
+    let vault = KeyVault::connect(store.pool().clone()).await?;
+    crate::log::copy_opened_batches(
+        &client,
+        Some(&vault),
+        from,
+        head,
+        batch_max_events,
+        categories,
+        &senders,
+    )
+    .await
 }
 
 async fn apply_batches(
@@ -453,6 +464,8 @@ async fn swap(
     control: &mut ClientWrapper,
     workers: Vec<Worker>,
 ) -> Result<u64, ProjectionError> {
+    // Opened before the transaction: it may create the keys table on first use.
+    let vault = KeyVault::connect(store.pool().clone()).await?;
     let tx = control.transaction().await.map_err(db_error)?;
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT_SECS}s'"
@@ -474,10 +487,13 @@ async fn swap(
         let mut shadow = worker.cursor.position;
         while shadow < live {
             let limit = REBUILD_BATCH_MAX_EVENTS.min((live - shadow) as usize);
-            let events = store.read_all(shadow, limit, None).await?;
+            let mut events = store.read_all(shadow, limit, None).await?;
             let Some(last) = events.last().map(|e| e.position) else {
                 break;
             };
+            vault
+                .open_all(events.iter_mut().map(|e| &mut e.data))
+                .await?;
             let batch = Batch::decode(events, projection.categories());
             worker.applier.apply_in(&tx, &batch, shadow).await?;
             shadow = last;

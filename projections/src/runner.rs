@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Object;
+use eventstore::privacy::KeyVault;
 use eventstore::{EventStore, PostgresStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -78,6 +79,7 @@ impl Runner {
         }
         let (shutdown, stop) = watch::channel(false);
         let leases = Arc::new(Leases::new(store.pool().clone()));
+        let vault = KeyVault::connect(store.pool().clone()).await?;
         let config = Arc::new(config);
         let tasks = config
             .projections
@@ -86,6 +88,7 @@ impl Runner {
                 let task = ProjectionTask {
                     projection,
                     store: store.clone(),
+                    vault: vault.clone(),
                     leases: leases.clone(),
                     config: config.clone(),
                     stop: stop.clone(),
@@ -108,6 +111,8 @@ impl Runner {
 struct ProjectionTask {
     projection: Projection,
     store: PostgresStore,
+    /// Opens sealed personal fields before decoding (erased once their key is gone).
+    vault: KeyVault,
     leases: Arc<Leases>,
     config: Arc<RunnerConfig>,
     stop: watch::Receiver<bool>,
@@ -206,10 +211,13 @@ impl ProjectionTask {
             } else {
                 self.config.live_batch_max_events
             };
-            let events = self.store.read_all(cursor.position, limit, None).await?;
+            let mut events = self.store.read_all(cursor.position, limit, None).await?;
             if events.is_empty() {
                 continue;
             }
+            self.vault
+                .open_all(events.iter_mut().map(|e| &mut e.data))
+                .await?;
             let batch = Batch::decode(events, self.projection.categories());
             match applier.apply_batch(&mut client, cursor, &batch).await {
                 Ok(next) => {
