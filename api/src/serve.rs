@@ -5,14 +5,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use projections::{Runner, RunnerConfig};
 use tokio::net::TcpListener;
 
+use crate::http::auth::{KeyMaterial, KeySpec, TokenRules, CLOCK_LEEWAY_SECS};
 use crate::http::{self, AppState, Authenticator, ServerConfig};
 use crate::managed_pg::ManagedPostgres;
 use crate::token::{hs256_secret, DataDirArg, SecretArg};
@@ -32,6 +33,26 @@ pub struct ServeArgs {
     /// key. Without --jwt-secret, only RS256 tokens are then accepted.
     #[arg(long, env = "COMMERCE_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
     pub jwt_public_key: Option<PathBuf>,
+    /// A verification key selected by the token's `kid`: `KID=hs256:SECRET_FILE` or
+    /// `KID=rs256:PEM_FILE`. Repeat it to rotate keys: add the new key, move the
+    /// issuer to it, drop the old one once its tokens have expired. The key's
+    /// algorithm is the only one its tokens may use.
+    #[arg(
+        long = "jwt-key",
+        env = "COMMERCE_JWT_KEYS",
+        value_delimiter = ',',
+        value_name = "KID=ALG:FILE"
+    )]
+    pub jwt_keys: Vec<String>,
+    /// The issuer (`iss`) every token must carry.
+    #[arg(long, env = "COMMERCE_JWT_ISSUER", default_value = crate::http::auth::DEFAULT_ISSUER)]
+    pub jwt_issuer: String,
+    /// The audience (`aud`) every token must carry.
+    #[arg(long, env = "COMMERCE_JWT_AUDIENCE", default_value = crate::http::auth::DEFAULT_AUDIENCE)]
+    pub jwt_audience: String,
+    /// Clock skew tolerated on a token's `exp`, `nbf` and `iat`, in seconds.
+    #[arg(long, env = "COMMERCE_JWT_LEEWAY_SECS", default_value_t = CLOCK_LEEWAY_SECS)]
+    pub jwt_leeway_secs: u64,
     /// Largest request body in bytes; larger ones get a 413.
     #[arg(long, env = "COMMERCE_BODY_LIMIT_BYTES", default_value_t = http::BODY_LIMIT_BYTES)]
     pub body_limit_bytes: usize,
@@ -41,7 +62,26 @@ pub struct ServeArgs {
     /// How long the first response to an Idempotency-Key is kept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_KEY_TTL_SECS", default_value_t = http::IDEMPOTENCY_KEY_TTL_SECS)]
     pub idempotency_key_ttl_secs: u64,
+    /// The database role the engine runs as once migrations are done: it may append
+    /// events but never update, delete or truncate them. The role is made by the
+    /// migrations; the connecting user must be allowed to `SET ROLE` to it. Give an
+    /// empty value to run as the connecting user.
+    #[arg(long, env = "COMMERCE_DATABASE_ROLE", default_value = DATABASE_ROLE)]
+    pub database_role: String,
+    /// Run migrations with this URL (the schema's owner), and the engine with
+    /// DATABASE_URL: a login that is a member of the engine's role only, so that not
+    /// even a `RESET ROLE` gives it the owner's rights.
+    #[arg(
+        long,
+        env = "COMMERCE_MIGRATE_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub migrate_database_url: Option<String>,
 }
+
+/// The role the event store's migrations create for the engine.
+pub const DATABASE_ROLE: &str = "commerce_engine";
 
 impl ServeArgs {
     fn server_config(&self) -> ServerConfig {
@@ -49,6 +89,8 @@ impl ServeArgs {
             body_limit_bytes: self.body_limit_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             idempotency_key_ttl: Duration::from_secs(self.idempotency_key_ttl_secs),
+            database_role: Some(self.database_role.clone()).filter(|r| !r.is_empty()),
+            migrate_database_url: self.migrate_database_url.clone(),
             ..ServerConfig::default()
         }
     }
@@ -57,21 +99,57 @@ impl ServeArgs {
         let public_key = self
             .jwt_public_key
             .as_ref()
-            .map(|path| {
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-            })
+            .map(|path| read_key_file(path))
             .transpose()?;
-        // With only a public key configured, do not also accept HS256 tokens signed
-        // with a generated local secret.
-        let secret = match (&self.secret.jwt_secret, &public_key) {
-            (None, Some(_)) => None,
-            (explicit, _) => Some(hs256_secret(explicit.as_deref(), &self.data_dir.resolve())?),
+        let mut keys = self
+            .jwt_keys
+            .iter()
+            .map(|spec| parse_key_spec(spec))
+            .collect::<Result<Vec<_>>>()?;
+        // With only public keys or a key set configured, do not also accept HS256
+        // tokens signed with a generated local secret.
+        let explicit = self.secret.jwt_secret.as_deref();
+        if explicit.is_some() || (public_key.is_none() && keys.is_empty()) {
+            let secret = hs256_secret(explicit, &self.data_dir.resolve())?;
+            keys.push(KeySpec {
+                kid: None,
+                material: KeyMaterial::Hs256(secret),
+            });
+        }
+        if let Some(pem) = public_key {
+            keys.push(KeySpec {
+                kid: None,
+                material: KeyMaterial::Rs256Pem(pem),
+            });
+        }
+        let rules = TokenRules {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_secs: self.jwt_leeway_secs,
         };
-        Ok(Authenticator::new(
-            secret.as_deref(),
-            public_key.as_deref(),
-        )?)
+        Ok(Authenticator::with_keys(keys, rules)?)
     }
+}
+
+fn read_key_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `KID=hs256:FILE` or `KID=rs256:FILE` (a secret file is trimmed of its newline).
+fn parse_key_spec(spec: &str) -> Result<KeySpec> {
+    let usage = || format!("--jwt-key {spec:?}: expected KID=hs256:FILE or KID=rs256:FILE");
+    let (kid, rest) = spec.split_once('=').with_context(usage)?;
+    let (algorithm, path) = rest.split_once(':').with_context(usage)?;
+    let bytes = read_key_file(Path::new(path))?;
+    let material = match algorithm.to_ascii_lowercase().as_str() {
+        "hs256" => KeyMaterial::Hs256(String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec()),
+        "rs256" => KeyMaterial::Rs256Pem(bytes),
+        _ => bail!(usage()),
+    };
+    Ok(KeySpec {
+        kid: Some(kid.to_owned()),
+        material,
+    })
 }
 
 pub async fn run(args: ServeArgs, database_url: Option<String>) -> Result<()> {

@@ -61,12 +61,7 @@ pub async fn run(database_url: &str, duration: Duration, connections: usize) -> 
 
     let token = |role: Role, sub: String| -> Result<String> {
         let exp = chrono::Utc::now().timestamp() as u64 + 3_600;
-        let claims = Claims {
-            sub,
-            role,
-            exp,
-            iat: None,
-        };
+        let claims = Claims::new(sub, role, exp);
         Ok(mint_hs256(secret.as_bytes(), &claims)?)
     };
     let seed = reqwest::Client::new();

@@ -87,7 +87,9 @@ impl FromRequestParts<AppState> for CommandMeta {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The address's limit was applied by the access layer (`policy`).
         let principal = Principal::from_request_parts(parts, state).await?;
+        state.principal_limiter().admit(&principal.actor())?;
         let key = IdempotencyKey::from_request_parts(parts, state).await?;
         let request_id = parts
             .headers
@@ -123,6 +125,19 @@ impl CommandMeta {
         let key = self.key.0.as_str();
         let fingerprint = IdempotencyKeys::fingerprint(self.method.as_str(), &self.path, body);
         let keys = state.idempotency();
+        // Claimed before the lookup: a retry that arrives once the first request has
+        // released its claim finds the first response recorded.
+        let claim = match keys.claim(&scope, key) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                metrics::command_outcome(command, "idempotency-key-in-flight");
+                return key_in_flight().into_response();
+            }
+            Err(e) => {
+                metrics::command_outcome(command, e.code);
+                return e.into_response();
+            }
+        };
         match keys.lookup(&scope, key, &fingerprint).await {
             Ok(Prior::New) => {}
             Ok(Prior::Answered { status, body }) => {
@@ -153,6 +168,8 @@ impl CommandMeta {
         let key = key.to_owned();
         let work = execute(context);
         let finish = async move {
+            // Held until the response is recorded (or the command gave up).
+            let _claim = claim;
             let started = std::time::Instant::now();
             let outcome = work.await;
             metrics::command_duration(command, started.elapsed());
@@ -193,6 +210,17 @@ fn worth_keeping(error: &ApiError) -> bool {
     error.status.is_client_error()
         && error.retry_after_secs.is_none()
         && error.code != "idempotency-key-reused"
+}
+
+fn key_in_flight() -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency-key-in-flight",
+        "a request with this Idempotency-Key is still running; retry after it finishes",
+    )
+    .with_field("Idempotency-Key");
+    error.retry_after_secs = Some(super::idempotency::IN_FLIGHT_RETRY_AFTER_SECS);
+    error
 }
 
 fn key_reused() -> ApiError {

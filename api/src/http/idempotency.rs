@@ -12,8 +12,17 @@
 //!
 //! Responses that say "try again" (5xx, 409 conflict after retries, overload) are not
 //! kept: retrying them with the same key is what a client should do.
+//!
+//! A key belongs to its principal (`role:sub`): the same key sent by another
+//! customer is another request and never sees the first one's response. A retry that
+//! arrives while the first request still runs in this process is answered 409 with
+//! `Retry-After` ([`InFlight`]) instead of running the command a second time. Keys
+//! expire after the configured TTL (24 h by default): an expired key is looked up as
+//! new, and a periodic sweep deletes expired rows in bounded batches.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -45,15 +54,35 @@ pub const KEYS_WAIT_MS: u64 = 5_000;
 /// Namespace of command ids derived from idempotency keys.
 const COMMAND_ID_NAMESPACE: Uuid = Uuid::from_u128(0x1d3f_0c52_8e4b_4a07_b6a9_2f5e_7c11_d0a3);
 
+/// Most expired keys one statement of a sweep deletes: short transactions that do
+/// not hold up the inserts of live requests.
+pub const PURGE_BATCH_ROWS: i64 = 5_000;
+/// Most batches one sweep runs; what is left waits for the next sweep.
+pub const PURGE_BATCHES_MAX: u32 = 200;
+/// Most commands one process runs at once under idempotency keys; past it a new
+/// key is answered 503 (this is far above what the command side admits).
+pub const IN_FLIGHT_KEYS_MAX: usize = 65_536;
+/// `Retry-After` of a retry that arrives while the first request still runs, in
+/// seconds.
+pub const IN_FLIGHT_RETRY_AFTER_SECS: u32 = 1;
+
+// Rows older than the TTL ($3, seconds) are expired even before the sweep deletes
+// them.
 const LOOKUP_KEYS: &str = "SELECT k.i, t.fingerprint, t.status, t.response \
      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(principal, key, i) \
-     JOIN api_idempotency_keys t ON t.principal = k.principal AND t.key = k.key";
+     JOIN api_idempotency_keys t ON t.principal = k.principal AND t.key = k.key \
+     WHERE t.created_at >= now() - make_interval(secs => $3)";
+// A first writer wins, except over an expired row not swept yet.
 const INSERT_KEYS: &str =
-    "INSERT INTO api_idempotency_keys (principal, key, fingerprint, status, response) \
+    "INSERT INTO api_idempotency_keys AS t (principal, key, fingerprint, status, response) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int2[], $5::jsonb[]) \
-     ON CONFLICT (principal, key) DO NOTHING";
-const PURGE_KEYS: &str =
-    "DELETE FROM api_idempotency_keys WHERE created_at < now() - make_interval(secs => $1)";
+     ON CONFLICT (principal, key) DO UPDATE \
+         SET fingerprint = excluded.fingerprint, status = excluded.status, \
+             response = excluded.response, created_at = now() \
+         WHERE t.created_at < now() - make_interval(secs => $6)";
+const PURGE_KEYS: &str = "DELETE FROM api_idempotency_keys WHERE ctid = ANY(ARRAY( \
+         SELECT ctid FROM api_idempotency_keys \
+         WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))";
 
 /// What the table knows of a key.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,33 +114,101 @@ type Job<Q, A> = (Q, oneshot::Sender<Result<A, ApiError>>);
 #[derive(Clone)]
 pub struct IdempotencyKeys {
     pool: Pool,
+    ttl: Duration,
     lookups: mpsc::Sender<Job<Lookup, Prior>>,
     records: mpsc::Sender<Job<Record, ()>>,
+    in_flight: Arc<InFlight>,
+}
+
+/// The keys whose first request is running in this process. Across processes a
+/// concurrent retry is not refused here, but the command id derived from the key
+/// still makes the log write it once.
+#[derive(Default)]
+pub struct InFlight {
+    keys: Mutex<HashSet<(String, String)>>,
+}
+
+/// A claim on a key while its request runs; dropping it releases the key.
+pub struct InFlightClaim {
+    owner: Arc<InFlight>,
+    entry: Option<(String, String)>,
+}
+
+impl Drop for InFlightClaim {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.owner.lock().remove(&entry);
+        }
+    }
+}
+
+impl InFlight {
+    fn claim(
+        this: &Arc<InFlight>,
+        principal: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<Option<InFlightClaim>, ApiError> {
+        let entry = (principal.to_owned(), key.to_owned());
+        let mut keys = this.lock();
+        if keys.contains(&entry) {
+            return Ok(None);
+        }
+        if keys.len() >= max {
+            return Err(StoreError::Overloaded("idempotency keys in flight".into()).into());
+        }
+        keys.insert(entry.clone());
+        Ok(Some(InFlightClaim {
+            owner: this.clone(),
+            entry: Some(entry),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        // Each holder does one set operation: a panic cannot leave it half-changed.
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl IdempotencyKeys {
     /// Runs the API's migrations on the log's database and starts the two tasks
     /// that batch lookups and records. The tasks end with the last clone.
-    pub async fn connect(pool: Pool) -> Result<Self, StoreError> {
+    pub async fn connect(pool: Pool, ttl: Duration) -> Result<Self, StoreError> {
         let mut client = pool
             .get()
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let client: &mut tokio_postgres::Client = &mut client;
         eventstore::migrate(client, "api", API_MIGRATIONS).await?;
+        let ttl_secs = ttl.as_secs_f64();
         let lookups = spawn_batcher({
             let pool = pool.clone();
-            move |batch| lookup_batch(pool.clone(), batch)
+            move |batch| lookup_batch(pool.clone(), batch, ttl_secs)
         });
         let records = spawn_batcher({
             let pool = pool.clone();
-            move |batch| record_batch(pool.clone(), batch)
+            move |batch| record_batch(pool.clone(), batch, ttl_secs)
         });
         Ok(IdempotencyKeys {
             pool,
+            ttl,
             lookups,
             records,
+            in_flight: Arc::default(),
         })
+    }
+
+    /// Claims `key` of `principal` for a request about to run: `None` if a request
+    /// with that key is running in this process already (the caller answers 409).
+    pub fn claim(&self, principal: &str, key: &str) -> Result<Option<InFlightClaim>, ApiError> {
+        InFlight::claim(&self.in_flight, principal, key, IN_FLIGHT_KEYS_MAX)
+    }
+
+    /// How long a key's first response is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The command id for `key` of `principal`: the same on every retry.
@@ -169,13 +266,24 @@ impl IdempotencyKeys {
         submit(&self.records, record).await
     }
 
-    /// Forgets keys older than `ttl`; returns how many.
-    pub async fn purge_older_than(&self, ttl: Duration) -> Result<u64, ApiError> {
+    /// Deletes expired keys in batches of [`PURGE_BATCH_ROWS`], at most
+    /// [`PURGE_BATCHES_MAX`] batches; returns how many rows went.
+    pub async fn purge_expired(&self) -> Result<u64, ApiError> {
         let client = client(&self.pool).await?;
-        client
-            .execute(PURGE_KEYS, &[&ttl.as_secs_f64()])
-            .await
-            .map_err(db_error)
+        let statement = client.prepare_cached(PURGE_KEYS).await.map_err(db_error)?;
+        let ttl_secs = self.ttl.as_secs_f64();
+        let mut purged = 0;
+        for _ in 0..PURGE_BATCHES_MAX {
+            let deleted = client
+                .execute(&statement, &[&ttl_secs, &PURGE_BATCH_ROWS])
+                .await
+                .map_err(db_error)?;
+            purged += deleted;
+            if deleted < PURGE_BATCH_ROWS as u64 {
+                break;
+            }
+        }
+        Ok(purged)
     }
 }
 
@@ -227,13 +335,17 @@ where
     tx
 }
 
-async fn lookup_batch(pool: Pool, batch: Vec<Lookup>) -> Result<Vec<Prior>, ApiError> {
+async fn lookup_batch(
+    pool: Pool,
+    batch: Vec<Lookup>,
+    ttl_secs: f64,
+) -> Result<Vec<Prior>, ApiError> {
     let client = client(&pool).await?;
     let statement = client.prepare_cached(LOOKUP_KEYS).await.map_err(db_error)?;
     let principals: Vec<&str> = batch.iter().map(|l| l.principal.as_str()).collect();
     let keys: Vec<&str> = batch.iter().map(|l| l.key.as_str()).collect();
     let rows = client
-        .query(&statement, &[&principals, &keys])
+        .query(&statement, &[&principals, &keys, &ttl_secs])
         .await
         .map_err(db_error)?;
     let mut answers = vec![Prior::New; batch.len()];
@@ -263,7 +375,7 @@ async fn lookup_batch(pool: Pool, batch: Vec<Lookup>) -> Result<Vec<Prior>, ApiE
     Ok(answers)
 }
 
-async fn record_batch(pool: Pool, batch: Vec<Record>) -> Result<Vec<()>, ApiError> {
+async fn record_batch(pool: Pool, batch: Vec<Record>, ttl_secs: f64) -> Result<Vec<()>, ApiError> {
     let mut client = client(&pool).await?;
     let principals: Vec<&str> = batch.iter().map(|r| r.principal.as_str()).collect();
     let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
@@ -282,7 +394,14 @@ async fn record_batch(pool: Pool, batch: Vec<Record>) -> Result<Vec<()>, ApiErro
     let statement = tx.prepare_cached(INSERT_KEYS).await.map_err(db_error)?;
     tx.execute(
         &statement,
-        &[&principals, &keys, &fingerprints, &statuses, &bodies],
+        &[
+            &principals,
+            &keys,
+            &fingerprints,
+            &statuses,
+            &bodies,
+            &ttl_secs,
+        ],
     )
     .await
     .map_err(db_error)?;
@@ -310,6 +429,31 @@ mod tests {
         assert_eq!(a, IdempotencyKeys::command_id("customer:alice", "k1"));
         assert_ne!(a, IdempotencyKeys::command_id("customer:bob", "k1"));
         assert_ne!(a, IdempotencyKeys::command_id("customer:alice", "k2"));
+    }
+
+    #[test]
+    fn a_key_is_claimed_once_until_released_and_per_principal() {
+        let in_flight = Arc::new(InFlight::default());
+        let first = InFlight::claim(&in_flight, "customer:alice", "k", 10)
+            .unwrap()
+            .expect("the first claim");
+        assert!(InFlight::claim(&in_flight, "customer:alice", "k", 10)
+            .unwrap()
+            .is_none());
+        // The same key of another principal is another request.
+        let bobs = InFlight::claim(&in_flight, "customer:bob", "k", 10).unwrap();
+        assert!(bobs.is_some());
+        drop(first);
+        assert!(InFlight::claim(&in_flight, "customer:alice", "k", 10)
+            .unwrap()
+            .is_some());
+        // Bounded: past the most in flight, a new key is refused as overload.
+        let held: Vec<_> = (0..9)
+            .map(|i| InFlight::claim(&in_flight, "p", &i.to_string(), 10).unwrap())
+            .collect();
+        let refused = InFlight::claim(&in_flight, "p", "one-more", 10).err();
+        assert_eq!(refused.map(|e| e.code), Some("overloaded"));
+        drop(held);
     }
 
     #[test]

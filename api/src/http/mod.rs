@@ -11,8 +11,10 @@ pub mod auth;
 mod command;
 pub mod extract;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod policy;
 pub mod problem;
 mod routes;
 mod views;
@@ -41,6 +43,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Authenticator, Claims, Principal, Role};
 use idempotency::IdempotencyKeys;
+use limits::{ConnectionLimits, RateLimit, RateLimiter};
 use problem::{ApiError, PROBLEM_CONTENT_TYPE};
 
 /// Default largest request body, in bytes.
@@ -55,7 +58,7 @@ pub const NDJSON_PAGE_EVENTS: usize = 1_000;
 /// How long an idempotency key's first response is kept, in seconds.
 pub const IDEMPOTENCY_KEY_TTL_SECS: u64 = 24 * 60 * 60;
 /// How often expired idempotency keys are purged, in seconds.
-const IDEMPOTENCY_PURGE_EVERY_SECS: u64 = 600;
+pub const IDEMPOTENCY_PURGE_EVERY_SECS: u64 = 600;
 
 /// The server's bounds.
 #[derive(Debug, Clone)]
@@ -65,8 +68,23 @@ pub struct ServerConfig {
     pub page_max_events: usize,
     pub ndjson_page_events: usize,
     pub idempotency_key_ttl: Duration,
+    /// How often the sweep of expired idempotency keys runs.
+    pub idempotency_purge_every: Duration,
     /// Bounds of the command side.
     pub command_limits: Limits,
+    /// Token-bucket limit of commands per principal (`None`: unlimited).
+    pub principal_rate_limit: Option<RateLimit>,
+    /// Token-bucket limit of commands per client IP address (`None`: unlimited).
+    pub ip_rate_limit: Option<RateLimit>,
+    /// What hyper enforces on each connection before a handler runs.
+    pub connections: ConnectionLimits,
+    /// The role the engine's sessions run as once migrations are done (created by
+    /// the event store's migration 3): it may append events but never change them.
+    /// `None` runs as the connecting user.
+    pub database_role: Option<String>,
+    /// Where migrations run, as the schema's owner, when the engine's own login
+    /// (the `database_url` given to [`AppState::connect`]) may not run them.
+    pub migrate_database_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -77,7 +95,13 @@ impl Default for ServerConfig {
             page_max_events: PAGE_MAX_EVENTS,
             ndjson_page_events: NDJSON_PAGE_EVENTS,
             idempotency_key_ttl: Duration::from_secs(IDEMPOTENCY_KEY_TTL_SECS),
+            idempotency_purge_every: Duration::from_secs(IDEMPOTENCY_PURGE_EVERY_SECS),
             command_limits: Limits::default(),
+            principal_rate_limit: None,
+            ip_rate_limit: None,
+            connections: ConnectionLimits::default(),
+            database_role: None,
+            migrate_database_url: None,
         }
     }
 }
@@ -95,6 +119,8 @@ struct Inner {
     cart_owners: CartOwners,
     authenticator: Authenticator,
     idempotency: IdempotencyKeys,
+    principal_limiter: RateLimiter,
+    ip_limiter: RateLimiter,
     metrics: PrometheusHandle,
     config: ServerConfig,
 }
@@ -102,14 +128,53 @@ struct Inner {
 impl AppState {
     /// Opens the event store at `database_url` (running every component's
     /// migrations) and the command side on it.
+    ///
+    /// With a [`ServerConfig::migrate_database_url`] or a
+    /// [`ServerConfig::database_role`], migrations run first as the owner (everything
+    /// this function opens migrates its own tables), then the engine opens again with
+    /// its own login or role, which cannot change the log's history.
     pub async fn connect(
+        database_url: &str,
+        authenticator: Authenticator,
+        config: ServerConfig,
+    ) -> anyhow::Result<Self> {
+        if config.migrate_database_url.is_none() && config.database_role.is_none() {
+            return Self::open(database_url, authenticator, config).await;
+        }
+        let owner_url = config
+            .migrate_database_url
+            .clone()
+            .unwrap_or_else(|| database_url.to_owned());
+        let owner_config = ServerConfig {
+            database_role: None,
+            migrate_database_url: None,
+            ..config.clone()
+        };
+        let owner = Self::open(&owner_url, authenticator.clone(), owner_config).await?;
+        {
+            // The workers that run beside the API (`serve`) create their tables here
+            // too, as the owner: the engine's role creates none.
+            let mut client = owner.store().connection().await?;
+            let client: &mut tokio_postgres::Client = &mut client;
+            projections::migrate(client).await?;
+        }
+        drop(owner);
+        let engine_url = match &config.database_role {
+            Some(role) => with_session_role(database_url, role)?,
+            None => database_url.to_owned(),
+        };
+        Self::open(&engine_url, authenticator, config).await
+    }
+
+    async fn open(
         database_url: &str,
         authenticator: Authenticator,
         config: ServerConfig,
     ) -> anyhow::Result<Self> {
         let store = PostgresStore::connect(PostgresConfig::new(database_url)).await?;
         let commands = Commands::on_postgres(store.clone(), config.command_limits.clone()).await?;
-        let idempotency = IdempotencyKeys::connect(store.pool().clone()).await?;
+        let idempotency =
+            IdempotencyKeys::connect(store.pool().clone(), config.idempotency_key_ttl).await?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -118,6 +183,8 @@ impl AppState {
                 cart_owners: CartOwners::default(),
                 authenticator,
                 idempotency,
+                principal_limiter: RateLimiter::new("principal", config.principal_rate_limit),
+                ip_limiter: RateLimiter::new("ip", config.ip_rate_limit),
                 metrics: metrics::handle(),
                 config,
             }),
@@ -150,12 +217,42 @@ impl AppState {
         &self.inner.idempotency
     }
 
+    /// Commands per principal.
+    pub(crate) fn principal_limiter(&self) -> &RateLimiter {
+        &self.inner.principal_limiter
+    }
+
+    /// Commands per client IP address.
+    pub(crate) fn ip_limiter(&self) -> &RateLimiter {
+        &self.inner.ip_limiter
+    }
+
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
     }
 
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+}
+
+/// `database_url` with `role` set on every session it opens (the libpq `options`
+/// parameter `-c role=...`, the same as `SET ROLE` right after connecting).
+pub fn with_session_role(database_url: &str, role: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !role.is_empty()
+            && role
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "the database role must be a plain lower-case name, got {role:?}"
+    );
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        let separator = if database_url.contains('?') { '&' } else { '?' };
+        Ok(format!(
+            "{database_url}{separator}options=-c%20role%3D{role}"
+        ))
+    } else {
+        Ok(format!("{database_url} options='-c role={role}'"))
     }
 }
 
@@ -267,6 +364,11 @@ pub fn router(state: AppState) -> Router {
     let table = route_table();
     table
         .router
+        // After routing (the route template is known), before any extractor.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            policy::enforce,
+        ))
         .fallback(|| async { ApiError::not_found("route") })
         // Innermost first: each layer wraps the ones above it. Router::layer applies
         // after routing, so the metrics see the matched route template.
@@ -331,20 +433,84 @@ async fn bare_errors(request: Request, next: Next) -> Response {
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish (graceful shutdown). A background task purges expired
 /// idempotency keys meanwhile.
+///
+/// Connections are served by hyper directly rather than `axum::serve`, which sets
+/// no timer and so no header read timeout: here a client gets
+/// [`ConnectionLimits::header_read_timeout`] to send each request's headers (which
+/// also closes keep-alive connections idle that long), heads are bounded in size
+/// and header count (431 past them), and at most
+/// [`ConnectionLimits::max_connections`] are open at once.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let purge = tokio::spawn(purge_idempotency_keys(state.clone()));
-    let result = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = router(state.clone());
+    let limits = state.config().connections.clone();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, do not spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                request.map(axum::body::Body::new)
+            },
+        );
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.headers_max)
+            .max_buf_size(limits.header_max_bytes.max(HYPER_MIN_BUF_BYTES));
+        let connection = builder.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
     purge.abort();
+    let timeout = state.config().request_timeout;
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open at shutdown");
+    }
     // Commands whose clients hung up run on; let them finish too (bounded).
     let in_flight = state.in_flight();
     in_flight.close();
-    let timeout = state.config().request_timeout;
     if tokio::time::timeout(timeout, in_flight.wait())
         .await
         .is_err()
@@ -354,15 +520,20 @@ pub async fn serve(
             "commands still running at shutdown"
         );
     }
-    result
+    Ok(())
 }
 
+/// How long to wait after a failed accept, in milliseconds.
+const ACCEPT_ERROR_BACKOFF_MS: u64 = 100;
+/// hyper's smallest read buffer, which bounds the request head.
+const HYPER_MIN_BUF_BYTES: usize = 8 * 1024;
+
 async fn purge_idempotency_keys(state: AppState) {
-    let mut every = tokio::time::interval(Duration::from_secs(IDEMPOTENCY_PURGE_EVERY_SECS));
+    let mut every = tokio::time::interval(state.config().idempotency_purge_every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let ttl = state.config().idempotency_key_ttl;
-        match state.idempotency().purge_older_than(ttl).await {
+        match state.idempotency().purge_expired().await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
             Err(e) => tracing::warn!(detail = %e.detail, "cannot purge idempotency keys"),

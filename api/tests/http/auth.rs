@@ -11,7 +11,7 @@ use crate::support::*;
 async fn a_request_without_a_token_is_a_401_problem() {
     let app = spawn_app().await;
     let reply = app.send(app.http.get(app.url("/v1/events"))).await;
-    reply.problem(401, "unauthorized");
+    reply.problem(401, "token-missing");
     let reply = app
         .send(
             app.http
@@ -20,7 +20,7 @@ async fn a_request_without_a_token_is_a_401_problem() {
                 .json(&json!({"currency": "EUR"})),
         )
         .await;
-    reply.problem(401, "unauthorized");
+    reply.problem(401, "token-missing");
 }
 
 #[tokio::test]
@@ -29,25 +29,24 @@ async fn expired_badly_signed_and_malformed_tokens_are_401_problems() {
     let expired = token_expiring(Role::Admin, "ops", chrono::Utc::now().timestamp() - 600);
     let reply = app.get("/v1/events", &expired).await;
     assert_eq!(
-        reply.problem(401, "unauthorized")["detail"],
+        reply.problem(401, "token-expired")["detail"],
         "the token has expired"
     );
 
     let foreign = {
-        let claims = api::http::auth::Claims {
-            sub: "ops".into(),
-            role: Role::Admin,
-            exp: (chrono::Utc::now().timestamp() + 600) as u64,
-            iat: None,
-        };
+        let claims = api::http::auth::Claims::new(
+            "ops",
+            Role::Admin,
+            (chrono::Utc::now().timestamp() + 600) as u64,
+        );
         api::http::auth::mint_hs256(b"some-other-secret-that-is-long-enough!", &claims).unwrap()
     };
     app.get("/v1/events", &foreign)
         .await
-        .problem(401, "unauthorized");
+        .problem(401, "token-signature");
     app.get("/v1/events", "not-a-jwt")
         .await
-        .problem(401, "unauthorized");
+        .problem(401, "token-malformed");
     let reply = app
         .send(
             app.http
@@ -55,7 +54,7 @@ async fn expired_badly_signed_and_malformed_tokens_are_401_problems() {
                 .header("authorization", "Basic b3BzOm9wcw=="),
         )
         .await;
-    reply.problem(401, "unauthorized");
+    reply.problem(401, "token-malformed");
 }
 
 #[tokio::test]

@@ -77,8 +77,15 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(config: ServerConfig) -> TestApp {
-    let db = test_database().await.expect("a test database");
     let authenticator = Authenticator::new(Some(SECRET), None).expect("a valid secret");
+    spawn_app_with_authenticator(config, authenticator).await
+}
+
+pub async fn spawn_app_with_authenticator(
+    config: ServerConfig,
+    authenticator: Authenticator,
+) -> TestApp {
+    let db = test_database().await.expect("a test database");
     let state = AppState::connect(&db.url, authenticator, config)
         .await
         .expect("the app connects");
@@ -118,12 +125,7 @@ pub fn token(role: Role, sub: &str) -> String {
 }
 
 pub fn token_expiring(role: Role, sub: &str, exp: i64) -> String {
-    let claims = Claims {
-        sub: sub.to_owned(),
-        role,
-        exp: exp.max(0) as u64,
-        iat: None,
-    };
+    let claims = Claims::new(sub, role, exp.max(0) as u64);
     mint_hs256(SECRET, &claims).expect("a token")
 }
 

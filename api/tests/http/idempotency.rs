@@ -1,0 +1,154 @@
+//! Idempotency keys as payment APIs keep them: scoped to the principal, one
+//! execution while a retry races the first request, and expiry with a sweep.
+
+use std::time::Duration;
+
+use api::http::ServerConfig;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::*;
+
+const REPLAYED: &str = "idempotent-replayed";
+
+#[tokio::test]
+async fn the_same_key_from_another_customer_is_another_request() {
+    let app = spawn_app().await;
+    let (alice, bob) = (customer("alice"), customer("bob"));
+    let key = new_key();
+    let body = json!({"currency": "EUR"});
+    let first = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
+        .await;
+    let alices_cart = first.ok(201)["ids"]["cart_id"].clone();
+    let head = app.head().await;
+
+    let bobs = app
+        .command(Method::POST, "/v1/carts", &bob, &key, Some(body.clone()))
+        .await;
+    assert!(bobs.headers.get(REPLAYED).is_none(), "bob got a replay");
+    let bobs_cart = bobs.ok(201)["ids"]["cart_id"].clone();
+    assert_ne!(bobs_cart, alices_cart, "bob was answered with alice's cart");
+    assert_eq!(
+        app.events_after(head).await.len(),
+        1,
+        "bob's cart was written"
+    );
+    // Bob cannot read alice's cart through the shared key either.
+    app.get(
+        &format!("/v1/carts/{}", alices_cart.as_str().unwrap()),
+        &bob,
+    )
+    .await
+    .problem(404, "not-found");
+
+    // Each retry gets its own principal's first response.
+    let again = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body))
+        .await;
+    assert_eq!(again.headers[REPLAYED], "true");
+    assert_eq!(again.ok(201)["ids"]["cart_id"], alices_cart);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_the_first_request_runs_is_a_409_and_runs_nothing() {
+    let app = spawn_app().await;
+    let product = app.seed_catalog().await;
+    let alice = customer("alice");
+    let cart = app.create_cart(&alice, "EUR").await;
+    let path = format!("/v1/carts/{cart}/lines");
+    let body = json!({"product_id": product, "sku": SKU, "quantity": 1});
+    // Concurrent copies of one request: one runs, the others see it running (409)
+    // or, once it is done, its response. Repeated until a copy met it running.
+    let mut saw_in_flight = false;
+    for _round in 0..20 {
+        let key = new_key();
+        let head = app.head().await;
+        let copies =
+            (0..16).map(|_| app.command(Method::POST, &path, &alice, &key, Some(body.clone())));
+        let replies = futures::future::join_all(copies).await;
+        for reply in &replies {
+            match reply.status.as_u16() {
+                202 => {}
+                409 => {
+                    reply.problem(409, "idempotency-key-in-flight");
+                    assert_eq!(reply.headers["retry-after"], "1");
+                    assert_eq!(reply.body["field"], "Idempotency-Key");
+                    saw_in_flight = true;
+                }
+                other => panic!("unexpected {other}: {}", reply.body),
+            }
+        }
+        assert!(replies.iter().any(|r| r.status.as_u16() == 202));
+        let written = app.events_after(head).await;
+        assert_eq!(written.len(), 1, "the command ran more than once");
+        if saw_in_flight {
+            break;
+        }
+    }
+    assert!(saw_in_flight, "no copy ever met the first one running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_after_the_ttl_and_the_sweep_deletes_them_in_batches() {
+    let app = spawn_app_with(ServerConfig {
+        idempotency_key_ttl: Duration::from_secs(1),
+        idempotency_purge_every: Duration::from_millis(200),
+        ..ServerConfig::default()
+    })
+    .await;
+    let client = app.store.connection().await.expect("a connection");
+    // Many expired rows of other principals: more than one batch of the sweep.
+    client
+        .execute(
+            "INSERT INTO api_idempotency_keys (principal, key, fingerprint, status, response, created_at) \
+             SELECT 'customer:old', i::text, '\\x00', 201, '{}', now() - interval '2 days' \
+             FROM generate_series(1, 12000) AS i",
+            &[],
+        )
+        .await
+        .expect("old keys");
+
+    let alice = customer("alice");
+    let key = new_key();
+    let body = json!({"currency": "EUR"});
+    app.command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
+        .await
+        .ok(201);
+    let retry = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
+        .await;
+    assert_eq!(retry.headers[REPLAYED], "true");
+    let head = app.head().await;
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Expired: not answered from the table any more; the command id derived from
+    // the key still keeps the log from writing the cart twice.
+    let late = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body))
+        .await;
+    assert!(late.headers.get(REPLAYED).is_none(), "{}", late.body);
+    assert_eq!(
+        app.head().await,
+        head,
+        "the expired key ran the command again"
+    );
+
+    // The sweep empties the table of expired rows, batch after batch.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM api_idempotency_keys", &[])
+            .await
+            .expect("count")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} expired keys still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
