@@ -14,6 +14,7 @@ use projections::{Runner, RunnerConfig};
 use tokio::net::TcpListener;
 
 use crate::http::auth::{KeyMaterial, KeySpec, TokenRules, CLOCK_LEEWAY_SECS};
+use crate::http::limits::{self, ConnectionLimits, RateLimit};
 use crate::http::{self, AppState, Authenticator, ServerConfig};
 use crate::managed_pg::ManagedPostgres;
 use crate::token::{hs256_secret, DataDirArg, SecretArg};
@@ -62,6 +63,36 @@ pub struct ServeArgs {
     /// How long the first response to an Idempotency-Key is kept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_KEY_TTL_SECS", default_value_t = http::IDEMPOTENCY_KEY_TTL_SECS)]
     pub idempotency_key_ttl_secs: u64,
+    /// Commands one principal may send per second, sustained (0 turns the limit
+    /// off); past it, 429 with Retry-After.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_PRINCIPAL_PER_SEC", default_value_t = limits::PRINCIPAL_COMMANDS_PER_SEC)]
+    pub rate_limit_principal_per_sec: f64,
+    /// Commands one principal may send at once before the sustained rate applies.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_PRINCIPAL_BURST", default_value_t = limits::PRINCIPAL_COMMANDS_BURST)]
+    pub rate_limit_principal_burst: u32,
+    /// Commands one client IP address may send per second, sustained (0 turns the
+    /// limit off).
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_IP_PER_SEC", default_value_t = limits::IP_COMMANDS_PER_SEC)]
+    pub rate_limit_ip_per_sec: f64,
+    /// Commands one client IP address may send at once.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_IP_BURST", default_value_t = limits::IP_COMMANDS_BURST)]
+    pub rate_limit_ip_burst: u32,
+    /// Most connections open at once; further ones wait to be accepted.
+    #[arg(long, env = "COMMERCE_MAX_CONNECTIONS", default_value_t = limits::CONNECTIONS_MAX)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; also how long an idle
+    /// keep-alive connection stays open.
+    #[arg(long, env = "COMMERCE_HEADER_READ_TIMEOUT_SECS", default_value_t = limits::HEADER_READ_TIMEOUT_SECS)]
+    pub header_read_timeout_secs: u64,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    #[arg(long, env = "COMMERCE_HEADER_MAX_BYTES", default_value_t = limits::HEADER_MAX_BYTES)]
+    pub header_max_bytes: usize,
+    /// Most headers in one request; more gets 431.
+    #[arg(long, env = "COMMERCE_HEADERS_MAX", default_value_t = limits::HEADERS_MAX)]
+    pub headers_max: usize,
+    /// How often expired idempotency keys are swept, in seconds.
+    #[arg(long, env = "COMMERCE_IDEMPOTENCY_PURGE_EVERY_SECS", default_value_t = http::IDEMPOTENCY_PURGE_EVERY_SECS)]
+    pub idempotency_purge_every_secs: u64,
     /// The database role the engine runs as once migrations are done: it may append
     /// events but never update, delete or truncate them. The role is made by the
     /// migrations; the connecting user must be allowed to `SET ROLE` to it. Give an
@@ -89,6 +120,21 @@ impl ServeArgs {
             body_limit_bytes: self.body_limit_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             idempotency_key_ttl: Duration::from_secs(self.idempotency_key_ttl_secs),
+            idempotency_purge_every: Duration::from_secs(self.idempotency_purge_every_secs.max(1)),
+            principal_rate_limit: Some(RateLimit {
+                per_sec: self.rate_limit_principal_per_sec,
+                burst: self.rate_limit_principal_burst,
+            }),
+            ip_rate_limit: Some(RateLimit {
+                per_sec: self.rate_limit_ip_per_sec,
+                burst: self.rate_limit_ip_burst,
+            }),
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
+                header_max_bytes: self.header_max_bytes,
+                headers_max: self.headers_max,
+            },
             database_role: Some(self.database_role.clone()).filter(|r| !r.is_empty()),
             migrate_database_url: self.migrate_database_url.clone(),
             ..ServerConfig::default()
