@@ -42,14 +42,12 @@ const SIZES: [&str; 2] = ["M", "L"];
 pub struct SkuOnSale {
     pub product_id: Uuid,
     pub sku: String,
-    pub title: String,
 }
 
 /// What was seeded: every SKU on sale, and the flash-sale SKU with its stock.
 pub struct Catalog {
     pub skus: Vec<SkuOnSale>,
     pub flash: SkuOnSale,
-    pub flash_units: u32,
     pub units_received: u64,
 }
 
@@ -86,7 +84,6 @@ pub async fn seed(
     Ok(Catalog {
         skus: seeded.into_iter().flat_map(|(skus, _)| skus).collect(),
         flash,
-        flash_units,
         units_received,
     })
 }
@@ -159,11 +156,7 @@ async fn seed_product(
         .await?;
     let skus = skus
         .into_iter()
-        .map(|sku| SkuOnSale {
-            product_id,
-            sku,
-            title: title.clone(),
-        })
+        .map(|sku| SkuOnSale { product_id, sku })
         .collect();
     Ok((skus, units))
 }
@@ -172,10 +165,9 @@ async fn seed_product(
 async fn seed_flash_product(client: &Client, admin: &str, units: u32) -> Result<SkuOnSale> {
     let product_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, b"demo-flash-product");
     let sku = "DEMO-FLASH-1".to_string();
-    let title = "Limited edition trail shoe".to_string();
     let body = json!({
         "product_id": product_id,
-        "title": title,
+        "title": "Limited edition trail shoe",
         "description": "The flash sale's shoe: few pairs, many shoppers.",
         "brand": "Kestrel",
         "category": ["shoes", "trail"],
@@ -226,9 +218,5 @@ async fn seed_flash_product(client: &Client, admin: &str, units: u32) -> Result<
             None,
         )
         .await?;
-    Ok(SkuOnSale {
-        product_id,
-        sku,
-        title,
-    })
+    Ok(SkuOnSale { product_id, sku })
 }

@@ -61,10 +61,6 @@ impl Client {
         Ok(Client { http, base, secret })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     pub fn token(&self, role: Role, sub: impl Into<String>) -> Result<String> {
         crate::token::mint(&self.secret, role, sub.into(), TOKEN_TTL_SECS)
     }

@@ -102,7 +102,12 @@ async fn run_on(args: &DemoArgs, admin_url: &str) -> Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready, started) = tokio::sync::oneshot::channel::<()>();
     let engine = {
-        let serve_args = args.serve.clone();
+        let mut serve_args = args.serve.clone();
+        // A search index of the demo's own: `commerce serve` keeps its index beside
+        // it, and two processes never share one.
+        serve_args
+            .search_dir
+            .get_or_insert_with(|| args.serve.data_dir.resolve().join("demo-search"));
         let url = url.clone();
         tokio::spawn(async move {
             serve_on(
@@ -241,8 +246,8 @@ async fn drive(
         percentile(0.99)
     );
     println!(
-        "shoppers: {} guest carts merged on login, {} products browsed, {} orders cancelled by their customer",
-        shopping.merges, shopping.browsed, shopping.cancelled_by_customer
+        "shoppers: {} searches, {} products viewed, {} guest carts merged on login, {} orders cancelled by their customer",
+        shopping.searches, shopping.browsed, shopping.merges, shopping.cancelled_by_customer
     );
     if let Some(error) = shopping.first_error.as_ref().or(flash.first_error.as_ref()) {
         println!("shopper errors: {client_errors} (first: {error})");

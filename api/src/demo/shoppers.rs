@@ -21,7 +21,25 @@ use crate::http::Role;
 
 /// Cards of the sandbox payment provider, with the share of shoppers paying with
 /// each: most cards work, some are declined, some fail now and then.
-const CARDS: [(&str, u32); 3] = [("tok_visa", 80), ("tok_decline", 10), ("tok_flaky", 10)];
+/// (`tok_flaky` answers 503 now and then; `tok_lost_response` acts but drops its
+/// answer, so the engine's retry with the same idempotency key finds the result.)
+const CARDS: [(&str, u32); 4] = [
+    ("tok_visa", 75),
+    ("tok_decline", 10),
+    ("tok_flaky", 10),
+    ("tok_lost_response", 5),
+];
+/// What shoppers type into the search box: plain words, a misspelling, a prefix.
+const SEARCHES: [&str; 8] = [
+    "running shoe",
+    "trail",
+    "rain jaket",
+    "merino shirt",
+    "tent",
+    "espreso cup",
+    "desk lamp",
+    "daypak",
+];
 /// Share of confirmed orders (in percent) that their customer cancels afterwards.
 const CANCEL_PERCENT: u32 = 10;
 /// Longest a shopper waits for a checkout to finish.
@@ -50,6 +68,7 @@ pub struct Tally {
     pub cancelled_by_customer: u64,
     pub merges: u64,
     pub browsed: u64,
+    pub searches: u64,
     /// Milliseconds from the checkout request to its final status, per checkout.
     pub checkout_ms: Vec<u32>,
     pub first_error: Option<String>,
@@ -106,9 +125,36 @@ async fn journey(
     tally: &Mutex<Tally>,
 ) -> Result<()> {
     let pick = |rng: &mut StdRng| catalog.skus[rng.random_range(0..catalog.skus.len())].clone();
-    // Browse as a guest: look at a few products.
+    // Browse as a guest: search (typos included), filter by brand with the facets,
+    // look at a few products.
     let guest_token = Uuid::new_v4();
     let guest = client.token(Role::Customer, format!("guest:{guest_token}"))?;
+    let words = SEARCHES[rng.random_range(0..SEARCHES.len())].replace(' ', "+");
+    let found = client
+        .get(
+            &guest,
+            &format!("/v1/search?q={words}&in_stock=true&limit=10"),
+        )
+        .await?;
+    ensure_ok(&found, "searching")?;
+    let brand = found.body["facets"]["brands"][0]["value"]
+        .as_str()
+        .map(str::to_string);
+    if let Some(brand) = brand {
+        let filtered = client
+            .get(
+                &guest,
+                &format!("/v1/search?q={words}&brand={brand}&currency=EUR&sort=price_asc"),
+            )
+            .await?;
+        ensure_ok(&filtered, "filtering a search")?;
+    }
+    let prefix: String = words.chars().take(3).collect();
+    let suggested = client
+        .get(&guest, &format!("/v1/search/suggest?q={prefix}"))
+        .await?;
+    ensure_ok(&suggested, "suggestions")?;
+    lock(tally).searches += 3;
     for _ in 0..3 {
         let item = pick(rng);
         let answer = client
@@ -320,10 +366,9 @@ async fn checkout(
             .map(str::to_string)
             .or_else(|| order_id.clone());
         match status.body.get("status").and_then(Value::as_str) {
-            Some("completed" | "confirmed") => return Ok((Outcome::Confirmed, order_id)),
+            Some("completed") => return Ok((Outcome::Confirmed, order_id)),
             Some("cancelled") => return Ok((Outcome::Cancelled, order_id)),
             Some("rejected") => return Ok((Outcome::Rejected, order_id)),
-            Some("failed") => return Ok((Outcome::Failed, order_id)),
             _ => tokio::time::sleep(CHECKOUT_POLL_INTERVAL).await,
         }
     }

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod binary;
 mod commands;
+mod demo;
 mod idempotency;
 mod limits;
 mod operations;
