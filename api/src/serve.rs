@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// Most headers in one request; more gets 431.
     #[arg(long, env = "COMMERCE_HEADERS_MAX", default_value_t = limits::HEADERS_MAX)]
     pub headers_max: usize,
+    /// Most carts one account (customer or guest) keeps open; 0 turns it off.
+    #[arg(long, env = "COMMERCE_OPEN_CARTS_MAX", default_value_t = http::caps::OPEN_CARTS_MAX)]
+    pub open_carts_max: u32,
+    /// Most units of one SKU one account holds across its open carts; 0 turns it off.
+    #[arg(long, env = "COMMERCE_SKU_UNITS_MAX", default_value_t = http::caps::SKU_UNITS_MAX)]
+    pub sku_units_max: u64,
     /// How often expired idempotency keys are swept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_PURGE_EVERY_SECS", default_value_t = http::IDEMPOTENCY_PURGE_EVERY_SECS)]
     pub idempotency_purge_every_secs: u64,
@@ -134,6 +140,10 @@ impl ServeArgs {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
                 header_max_bytes: self.header_max_bytes,
                 headers_max: self.headers_max,
+            },
+            account_caps: http::caps::AccountCaps {
+                open_carts_max: self.open_carts_max,
+                sku_units_max: self.sku_units_max,
             },
             database_role: Some(self.database_role.clone()).filter(|r| !r.is_empty()),
             migrate_database_url: self.migrate_database_url.clone(),

@@ -8,6 +8,7 @@
 //! rewrites.
 
 pub mod auth;
+pub mod caps;
 mod command;
 pub mod extract;
 pub mod idempotency;
@@ -78,6 +79,9 @@ pub struct ServerConfig {
     pub ip_rate_limit: Option<RateLimit>,
     /// What hyper enforces on each connection before a handler runs.
     pub connections: ConnectionLimits,
+    /// Per-account caps on open carts and units of one SKU held (off by default;
+    /// `commerce serve` turns them on).
+    pub account_caps: caps::AccountCaps,
     /// The role the engine's sessions run as once migrations are done (created by
     /// the event store's migration 3): it may append events but never change them.
     /// `None` runs as the connecting user.
@@ -100,6 +104,7 @@ impl Default for ServerConfig {
             principal_rate_limit: None,
             ip_rate_limit: None,
             connections: ConnectionLimits::default(),
+            account_caps: caps::AccountCaps::OFF,
             database_role: None,
             migrate_database_url: None,
         }

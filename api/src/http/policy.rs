@@ -5,7 +5,8 @@
 //! checks (ownership, and the same roles) as a second line.
 //!
 //! The same layer applies the per-address rate limit to commands first, so a flood
-//! from one address is refused before any token signature is checked.
+//! from one address is refused before any token signature is checked, and the
+//! per-account caps last ([`caps`]).
 
 use std::net::SocketAddr;
 
@@ -15,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::bearer_principal;
-use super::{AppState, Role};
+use super::{caps, AppState, Role};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +121,12 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
             .increment(1);
         return e.into_response();
     }
-    let mut request = Request::from_parts(parts, body);
+    let request = Request::from_parts(parts, body);
+    let route = route.unwrap_or_default();
+    let mut request = match caps::check(&state, &principal, &route, request).await {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
     request.extensions_mut().insert(principal);
     next.run(request).await
 }

@@ -191,3 +191,97 @@ async fn every_list_refuses_a_page_larger_than_its_limit() {
         .await
         .problem(400, "invalid-parameter");
 }
+
+/// Waits until the carts read model has applied the log up to its head.
+async fn carts_read_model_caught_up(app: &TestApp) {
+    let head = app.head().await as i64;
+    let client = app.store.connection().await.expect("a connection");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let applied: Option<i64> = client
+            .query_opt(
+                "SELECT position FROM projection_checkpoints WHERE name = 'carts'",
+                &[],
+            )
+            .await
+            .expect("the checkpoint")
+            .map(|row| row.get(0));
+        if applied.is_some_and(|p| p >= head) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the carts read model lags");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_is_capped_in_open_carts_and_units_of_one_sku() {
+    let app = spawn_app_with(ServerConfig {
+        account_caps: api::http::caps::AccountCaps {
+            open_carts_max: 2,
+            sku_units_max: 5,
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let projections =
+        projections::Runner::start(app.store.clone(), projections::RunnerConfig::default())
+            .await
+            .expect("the projections run");
+    let product = app.seed_catalog().await;
+    let alice = customer("alice");
+    let first = app.create_cart(&alice, "EUR").await;
+    let second = app.create_cart(&alice, "EUR").await;
+    carts_read_model_caught_up(&app).await;
+    let head = app.head().await;
+    let refused = app.post("/v1/carts", &alice, cart()).await;
+    assert_eq!(refused.problem(429, "open-carts-limit")["max"], 2);
+    assert_eq!(app.head().await, head, "a refused cart was written");
+    // Another account is not affected.
+    app.create_cart(&customer("bob"), "EUR").await;
+
+    let line = |quantity: u64| json!({"product_id": product, "sku": SKU, "quantity": quantity});
+    app.post(&format!("/v1/carts/{first}/lines"), &alice, line(3))
+        .await
+        .ok(202);
+    carts_read_model_caught_up(&app).await;
+    // 3 held in the first cart: 3 more in the second would hold 6 of at most 5.
+    let hoarding = app
+        .post(&format!("/v1/carts/{second}/lines"), &alice, line(3))
+        .await;
+    let problem = hoarding.problem(422, "sku-units-limit");
+    assert_eq!(
+        (problem["held"].clone(), problem["max"].clone()),
+        (json!(3), json!(5))
+    );
+    assert_eq!(problem["field"], "quantity");
+    app.post(&format!("/v1/carts/{second}/lines"), &alice, line(2))
+        .await
+        .ok(202);
+    carts_read_model_caught_up(&app).await;
+    // Setting a line replaces what that cart holds: 2 elsewhere + 3 here is 5.
+    let set = |quantity: u64| json!({"quantity": quantity});
+    app.command(
+        reqwest::Method::PUT,
+        &format!("/v1/carts/{first}/lines/{SKU}"),
+        &alice,
+        &new_key(),
+        Some(set(4)),
+    )
+    .await
+    .problem(422, "sku-units-limit");
+    app.command(
+        reqwest::Method::PUT,
+        &format!("/v1/carts/{first}/lines/{SKU}"),
+        &alice,
+        &new_key(),
+        Some(set(3)),
+    )
+    .await
+    .ok(202);
+    // Staff acting on the cart are not capped.
+    app.post(&format!("/v1/carts/{first}/lines"), &admin(), line(10))
+        .await
+        .ok(202);
+    projections.stop().await;
+}
