@@ -8,5 +8,6 @@ pub mod demo;
 pub mod esdb;
 pub mod http;
 pub mod managed_pg;
+pub mod saga;
 pub mod serve;
 pub mod token;

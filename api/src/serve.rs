@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// How long the first response to an Idempotency-Key is kept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_KEY_TTL_SECS", default_value_t = http::IDEMPOTENCY_KEY_TTL_SECS)]
     pub idempotency_key_ttl_secs: u64,
+    /// The checkout saga: payment provider and deadlines.
+    #[command(flatten)]
+    pub saga: crate::saga::SagaArgs,
     /// Commands one principal may send per second, sustained (0 turns the limit
     /// off); past it, 429 with Retry-After.
     #[arg(long, env = "COMMERCE_RATE_LIMIT_PRINCIPAL_PER_SEC", default_value_t = limits::PRINCIPAL_COMMANDS_PER_SEC)]
@@ -126,6 +129,7 @@ impl ServeArgs {
             body_limit_bytes: self.body_limit_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             idempotency_key_ttl: Duration::from_secs(self.idempotency_key_ttl_secs),
+            saga: self.saga.config(),
             idempotency_purge_every: Duration::from_secs(self.idempotency_purge_every_secs.max(1)),
             principal_rate_limit: Some(RateLimit {
                 per_sec: self.rate_limit_principal_per_sec,
@@ -269,6 +273,9 @@ pub async fn serve_on(
     let projections = Runner::start(state.store().clone(), RunnerConfig::default())
         .await
         .context("cannot start the projections")?;
+    let saga = crate::saga::SagaWorkers::start(&state, &args.saga)
+        .await
+        .context("cannot start the checkout saga")?;
     let esdb = crate::esdb::cli::start(&args.esdb, std::sync::Arc::new(state.store().clone()))
         .await
         .context("cannot start the EventStoreDB gRPC endpoint")?;
@@ -277,6 +284,7 @@ pub async fn serve_on(
     if let Some(esdb) = esdb {
         esdb.stop().await?;
     }
+    saga.stop().await;
     projections.stop().await;
     served?;
     Ok(())

@@ -3,6 +3,7 @@
 //! counts that prove the run was correct).
 
 mod append;
+mod checkout;
 mod esdb_append;
 mod flash_sale;
 mod http_commands;
@@ -22,6 +23,16 @@ pub enum Bench {
         /// How long each concurrency level (and the baseline) runs.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+    /// Completed checkouts/s end to end: 3-line carts checked out over HTTP, the saga
+    /// and the sandbox payment provider (over a real socket) in this process; the log
+    /// is checked afterwards (`oversold`, `violations` must be 0).
+    Checkout {
+        #[arg(long, default_value_t = 20_000)]
+        checkouts: usize,
+        /// Concurrent keep-alive connections posting checkouts.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
     },
     /// 64 official EventStoreDB clients appending one small event per call through the
     /// gRPC endpoint, against 64 in-process appenders in the same run.
@@ -72,6 +83,10 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
     }
     match bench {
         Bench::Append { seconds } => append::run(database_url, Duration::from_secs(seconds)).await,
+        Bench::Checkout {
+            checkouts,
+            connections,
+        } => checkout::run(database_url, checkouts, connections).await,
         Bench::EsdbAppend { seconds } => {
             esdb_append::run(database_url, Duration::from_secs(seconds)).await
         }

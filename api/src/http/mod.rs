@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub idempotency_purge_every: Duration,
     /// Bounds of the command side.
     pub command_limits: Limits,
+    /// The checkout saga's deadlines and bounds (the checkout timeout starts here).
+    pub saga: sagas::SagaConfig,
     /// Token-bucket limit of commands per principal (`None`: unlimited).
     pub principal_rate_limit: Option<RateLimit>,
     /// Token-bucket limit of commands per client IP address (`None`: unlimited).
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             idempotency_key_ttl: Duration::from_secs(IDEMPOTENCY_KEY_TTL_SECS),
             idempotency_purge_every: Duration::from_secs(IDEMPOTENCY_PURGE_EVERY_SECS),
             command_limits: Limits::default(),
+            saga: sagas::SagaConfig::default(),
             principal_rate_limit: None,
             ip_rate_limit: None,
             connections: ConnectionLimits::default(),
@@ -162,6 +165,7 @@ impl AppState {
             let mut client = owner.store().connection().await?;
             let client: &mut tokio_postgres::Client = &mut client;
             projections::migrate(client).await?;
+            eventstore::migrate(client, "sagas", sagas::SAGAS_MIGRATIONS).await?;
         }
         drop(owner);
         let engine_url = match &config.database_role {

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{audit, carts, health, inventory, orders, products};
+use super::routes::{audit, carts, checkouts, health, inventory, orders, products};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use super::routes::{audit, carts, health, inventory, orders, products};
         inventory::get, inventory::receive, inventory::adjust,
         carts::create, carts::get, carts::add_line, carts::change_quantity,
         carts::remove_line, carts::merge, carts::checkout,
+        checkouts::get, checkouts::events,
         orders::get, orders::cancel,
         audit::stream_events, audit::log, audit::log_ndjson,
     ),

@@ -3,6 +3,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod carts;
+pub(crate) mod checkouts;
 pub(crate) mod health;
 pub(crate) mod inventory;
 pub(crate) mod orders;
@@ -38,6 +39,8 @@ pub(super) fn register(table: RouteTable) -> RouteTable {
         .delete("/v1/carts/{cart_id}/lines/{sku}", carts::remove_line)
         .post("/v1/carts/{cart_id}/merge", carts::merge)
         .post("/v1/carts/{cart_id}/checkout", carts::checkout)
+        .get("/v1/checkouts/{checkout_id}", checkouts::get)
+        .get("/v1/checkouts/{checkout_id}/events", checkouts::events)
         .get("/v1/orders/{order_id}", orders::get)
         .post("/v1/orders/{order_id}/cancel", orders::cancel)
         // Audit reads of the log (auditors, admins).
