@@ -8,6 +8,7 @@ mod esdb_append;
 mod flash_sale;
 mod http_commands;
 mod rebuild;
+mod search;
 mod verify;
 
 use std::time::Duration;
@@ -69,6 +70,16 @@ pub enum Bench {
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
     },
+    /// A generated catalog of `products` products in the log: the search index's
+    /// build rate from the log, then query latency p50/p99 over a mix of keyword,
+    /// typo, filter and facet queries, against exact one-word queries.
+    Search {
+        #[arg(long, default_value_t = 1_000_000)]
+        products: usize,
+        /// Timed queries (after a warm-up).
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+    },
     /// Verify the hash chain and export NDJSON over a log of `events` events,
     /// against reading the log alone.
     Verify {
@@ -98,6 +109,7 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
             flash_sale::run(database_url, clients, trials).await
         }
         Bench::Rebuild { events } => rebuild::run(database_url, events).await,
+        Bench::Search { products, queries } => search::run(database_url, products, queries).await,
         Bench::Verify { events } => verify::run(database_url, events).await,
     }
 }

@@ -131,6 +131,8 @@ struct Inner {
     ip_limiter: RateLimiter,
     metrics: PrometheusHandle,
     config: ServerConfig,
+    /// This process's product search, once started (`commerce serve` starts it).
+    search: std::sync::OnceLock<projections::search::SearchIndex>,
 }
 
 impl AppState {
@@ -196,6 +198,7 @@ impl AppState {
                 ip_limiter: RateLimiter::new("ip", config.ip_rate_limit),
                 metrics: metrics::handle(),
                 config,
+                search: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -242,6 +245,16 @@ impl AppState {
 
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// Serves search from `index`; a process sets it once (later calls are ignored).
+    pub fn set_search(&self, index: projections::search::SearchIndex) {
+        let _ = self.inner.search.set(index);
+    }
+
+    /// The product search, if this process runs one.
+    pub fn search(&self) -> Option<&projections::search::SearchIndex> {
+        self.inner.search.get()
     }
 }
 

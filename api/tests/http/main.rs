@@ -11,6 +11,7 @@ mod demo;
 mod idempotency;
 mod limits;
 mod operations;
+mod search;
 mod roles;
 mod security;
 mod support;

@@ -26,6 +26,9 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub store: PostgresStore,
+    /// The server's state (shared with the running server: a search index set on
+    /// it is served).
+    pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     // Dropped last: the database goes once the server is gone.
@@ -90,6 +93,7 @@ pub async fn spawn_app_with_authenticator(
         .await
         .expect("the app connects");
     let store = state.store().clone();
+    let shared_state = state.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let base = format!("http://{}", listener.local_addr().expect("an address"));
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -103,6 +107,7 @@ pub async fn spawn_app_with_authenticator(
             .build()
             .expect("a client"),
         store,
+        state: shared_state,
         shutdown: Some(shutdown),
         server: Some(server),
         _db: db,

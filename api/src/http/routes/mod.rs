@@ -8,6 +8,7 @@ pub(crate) mod health;
 pub(crate) mod inventory;
 pub(crate) mod orders;
 pub(crate) mod products;
+pub(crate) mod search;
 
 use super::RouteTable;
 
@@ -28,6 +29,9 @@ pub(super) fn register(table: RouteTable) -> RouteTable {
             "/v1/products/{product_id}/discontinue",
             products::discontinue,
         )
+        // Product search (any role).
+        .get("/v1/search", search::search)
+        .get("/v1/search/suggest", search::suggest)
         .get("/v1/inventory/{sku}", inventory::get)
         .post("/v1/inventory/{sku}/receipts", inventory::receive)
         .post("/v1/inventory/{sku}/adjustments", inventory::adjust)
