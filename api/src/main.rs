@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod privacy_cli;
 mod projections_cli;
 mod status;
 
@@ -47,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         projections: projections_cli::Projections,
     },
+    /// Erase a customer's personal data (destroys their data key).
+    Privacy {
+        #[command(subcommand)]
+        privacy: privacy_cli::Privacy,
+    },
     /// Run a benchmark (release build; it sets up its own database).
     Bench {
         #[command(subcommand)]
@@ -89,6 +95,9 @@ fn run(cli: Cli) -> Result<()> {
                 projections_cli::run(projections, &or_default(database_url)).await
             }
             Command::Bench { bench } => bench::run(bench, &or_default(database_url)).await,
+            Command::Privacy { privacy } => {
+                privacy_cli::run(privacy, &or_default(database_url)).await
+            }
         }
     })
 }

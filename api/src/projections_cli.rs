@@ -111,6 +111,18 @@ pub async fn run(command: Projections, database_url: &str) -> Result<()> {
                 report.events,
                 report.events_per_sec
             );
+            crate::audit::record_cli(
+                &store,
+                "projections.rebuild",
+                serde_json::json!({
+                    "projections": chosen.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    "fresh": fresh,
+                    "from": report.resumed_from,
+                    "to": report.position,
+                    "events": report.events,
+                }),
+            )
+            .await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

@@ -64,9 +64,6 @@ impl EsdbArgs {
             }),
             _ => None,
         };
-        if let Some(identity) = &tls {
-            super::tls::check(identity).context("--esdb-tls-cert and --esdb-tls-key")?;
-        }
         Ok(EsdbConfig { users, tls })
     }
 }
@@ -78,7 +75,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct EsdbServer {
     pub address: SocketAddr,
     shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), super::ServeError>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl EsdbServer {

@@ -73,8 +73,6 @@ pub struct ServerConfig {
     pub idempotency_purge_every: Duration,
     /// Bounds of the command side.
     pub command_limits: Limits,
-    /// The checkout saga's deadlines and bounds (the checkout timeout starts here).
-    pub saga: sagas::SagaConfig,
     /// Token-bucket limit of commands per principal (`None`: unlimited).
     pub principal_rate_limit: Option<RateLimit>,
     /// Token-bucket limit of commands per client IP address (`None`: unlimited).
@@ -103,7 +101,6 @@ impl Default for ServerConfig {
             idempotency_key_ttl: Duration::from_secs(IDEMPOTENCY_KEY_TTL_SECS),
             idempotency_purge_every: Duration::from_secs(IDEMPOTENCY_PURGE_EVERY_SECS),
             command_limits: Limits::default(),
-            saga: sagas::SagaConfig::default(),
             principal_rate_limit: None,
             ip_rate_limit: None,
             connections: ConnectionLimits::default(),
@@ -131,8 +128,6 @@ struct Inner {
     ip_limiter: RateLimiter,
     metrics: PrometheusHandle,
     config: ServerConfig,
-    /// This process's product search, once started (`commerce serve` starts it).
-    search: std::sync::OnceLock<projections::search::SearchIndex>,
 }
 
 impl AppState {
@@ -167,7 +162,6 @@ impl AppState {
             let mut client = owner.store().connection().await?;
             let client: &mut tokio_postgres::Client = &mut client;
             projections::migrate(client).await?;
-            eventstore::migrate(client, "sagas", sagas::SAGAS_MIGRATIONS).await?;
         }
         drop(owner);
         let engine_url = match &config.database_role {
@@ -184,6 +178,8 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let store = PostgresStore::connect(PostgresConfig::new(database_url)).await?;
         let commands = Commands::on_postgres(store.clone(), config.command_limits.clone()).await?;
+        // The trail of rebuilds, exports and erasures (`/v1/audit/trail`).
+        eventstore::audit::AuditTrail::connect(store.pool().clone()).await?;
         let idempotency =
             IdempotencyKeys::connect(store.pool().clone(), config.idempotency_key_ttl).await?;
         Ok(AppState {
@@ -198,7 +194,6 @@ impl AppState {
                 ip_limiter: RateLimiter::new("ip", config.ip_rate_limit),
                 metrics: metrics::handle(),
                 config,
-                search: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -245,16 +240,6 @@ impl AppState {
 
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
-    }
-
-    /// Serves search from `index`; a process sets it once (later calls are ignored).
-    pub fn set_search(&self, index: projections::search::SearchIndex) {
-        let _ = self.inner.search.set(index);
-    }
-
-    /// The product search, if this process runs one.
-    pub fn search(&self) -> Option<&projections::search::SearchIndex> {
-        self.inner.search.get()
     }
 }
 

@@ -15,4 +15,3 @@ mod metadata;
 mod reads;
 mod rules;
 mod subscriptions;
-mod tls;

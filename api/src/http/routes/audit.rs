@@ -5,6 +5,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use eventstore::audit::{verify_log, VerifyReport};
 use eventstore::{Direction, EventStore, RecordedEvent};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -13,6 +15,7 @@ use crate::http::extract::QueryParams;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::views::EventView;
 use crate::http::{json_response, AppState, Principal, Role};
+use crate::time_travel::{aggregate_as_of, AsOf, TimeTravelError};
 
 pub const NDJSON: &str = "application/x-ndjson";
 /// Events per JSON page unless `limit` says otherwise.
@@ -159,7 +162,7 @@ pub async fn log(
 ) -> Result<Response, ApiError> {
     principal.require(AUDIT_ROLES)?;
     if wants_ndjson(&headers) {
-        return ndjson(state, query).await;
+        return ndjson(state, &principal, query).await;
     }
     check_category(query.category.as_deref())?;
     let limit = page_limit(query.limit, state.config().page_max_events)?;
@@ -195,7 +198,7 @@ pub async fn log_ndjson(
     QueryParams(query): QueryParams<LogQuery>,
 ) -> Result<Response, ApiError> {
     principal.require(AUDIT_ROLES)?;
-    ndjson(state, query).await
+    ndjson(state, &principal, query).await
 }
 
 fn wants_ndjson(headers: &HeaderMap) -> bool {
@@ -218,12 +221,28 @@ struct Cursor {
     page: usize,
 }
 
-async fn ndjson(state: AppState, query: LogQuery) -> Result<Response, ApiError> {
+async fn ndjson(
+    state: AppState,
+    principal: &Principal,
+    query: LogQuery,
+) -> Result<Response, ApiError> {
     check_category(query.category.as_deref())?;
     if query.limit == Some(0) {
         return Err(ApiError::bad_parameter("limit", "limit must be at least 1"));
     }
     let head = state.store().head().await?;
+    super::privacy::record(
+        &state,
+        principal,
+        "audit.export",
+        serde_json::json!({
+            "after": query.after.unwrap_or(0),
+            "until": head,
+            "limit": query.limit,
+            "category": query.category,
+        }),
+    )
+    .await;
     let cursor = Cursor {
         store: state.store().clone(),
         category: query.category,
@@ -267,4 +286,183 @@ async fn ndjson(state: AppState, query: LogQuery) -> Result<Response, ApiError> 
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     Ok(response)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AggregateQuery {
+    /// The state as it was at this moment (RFC 3339): the events recorded at or
+    /// before it.
+    pub at: Option<String>,
+    /// The state after this version of the stream (0: before its first event).
+    pub version: Option<u64>,
+}
+
+/// An aggregate's state as of a moment or version, and the events that led there.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AggregateView {
+    pub stream_id: String,
+    /// The aggregate type: `product`, `inventory`, `cart`, `order`, `payment`.
+    pub aggregate: String,
+    /// How many of the stream's events the state folds (0: it did not exist yet).
+    pub version: u64,
+    /// The stream's version now.
+    pub stream_version: u64,
+    /// The moment asked for, if one was.
+    pub at: Option<DateTime<Utc>>,
+    /// When the last event folded was recorded.
+    pub last_recorded_at: Option<DateTime<Utc>>,
+    /// The aggregate's state (the domain's serde form of it).
+    #[schema(value_type = Object)]
+    pub state: serde_json::Value,
+    /// The events folded, in version order (at most the last 10,000).
+    pub events: Vec<EventView>,
+    /// Events folded but not listed (the earliest ones).
+    pub events_omitted: u64,
+}
+
+impl From<TimeTravelError> for ApiError {
+    fn from(error: TimeTravelError) -> Self {
+        let detail = error.to_string();
+        match error {
+            TimeTravelError::UnknownAggregate { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "not-an-aggregate", detail)
+                    .with_field("stream_id")
+            }
+            TimeTravelError::NoStream(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not-found", detail)
+            }
+            TimeTravelError::VersionPastEnd { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "version-past-end", detail)
+                    .with_field("version")
+            }
+            TimeTravelError::Undecodable { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "undecodable-event",
+                detail,
+            ),
+            TimeTravelError::Store(store) => store.into(),
+        }
+    }
+}
+
+/// Parses `at` / `version` (at most one of them).
+pub(crate) fn as_of(at: Option<&str>, version: Option<u64>) -> Result<AsOf, ApiError> {
+    match (at, version) {
+        (Some(_), Some(_)) => Err(ApiError::bad_parameter(
+            "at",
+            "give either at or version, not both",
+        )),
+        (Some(at), None) => DateTime::parse_from_rfc3339(at)
+            .map(|at| AsOf::Time(at.with_timezone(&Utc)))
+            .map_err(|e| {
+                ApiError::bad_parameter("at", format!("{at:?} is not an RFC 3339 time: {e}"))
+            }),
+        (None, Some(version)) => Ok(AsOf::Version(version)),
+        (None, None) => Ok(AsOf::Latest),
+    }
+}
+
+/// Time travel: an aggregate's state as it was at a moment (`at`) or after a version
+/// (`version`), replayed from its events; its current state without either.
+#[utoipa::path(get, path = "/v1/audit/aggregates/{stream_id}", tag = "audit",
+    params(("stream_id" = String, Path, description = "e.g. `order-<uuid>`, `inventory-<sku>`"),
+        AggregateQuery),
+    responses((status = 200, body = AggregateView),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn aggregate(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(stream_id): Path<String>,
+    QueryParams(query): QueryParams<AggregateQuery>,
+) -> Result<Response, ApiError> {
+    principal.require(AUDIT_ROLES)?;
+    let as_of = as_of(query.at.as_deref(), query.version)?;
+    // Personal fields opened, or erased once their customer was forgotten.
+    let reader = super::privacy::private_reader(&state);
+    let found = aggregate_as_of(&reader, &stream_id, as_of).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &AggregateView {
+            stream_id: found.stream_id,
+            aggregate: found.aggregate.to_owned(),
+            version: found.version,
+            stream_version: found.stream_version,
+            at: found.at,
+            last_recorded_at: found.last_recorded_at,
+            state: found.state,
+            events: found.events.into_iter().map(EventView::from).collect(),
+            events_omitted: found.events_omitted,
+        },
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyQuery {
+    /// The first position to check (default 1); it chains to the stored hash before
+    /// it.
+    pub from: Option<u64>,
+}
+
+/// The outcome of recomputing the hash chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyView {
+    /// The first position checked.
+    pub from: u64,
+    /// Events checked (up to and including a break).
+    pub checked: u64,
+    /// The last position checked.
+    pub last_position: u64,
+    /// The first position whose stored hash does not match, if any.
+    pub first_break: Option<u64>,
+    pub intact: bool,
+    pub elapsed_secs: f64,
+    pub events_per_sec: f64,
+}
+
+impl From<VerifyReport> for VerifyView {
+    fn from(report: VerifyReport) -> Self {
+        VerifyView {
+            from: report.from,
+            checked: report.checked,
+            last_position: report.last_position,
+            first_break: report.first_break,
+            intact: report.intact(),
+            elapsed_secs: report.elapsed_secs,
+            events_per_sec: report.events_per_sec(),
+        }
+    }
+}
+
+/// Recomputes the hash chain from `from` to the head the request found, and answers
+/// with the first position whose stored hash does not match (200 either way: a
+/// broken chain is a finding, not an error of the request).
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(VerifyQuery),
+    responses((status = 200, body = VerifyView),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn verify(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryParams(query): QueryParams<VerifyQuery>,
+) -> Result<Response, ApiError> {
+    principal.require(AUDIT_ROLES)?;
+    let from = query.from.unwrap_or(1);
+    if from == 0 {
+        return Err(ApiError::bad_parameter("from", "positions start at 1"));
+    }
+    let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(state.store().clone());
+    let report = verify_log(store, from, |_, _| {}).await?;
+    super::privacy::record(
+        &state,
+        &principal,
+        "audit.verify",
+        serde_json::json!({"from": from, "checked": report.checked, "first_break": report.first_break}),
+    )
+    .await;
+    Ok(json_response(StatusCode::OK, &VerifyView::from(report)))
 }

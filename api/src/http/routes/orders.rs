@@ -88,7 +88,9 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Customer, Role::Admin, Role::Auditor])?;
     let order_id = order_id(&raw_id)?;
-    let replayed = replay::<Order>(state.store(), &Order::stream_id(&order_id)).await?;
+    // Personal fields opened, or erased once the customer was forgotten.
+    let reader = super::privacy::private_reader(&state);
+    let replayed = replay::<Order>(&reader, &Order::stream_id(&order_id)).await?;
     if !principal.may_see_customer(replayed.state.customer_id()) {
         return Err(ApiError::not_found("order"));
     }
