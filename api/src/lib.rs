@@ -8,6 +8,7 @@ pub mod demo;
 pub mod esdb;
 pub mod http;
 pub mod managed_pg;
+pub mod saga;
 pub mod privacy;
 pub mod serve;
 pub mod time_travel;

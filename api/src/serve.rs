@@ -63,6 +63,14 @@ pub struct ServeArgs {
     /// How long the first response to an Idempotency-Key is kept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_KEY_TTL_SECS", default_value_t = http::IDEMPOTENCY_KEY_TTL_SECS)]
     pub idempotency_key_ttl_secs: u64,
+    /// The folder of this process's search index (default: `search` in the data
+    /// directory). Each process needs its own; a missing or unusable index is
+    /// rebuilt from the log at start-up.
+    #[arg(long, env = "COMMERCE_SEARCH_DIR", value_name = "DIR")]
+    pub search_dir: Option<PathBuf>,
+    /// The checkout saga: payment provider and deadlines.
+    #[command(flatten)]
+    pub saga: crate::saga::SagaArgs,
     /// Commands one principal may send per second, sustained (0 turns the limit
     /// off); past it, 429 with Retry-After.
     #[arg(long, env = "COMMERCE_RATE_LIMIT_PRINCIPAL_PER_SEC", default_value_t = limits::PRINCIPAL_COMMANDS_PER_SEC)]
@@ -126,6 +134,7 @@ impl ServeArgs {
             body_limit_bytes: self.body_limit_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             idempotency_key_ttl: Duration::from_secs(self.idempotency_key_ttl_secs),
+            saga: self.saga.config(),
             idempotency_purge_every: Duration::from_secs(self.idempotency_purge_every_secs.max(1)),
             principal_rate_limit: Some(RateLimit {
                 per_sec: self.rate_limit_principal_per_sec,
@@ -269,6 +278,21 @@ pub async fn serve_on(
     let projections = Runner::start(state.store().clone(), RunnerConfig::default())
         .await
         .context("cannot start the projections")?;
+    let search_dir = args
+        .search_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.resolve().join("search"));
+    let (search, search_task) = projections::search::SearchIndex::start(
+        state.store().clone(),
+        projections::search::SearchConfig::new(&search_dir),
+        Some(std::sync::Arc::new(report_search_progress)),
+    )
+    .await
+    .with_context(|| format!("cannot open the search index in {}", search_dir.display()))?;
+    state.set_search(search);
+    let saga = crate::saga::SagaWorkers::start(&state, &args.saga)
+        .await
+        .context("cannot start the checkout saga")?;
     let esdb = crate::esdb::cli::start(&args.esdb, std::sync::Arc::new(state.store().clone()))
         .await
         .context("cannot start the EventStoreDB gRPC endpoint")?;
@@ -277,9 +301,27 @@ pub async fn serve_on(
     if let Some(esdb) = esdb {
         esdb.stop().await?;
     }
+    saga.stop().await;
+    search_task.stop().await;
     projections.stop().await;
     served?;
     Ok(())
+}
+
+/// Progress lines of the search index's catch-up (a rebuild after a missing or
+/// damaged index takes a while).
+fn report_search_progress(progress: projections::search::SearchProgress) {
+    if progress.done {
+        eprintln!(
+            "commerce: search index ready at log position {} ({} products indexed)",
+            progress.position, progress.products
+        );
+    } else {
+        eprintln!(
+            "commerce: building the search index: position {} of {} ({:.0} events/s)",
+            progress.position, progress.head, progress.events_per_sec
+        );
+    }
 }
 
 /// Resolves on SIGTERM or ctrl-c (SIGINT).

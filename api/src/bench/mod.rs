@@ -3,10 +3,12 @@
 //! counts that prove the run was correct).
 
 mod append;
+mod checkout;
 mod esdb_append;
 mod flash_sale;
 mod http_commands;
 mod rebuild;
+mod search;
 mod verify;
 
 use std::time::Duration;
@@ -22,6 +24,16 @@ pub enum Bench {
         /// How long each concurrency level (and the baseline) runs.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+    /// Completed checkouts/s end to end: 3-line carts checked out over HTTP, the saga
+    /// and the sandbox payment provider (over a real socket) in this process; the log
+    /// is checked afterwards (`oversold`, `violations` must be 0).
+    Checkout {
+        #[arg(long, default_value_t = 20_000)]
+        checkouts: usize,
+        /// Concurrent keep-alive connections posting checkouts.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
     },
     /// 64 official EventStoreDB clients appending one small event per call through the
     /// gRPC endpoint, against 64 in-process appenders in the same run.
@@ -58,6 +70,16 @@ pub enum Bench {
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
     },
+    /// A generated catalog of `products` products in the log: the search index's
+    /// build rate from the log, then query latency p50/p99 over a mix of keyword,
+    /// typo, filter and facet queries, against exact one-word queries.
+    Search {
+        #[arg(long, default_value_t = 1_000_000)]
+        products: usize,
+        /// Timed queries (after a warm-up).
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+    },
     /// Verify the hash chain and export NDJSON over a log of `events` events,
     /// against reading the log alone.
     Verify {
@@ -72,6 +94,10 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
     }
     match bench {
         Bench::Append { seconds } => append::run(database_url, Duration::from_secs(seconds)).await,
+        Bench::Checkout {
+            checkouts,
+            connections,
+        } => checkout::run(database_url, checkouts, connections).await,
         Bench::EsdbAppend { seconds } => {
             esdb_append::run(database_url, Duration::from_secs(seconds)).await
         }
@@ -83,6 +109,7 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
             flash_sale::run(database_url, clients, trials).await
         }
         Bench::Rebuild { events } => rebuild::run(database_url, events).await,
+        Bench::Search { products, queries } => search::run(database_url, products, queries).await,
         Bench::Verify { events } => verify::run(database_url, events).await,
     }
 }

@@ -64,6 +64,9 @@ impl EsdbArgs {
             }),
             _ => None,
         };
+        if let Some(identity) = &tls {
+            super::tls::check(identity).context("--esdb-tls-cert and --esdb-tls-key")?;
+        }
         Ok(EsdbConfig { users, tls })
     }
 }
@@ -75,7 +78,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct EsdbServer {
     pub address: SocketAddr,
     shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    task: JoinHandle<Result<(), super::ServeError>>,
 }
 
 impl EsdbServer {

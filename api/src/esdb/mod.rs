@@ -10,6 +10,7 @@
 //! - [`state`]: tombstones and stream metadata, both kept in the log itself;
 //! - [`codec`]: event bytes to the log's JSON and back;
 //! - [`cli`]: the flags of `commerce serve`, starting and stopping;
+//! - [`tls`]: the TLS acceptor;
 //! - [`auth`]: users and roles; [`filter`]: `$all` filters; [`errors`]: the
 //!   protocol's errors.
 //!
@@ -31,6 +32,7 @@ pub mod read;
 pub mod service;
 pub mod state;
 pub mod streams_rules;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,7 +41,7 @@ use eventstore::EventStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 pub use auth::{Role, UserEntry, Users};
 pub use cli::{EsdbArgs, EsdbServer};
@@ -75,25 +77,41 @@ pub async fn serve(
     store: Arc<dyn EventStore>,
     config: EsdbConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let (stopping_tx, stopping) = watch::channel(false);
     let streams = StreamsService::new(store, Arc::new(config.users), stopping);
     let shutdown = async move {
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
-    let mut server = Server::builder();
-    if let Some(tls) = config.tls {
-        let identity = Identity::from_pem(tls.certificate_pem, tls.key_pem);
-        server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
-    }
-    server
+    let router = Server::builder()
         .add_service(
             StreamsServer::new(streams)
                 .max_decoding_message_size(MESSAGE_MAX_BYTES)
                 .max_encoding_message_size(MESSAGE_MAX_BYTES),
         )
-        .add_service(ServerFeaturesServer::new(ServerFeaturesService))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .add_service(ServerFeaturesServer::new(ServerFeaturesService));
+    match config.tls {
+        Some(identity) => {
+            let incoming = tls::incoming(listener, &identity)?;
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Why the endpoint could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub idempotency_purge_every: Duration,
     /// Bounds of the command side.
     pub command_limits: Limits,
+    /// The checkout saga's deadlines and bounds (the checkout timeout starts here).
+    pub saga: sagas::SagaConfig,
     /// Token-bucket limit of commands per principal (`None`: unlimited).
     pub principal_rate_limit: Option<RateLimit>,
     /// Token-bucket limit of commands per client IP address (`None`: unlimited).
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             idempotency_key_ttl: Duration::from_secs(IDEMPOTENCY_KEY_TTL_SECS),
             idempotency_purge_every: Duration::from_secs(IDEMPOTENCY_PURGE_EVERY_SECS),
             command_limits: Limits::default(),
+            saga: sagas::SagaConfig::default(),
             principal_rate_limit: None,
             ip_rate_limit: None,
             connections: ConnectionLimits::default(),
@@ -128,6 +131,8 @@ struct Inner {
     ip_limiter: RateLimiter,
     metrics: PrometheusHandle,
     config: ServerConfig,
+    /// This process's product search, once started (`commerce serve` starts it).
+    search: std::sync::OnceLock<projections::search::SearchIndex>,
 }
 
 impl AppState {
@@ -162,6 +167,7 @@ impl AppState {
             let mut client = owner.store().connection().await?;
             let client: &mut tokio_postgres::Client = &mut client;
             projections::migrate(client).await?;
+            eventstore::migrate(client, "sagas", sagas::SAGAS_MIGRATIONS).await?;
         }
         drop(owner);
         let engine_url = match &config.database_role {
@@ -194,6 +200,7 @@ impl AppState {
                 ip_limiter: RateLimiter::new("ip", config.ip_rate_limit),
                 metrics: metrics::handle(),
                 config,
+                search: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -240,6 +247,16 @@ impl AppState {
 
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// Serves search from `index`; a process sets it once (later calls are ignored).
+    pub fn set_search(&self, index: projections::search::SearchIndex) {
+        let _ = self.inner.search.set(index);
+    }
+
+    /// The product search, if this process runs one.
+    pub fn search(&self) -> Option<&projections::search::SearchIndex> {
+        self.inner.search.get()
     }
 }
 

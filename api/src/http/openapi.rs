@@ -5,7 +5,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{audit, carts, health, inventory, orders, privacy, products};
+use super::routes::{
+    audit, carts, checkouts, health, inventory, orders, privacy, products, search,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,9 +21,11 @@ use super::routes::{audit, carts, health, inventory, orders, privacy, products};
         health::health, health::ready, health::prometheus, health::openapi,
         products::create, products::get, products::add_sku, products::set_price,
         products::publish, products::unpublish, products::discontinue,
+        search::search, search::suggest,
         inventory::get, inventory::receive, inventory::adjust,
         carts::create, carts::get, carts::add_line, carts::change_quantity,
         carts::remove_line, carts::merge, carts::checkout,
+        checkouts::get, checkouts::events,
         orders::get, orders::cancel,
         audit::stream_events, audit::log, audit::log_ndjson,
         audit::aggregate, audit::verify, privacy::trail, privacy::forget,
@@ -30,6 +34,7 @@ use super::routes::{audit, carts, health, inventory, orders, privacy, products};
     tags(
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "catalog", description = "Products, SKUs and prices (admins change them)"),
+        (name = "search", description = "Product search for shoppers (any role)"),
         (name = "inventory", description = "Stock per SKU (admins change it)"),
         (name = "carts", description = "Customers' carts and checkout"),
         (name = "orders", description = "Customers' orders"),

@@ -15,3 +15,4 @@ mod metadata;
 mod reads;
 mod rules;
 mod subscriptions;
+mod tls;

@@ -95,8 +95,7 @@ async fn wrong_or_missing_credentials_are_refused_on_every_call() {
         let error = client
             .read_stream("integration-x", &ReadStreamOptions::default())
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(matches!(error, Error::AccessDenied), "{error:?}");
     }
     assert_eq!(app.head().await, head);

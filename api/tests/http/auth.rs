@@ -104,7 +104,7 @@ async fn another_customers_cart_is_a_404_and_never_the_data() {
 }
 
 #[tokio::test]
-async fn another_customers_order_is_a_404() {
+async fn another_customers_checkout_and_order_are_a_404() {
     let app = spawn_app().await;
     let product = app.seed_catalog().await;
     let alice = customer("alice");
@@ -116,17 +116,27 @@ async fn another_customers_order_is_a_404() {
     )
     .await
     .ok(202);
-    let order = app
+    let checkout = app
         .post(
             &format!("/v1/carts/{cart}/checkout"),
             &alice,
-            json!({"shipping_address": crate::commands::address()}),
+            json!({"shipping_address": crate::commands::address(), "payment_method": "tok_visa"}),
         )
         .await
-        .ok(202)["ids"]["order_id"]
+        .ok(202)["ids"]["checkout_id"]
         .as_str()
         .unwrap()
         .to_owned();
+    app.get(&format!("/v1/checkouts/{checkout}"), &alice)
+        .await
+        .ok(200);
+    app.get(&format!("/v1/checkouts/{checkout}"), &customer("bob"))
+        .await
+        .problem(404, "not-found");
+    let saga = app.start_saga().await;
+    app.wait_for_checkout(&checkout, &alice, &["completed"]).await;
+    saga.stop().await;
+    let order = &checkout;
     app.get(&format!("/v1/orders/{order}"), &alice)
         .await
         .ok(200);

@@ -281,7 +281,7 @@ async fn bad_ids_in_paths_and_bad_addresses_are_refused() {
             &format!("/v1/carts/{cart}/checkout"),
             &customer("alice"),
             json!({"shipping_address": {"name": "A", "line1": "Street 1", "city": "Berlin",
-                   "postal_code": "10115", "country": "Germany"}}),
+                   "postal_code": "10115", "country": "Germany"}, "payment_method": "tok_visa"}),
         )
         .await;
     assert_eq!(

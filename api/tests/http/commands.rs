@@ -58,24 +58,36 @@ async fn a_customer_shops_from_cart_to_cancelled_order() {
     assert_eq!(view["total"]["minor"], 3 * PRICE_MINOR);
     assert_eq!(view["version"], 3);
 
+    let head = app.head().await;
     let checked_out = app
         .post(
             &format!("/v1/carts/{cart}/checkout"),
             &alice,
-            json!({"shipping_address": address()}),
+            json!({"shipping_address": address(), "payment_method": "tok_visa"}),
         )
         .await;
     let checked_out = checked_out.ok(202);
+    let checkout = checked_out["ids"]["checkout_id"].as_str().unwrap().to_owned();
     let order = checked_out["ids"]["order_id"].as_str().unwrap().to_owned();
-    assert_eq!(checked_out["position"], app.head().await);
+    assert_eq!(order, checkout, "the order shares the checkout's id");
+    // The cart is locked and the checkout started; the saga does the rest.
+    assert_eq!(checked_out["position"], head + 2);
+    let cart_view = app.get(&format!("/v1/carts/{cart}"), &alice).await;
+    assert_eq!(cart_view.ok(200)["status"], "checked_out");
 
+    let saga = app.start_saga().await;
+    let done = app
+        .wait_for_checkout(&checkout, &alice, &["completed", "rejected", "cancelled"])
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["payment"], "captured");
     let order_view = app.get(&format!("/v1/orders/{order}"), &alice).await;
     let order_view = order_view.ok(200);
-    assert_eq!(order_view["status"], "placed");
+    assert_eq!(order_view["status"], "confirmed");
     assert_eq!(order_view["total"]["minor"], 3 * PRICE_MINOR);
     assert_eq!(order_view["cart_id"], cart);
     let cart_view = app.get(&format!("/v1/carts/{cart}"), &alice).await;
-    assert_eq!(cart_view.ok(200)["status"], "checked_out");
+    assert_eq!(cart_view.ok(200)["status"], "closed");
 
     app.post(
         &format!("/v1/orders/{order}/cancel"),
@@ -87,12 +99,23 @@ async fn a_customer_shops_from_cart_to_cancelled_order() {
     let order_view = app.get(&format!("/v1/orders/{order}"), &alice).await;
     assert_eq!(order_view.ok(200)["status"], "cancelled");
     assert_eq!(order_view.body["reason"], "changed my mind");
+    // Cancelled after capture: the saga refunds and puts the stock back.
+    let undone = app.wait_for_checkout(&checkout, &alice, &["cancelled"]).await;
+    assert_eq!(undone["payment"], "refunded");
+    saga.stop().await;
 
     // Every event carries who caused it.
     let events = app.events_after(0).await;
-    let last = events.last().unwrap();
-    assert_eq!(last["event_type"], "OrderCancelled");
-    assert_eq!(last["metadata"]["actor"], "customer:alice");
+    let cancelled = events
+        .iter()
+        .find(|e| e["event_type"] == "OrderCancelled")
+        .unwrap();
+    assert_eq!(cancelled["metadata"]["actor"], "customer:alice");
+    let refunded = events
+        .iter()
+        .find(|e| e["event_type"] == "PaymentRefunded")
+        .unwrap();
+    assert_eq!(refunded["metadata"]["actor"], "system:checkout");
 }
 
 #[tokio::test]
@@ -318,7 +341,7 @@ async fn a_checkout_whose_client_hangs_up_completes_once_and_its_retry_answers()
     .ok(202);
     let path = format!("/v1/carts/{cart}/checkout");
     let key = new_key();
-    let body = json!({"shipping_address": address()});
+    let body = json!({"shipping_address": address(), "payment_method": "tok_visa"});
     // The client gives up almost at once (the server may or may not have started).
     let _ = app
         .http
@@ -329,14 +352,24 @@ async fn a_checkout_whose_client_hangs_up_completes_once_and_its_retry_answers()
         .timeout(std::time::Duration::from_millis(2))
         .send()
         .await;
-    let retry = app
-        .command(Method::POST, &path, &alice, &key, Some(body))
+    // While the first request still runs, the key is in flight (409): retry after.
+    let mut retry = app
+        .command(Method::POST, &path, &alice, &key, Some(body.clone()))
         .await;
-    let order = retry.ok(202)["ids"]["order_id"]
+    for _ in 0..100 {
+        if retry.status != 409 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        retry = app
+            .command(Method::POST, &path, &alice, &key, Some(body.clone()))
+            .await;
+    }
+    let checkout = retry.ok(202)["ids"]["checkout_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    app.get(&format!("/v1/orders/{order}"), &alice)
+    app.get(&format!("/v1/checkouts/{checkout}"), &alice)
         .await
         .ok(200);
     let events = app.events_after(0).await;
@@ -347,5 +380,5 @@ async fn a_checkout_whose_client_hangs_up_completes_once_and_its_retry_answers()
             .count()
     };
     assert_eq!(count("CartCheckedOut"), 1);
-    assert_eq!(count("OrderPlaced"), 1);
+    assert_eq!(count("CheckoutStarted"), 1);
 }

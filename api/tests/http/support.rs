@@ -26,6 +26,9 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub store: PostgresStore,
+    /// The server's state (shared with the running server: a search index set on
+    /// it is served).
+    pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     // Dropped last: the database goes once the server is gone.
@@ -90,6 +93,7 @@ pub async fn spawn_app_with_authenticator(
         .await
         .expect("the app connects");
     let store = state.store().clone();
+    let shared_state = state.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let base = format!("http://{}", listener.local_addr().expect("an address"));
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -103,6 +107,7 @@ pub async fn spawn_app_with_authenticator(
             .build()
             .expect("a client"),
         store,
+        state: shared_state,
         shutdown: Some(shutdown),
         server: Some(server),
         _db: db,
@@ -278,3 +283,41 @@ impl TestApp {
         cart_id
     }
 }
+
+/// The checkout saga beside a test app.
+impl TestApp {
+    /// Starts the saga's runner and timer worker on the app's database, paying
+    /// through a sandbox provider started in-process (a real HTTP service).
+    pub async fn start_saga(&self) -> api::saga::SagaWorkers {
+        let args = api::saga::SagaArgs {
+            psp_url: None,
+            reservation_ttl_secs: sagas::config::RESERVATION_TTL_SECS,
+            checkout_timeout_secs: sagas::config::CHECKOUT_TIMEOUT_SECS,
+        };
+        api::saga::SagaWorkers::start(&self.state, &args)
+            .await
+            .expect("the saga starts")
+    }
+
+    /// Waits (up to `CHECKOUT_WAIT_SECS`) until the checkout's status is one of
+    /// `statuses`, and returns its view.
+    pub async fn wait_for_checkout(&self, checkout_id: &str, token: &str, statuses: &[&str]) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(CHECKOUT_WAIT_SECS);
+        loop {
+            let view = self.get(&format!("/v1/checkouts/{checkout_id}"), token).await;
+            let view = view.ok(200).clone();
+            if statuses.iter().any(|s| view["status"] == *s) {
+                return view;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "checkout {checkout_id} is still {} after {CHECKOUT_WAIT_SECS} s: {view}",
+                view["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// How long a test waits for a checkout to reach a status.
+pub const CHECKOUT_WAIT_SECS: u64 = 30;

@@ -7,10 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use commands::{CartAction, CommandError, PlaceOrder};
+use commands::{CartAction, CommandError};
 use domain::{
-    AddressInput, Cart, CartId, CartOwner, Currency, DomainError, GuestToken, OrderId, ProductId,
-    Quantity, ShippingAddress,
+    AddressInput, Cart, CartId, CartOwner, Checkout, CheckoutCommand, CheckoutId, Currency,
+    DomainError, GuestToken, ProductId, Quantity, ShippingAddress, MAX_PAYMENT_METHOD_CHARS,
 };
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -89,10 +89,14 @@ pub struct AddressRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
-    /// Chosen by the client, or derived from the idempotency key if absent.
+    /// Chosen by the client, or derived from the idempotency key if absent. The
+    /// order the checkout places gets the same id.
     #[schema(value_type = Option<Uuid>)]
-    pub order_id: Option<OrderId>,
+    pub checkout_id: Option<CheckoutId>,
     pub shipping_address: AddressRequest,
+    /// The payment provider's token for the customer's payment method (never card
+    /// data), 1..=200 characters.
+    pub payment_method: String,
 }
 
 pub(crate) fn cart_id(raw: &str) -> Result<CartId, ApiError> {
@@ -390,8 +394,10 @@ fn shipping_address(request: AddressRequest) -> Result<ShippingAddress, ApiError
     })
 }
 
-/// Checks the cart out and places its order with the cart's lines and prices.
-/// Payment follows in the checkout process, not through this API.
+/// Checks the cart out and starts its checkout: the saga places the order, reserves
+/// the stock, authorizes and captures the payment, or undoes what it did. Answers 202
+/// with the checkout's id at once; `GET /v1/checkouts/{checkout_id}` (or its event
+/// stream) tells how it ends.
 #[utoipa::path(post, path = "/v1/carts/{cart_id}/checkout", tag = "carts", request_body = CheckoutRequest,
     params(("cart_id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Makes retries safe")),
     responses((status = 202, body = CommandAccepted),
@@ -412,40 +418,59 @@ pub async fn checkout(
     let principal = meta.principal.clone();
     meta.run(state.clone(), "CheckOut", Some(&fingerprint), |context| async move {
         let shipping_address = shipping_address(request.shipping_address)?;
-        let owner = writable_cart(&state, &principal, cart_id).await?;
-        if let Some(CartOwner::Guest(_)) = owner {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "guest-cart",
-                "a guest cart is merged into a customer's cart before it is checked out",
-            ));
+        if request.payment_method.trim().is_empty()
+            || request.payment_method.chars().count() > MAX_PAYMENT_METHOD_CHARS
+        {
+            return Err(ApiError::from(DomainError::Invalid {
+                field: "payment_method",
+                reason: format!("must be 1..={MAX_PAYMENT_METHOD_CHARS} characters"),
+            }));
         }
-        let order_id = request
-            .order_id
-            .unwrap_or_else(|| OrderId::from_uuid(Uuid::new_v5(&context.command_id, b"order")));
+        let owner = writable_cart(&state, &principal, cart_id).await?;
+        let customer_id = match owner {
+            Some(CartOwner::Customer(customer_id)) => customer_id,
+            Some(CartOwner::Guest(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "guest-cart",
+                    "a guest cart is merged into a customer's cart before it is checked out",
+                ))
+            }
+            None => return Err(ApiError::not_found("cart")),
+        };
+        let checkout_id = request.checkout_id.unwrap_or_else(|| {
+            CheckoutId::from_uuid(Uuid::new_v5(&context.command_id, b"checkout"))
+        });
         let commands = state.commands();
+        // The cart is locked here, not in the saga, so a second checkout of the same
+        // cart is refused at once instead of racing the first.
         let checked_out = commands
             .cart(CartAction::CheckOut { cart_id }, &context)
             .await?;
-        let order = PlaceOrder {
-            order_id,
+        let now = Utc::now();
+        let start = CheckoutCommand::Start {
+            checkout_id,
             cart_id,
+            customer_id,
             shipping_address,
-            placed_at: Utc::now(),
+            payment_method: request.payment_method,
+            started_at: now,
+            deadline: now + state.config().saga.checkout_timeout,
         };
         // Both steps carry command ids derived from the key, so a retry after a
-        // failure in between finishes the checkout instead of repeating it.
-        let placed = match commands
-            .place_order(order, &context.follow_up("place-order"))
+        // failure in between finishes the start instead of repeating it.
+        let started = match commands
+            .checkouts()
+            .execute(start, &context.follow_up("start-checkout"))
             .await
         {
-            Ok(placed) => placed,
+            Ok(started) => started,
             Err(e) => {
                 if e.rejection().is_some() {
-                    // The order was refused for good: give the customer the cart back.
+                    // Refused for good: give the customer the cart back.
                     let reopen = CartAction::Reopen { cart_id };
                     if let Err(reopen_error) = commands
-                        .cart(reopen, &context.follow_up("reopen-after-refused-order"))
+                        .cart(reopen, &context.follow_up("reopen-after-refused-checkout"))
                         .await
                     {
                         tracing::warn!(%cart_id, error = %reopen_error, "cannot reopen the cart");
@@ -458,9 +483,10 @@ pub async fn checkout(
             StatusCode::ACCEPTED,
             CommandAccepted::new()
                 .id("cart_id", cart_id)
-                .id("order_id", order_id)
+                .id("checkout_id", checkout_id)
+                .id("order_id", Checkout::order_id(checkout_id))
                 .wrote(&checked_out)
-                .wrote(&placed),
+                .wrote(&started),
         ))
     })
     .await

@@ -3,11 +3,13 @@
 
 pub(crate) mod audit;
 pub(crate) mod carts;
+pub(crate) mod checkouts;
 pub(crate) mod health;
 pub(crate) mod inventory;
 pub(crate) mod orders;
 pub(crate) mod privacy;
 pub(crate) mod products;
+pub(crate) mod search;
 
 use super::RouteTable;
 
@@ -28,6 +30,9 @@ pub(super) fn register(table: RouteTable) -> RouteTable {
             "/v1/products/{product_id}/discontinue",
             products::discontinue,
         )
+        // Product search (any role).
+        .get("/v1/search", search::search)
+        .get("/v1/search/suggest", search::suggest)
         .get("/v1/inventory/{sku}", inventory::get)
         .post("/v1/inventory/{sku}/receipts", inventory::receive)
         .post("/v1/inventory/{sku}/adjustments", inventory::adjust)
@@ -39,6 +44,8 @@ pub(super) fn register(table: RouteTable) -> RouteTable {
         .delete("/v1/carts/{cart_id}/lines/{sku}", carts::remove_line)
         .post("/v1/carts/{cart_id}/merge", carts::merge)
         .post("/v1/carts/{cart_id}/checkout", carts::checkout)
+        .get("/v1/checkouts/{checkout_id}", checkouts::get)
+        .get("/v1/checkouts/{checkout_id}/events", checkouts::events)
         .get("/v1/orders/{order_id}", orders::get)
         .post("/v1/orders/{order_id}/cancel", orders::cancel)
         // Audit reads of the log (auditors, admins).

@@ -1,0 +1,526 @@
+//! `commerce bench checkout`: completed checkouts per second end to end. Customers'
+//! 3-line carts are filled beforehand (not measured); then `connections` keep-alive
+//! clients post `POST /v1/carts/{id}/checkout` (JWT, Idempotency-Key, JSON) and the
+//! saga runs each checkout inside the same process: order, three reservations (over
+//! two warehouses), authorization and capture at the sandbox payment provider over a
+//! real HTTP socket, confirmation, commits, cart closed. The clock runs from the
+//! first request until every checkout has ended.
+//!
+//! The baseline, measured in the same run, is what the provider alone allows: an
+//! authorization and a capture per checkout from the same number of clients, with
+//! nothing else.
+//!
+//! Afterwards the log is checked: `oversold` counts SKUs whose committed units exceed
+//! what they received, `violations` counts checkouts that broke an invariant
+//! (completed without exactly one capture of the total or with a reservation not
+//! committed; ended otherwise with money kept or stock held). Both must be 0.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use api::http::auth::{mint_hs256, Claims};
+use api::http::{self, AppState, Authenticator, Role, ServerConfig};
+use api::saga::{SagaArgs, SagaWorkers};
+use commands::{CartAction, CommandContext, Commands};
+use domain::{
+    CartId, CartOwner, Checkout, CheckoutId, CheckoutStatus, Currency, CustomerId, Inventory,
+    InventoryCommand, InventoryEvent, Money, PaymentStatus, PriceTarget, ProductCommand, ProductId,
+    Quantity, ReservationOutcome, Sku, SkuVariant, WarehouseId,
+};
+use eventstore::{Direction, EventStore, ScratchDatabase};
+use sagas::psp::{HttpGateway, HttpGatewayConfig, Sandbox};
+use sagas::{AuthorizeRequest, MoneyMovement, PaymentGateway};
+use serde_json::json;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use super::round2;
+
+/// Completed checkouts per second the issue asks for on this machine.
+const TARGET_CHECKOUTS_PER_SEC: f64 = 2_000.0;
+const SKUS: [&str; 3] = ["BENCH-CO-A", "BENCH-CO-B", "BENCH-CO-C"];
+const WAREHOUSES: [&str; 2] = ["north", "south"];
+const PRICE_MINOR: i64 = 1_500;
+/// How long the run may take to settle after the last request before it fails.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often the run looks whether every checkout has ended.
+const POLL: Duration = Duration::from_millis(100);
+/// How long the provider-only baseline runs.
+const BASELINE: Duration = Duration::from_secs(5);
+
+pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Result<()> {
+    ensure!(
+        checkouts > 0 && connections > 0,
+        "--checkouts and --connections must be positive"
+    );
+    let db = ScratchDatabase::create(database_url, "bench_checkout").await?;
+    let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let authenticator = Authenticator::new(Some(secret.as_bytes()), None)?;
+    let state = AppState::connect(&db.url, authenticator, ServerConfig::default()).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into()).await?;
+    println!(
+        "checkout benchmark: {checkouts} checkouts of 3-line carts over HTTP from {connections} connections, saga and sandbox provider ({}) in this process, fsync on",
+        sandbox.url()
+    );
+
+    // Stock enough for every checkout, split over two warehouses per SKU.
+    let commands = state.commands().clone();
+    let product_id = seed(&commands, checkouts as u32).await?;
+    let started_setup = Instant::now();
+    let mut carts = Vec::with_capacity(checkouts);
+    for i in 0..checkouts {
+        carts.push(fill_cart(&commands, product_id, i).await?);
+    }
+    println!(
+        "  {} carts filled in {:.1} s (not measured)",
+        carts.len(),
+        started_setup.elapsed().as_secs_f64()
+    );
+
+    let saga = SagaWorkers::start(
+        &state,
+        &SagaArgs {
+            psp_url: Some(sandbox.url().to_owned()),
+            reservation_ttl_secs: sagas::config::RESERVATION_TTL_SECS,
+            checkout_timeout_secs: sagas::config::CHECKOUT_TIMEOUT_SECS,
+        },
+    )
+    .await?;
+    let token = |sub: &str| -> Result<String> {
+        let exp = chrono::Utc::now().timestamp() as u64 + 3_600;
+        Ok(mint_hs256(
+            secret.as_bytes(),
+            &Claims::new(sub, Role::Customer, exp),
+        )?)
+    };
+    let mut requests = Vec::with_capacity(checkouts);
+    for (customer, cart) in &carts {
+        requests.push((token(&format!("customer:{customer}"))?, *cart));
+    }
+    let started = Instant::now();
+    let accepted = post_checkouts(&base, requests, connections).await?;
+    let posted = started.elapsed();
+    let ended = wait_until_ended(&state, &accepted, started).await?;
+    let took = started.elapsed();
+    saga.stop().await;
+    let rate = ended.completed as f64 / took.as_secs_f64();
+    println!(
+        "  {} checkouts accepted in {:.2} s ({:.0}/s); all ended after {:.2} s: {} completed, {} rejected, {} cancelled",
+        accepted.len(),
+        posted.as_secs_f64(),
+        accepted.len() as f64 / posted.as_secs_f64(),
+        took.as_secs_f64(),
+        ended.completed,
+        ended.rejected,
+        ended.cancelled
+    );
+    println!("  end to end: {rate:.0} completed checkouts/s");
+
+    let baseline = provider_only(sandbox.url(), connections).await?;
+    println!(
+        "  baseline, the sandbox provider alone (authorize + capture per checkout): {baseline:.0} checkouts/s"
+    );
+    let (oversold, violations) = check(&state, &commands, &accepted, checkouts as u64).await?;
+    println!("  log check: oversold {oversold}, violations {violations}");
+    let _ = stop.send(());
+    server.await??;
+    sandbox.shutdown().await;
+    let ratio = if baseline > 0.0 { rate / baseline } else { 0.0 };
+    println!(
+        "  {:.2}x the provider-only rate; target {TARGET_CHECKOUTS_PER_SEC} checkouts/s: {}",
+        ratio,
+        if rate >= TARGET_CHECKOUTS_PER_SEC {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "checkout",
+            "unit": "completed checkouts/s",
+            "value": round2(rate),
+            "baseline": round2(baseline),
+            "baseline_what": "authorize + capture at the sandbox provider alone, same clients",
+            "ratio": round2(ratio),
+            "checkouts": checkouts,
+            "connections": connections,
+            "completed": ended.completed,
+            "rejected": ended.rejected,
+            "cancelled": ended.cancelled,
+            "seconds": round2(took.as_secs_f64()),
+            "oversold": oversold,
+            "violations": violations,
+            "target": TARGET_CHECKOUTS_PER_SEC,
+        })
+    );
+    ensure!(
+        oversold == 0 && violations == 0,
+        "the log breaks the checkout's invariants"
+    );
+    Ok(())
+}
+
+async fn seed(commands: &Commands, checkouts: u32) -> Result<ProductId> {
+    let admin = CommandContext::new("admin:bench");
+    let product_id = ProductId::from_uuid(Uuid::new_v4());
+    let products = commands.products();
+    products
+        .execute(
+            ProductCommand::CreateProduct {
+                product_id,
+                title: "Bench bundle".into(),
+                description: "Three parts.".into(),
+                brand: "Bench".into(),
+                category: vec!["Bench".into()],
+                skus: SKUS
+                    .iter()
+                    .map(|sku| SkuVariant {
+                        sku: Sku::parse(*sku).expect("a valid SKU"),
+                        attributes: Default::default(),
+                    })
+                    .collect(),
+            },
+            &admin.follow_up("create"),
+        )
+        .await?;
+    products
+        .execute(
+            ProductCommand::SetPrice {
+                product_id,
+                target: PriceTarget::Product,
+                price: Money::new(PRICE_MINOR, Currency::parse("EUR")?),
+            },
+            &admin.follow_up("price"),
+        )
+        .await?;
+    products
+        .execute(
+            ProductCommand::Publish { product_id },
+            &admin.follow_up("publish"),
+        )
+        .await?;
+    // Each warehouse holds a little over half of what the run needs.
+    let per_warehouse = checkouts / 2 + 1;
+    for sku in SKUS {
+        for warehouse in WAREHOUSES {
+            commands
+                .inventory()
+                .execute(
+                    InventoryCommand::ReceiveStock {
+                        sku: Sku::parse(sku)?,
+                        warehouse: WarehouseId::parse(warehouse)?,
+                        quantity: Quantity::new(per_warehouse)?,
+                    },
+                    &admin.follow_up(&format!("receive:{sku}:{warehouse}")),
+                )
+                .await?;
+        }
+    }
+    Ok(product_id)
+}
+
+async fn fill_cart(
+    commands: &Commands,
+    product_id: ProductId,
+    n: usize,
+) -> Result<(CustomerId, CartId)> {
+    let customer = CustomerId::from_uuid(Uuid::new_v4());
+    let cart_id = CartId::from_uuid(Uuid::new_v4());
+    let context = CommandContext::new(format!("customer:{customer}"));
+    commands
+        .cart(
+            CartAction::Create {
+                cart_id,
+                owner: CartOwner::Customer(customer),
+                currency: Currency::parse("EUR")?,
+            },
+            &context.follow_up("create"),
+        )
+        .await
+        .with_context(|| format!("cart {n}"))?;
+    for sku in SKUS {
+        commands
+            .cart(
+                CartAction::AddItem {
+                    cart_id,
+                    product_id,
+                    sku: Sku::parse(sku)?,
+                    quantity: Quantity::new(1)?,
+                },
+                &context.follow_up(sku),
+            )
+            .await?;
+    }
+    Ok((customer, cart_id))
+}
+
+/// Posts every checkout from `connections` clients; returns the accepted ids.
+async fn post_checkouts(
+    base: &str,
+    requests: Vec<(String, CartId)>,
+    connections: usize,
+) -> Result<Vec<CheckoutId>> {
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicU64::new(0));
+    let body = bytes::Bytes::from(
+        json!({
+            "shipping_address": {"name": "Bench Customer", "line1": "1 Load Street",
+                "city": "Berlin", "postal_code": "10115", "country": "DE"},
+            "payment_method": "tok_visa",
+        })
+        .to_string(),
+    );
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let requests = requests.clone();
+            let next = next.clone();
+            let body = body.clone();
+            let base = base.to_owned();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .timeout(Duration::from_secs(60))
+                    .build()?;
+                let mut accepted = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some((token, cart)) = requests.get(i) else {
+                        return Ok::<_, anyhow::Error>(accepted);
+                    };
+                    let reply = client
+                        .post(format!("{base}/v1/carts/{cart}/checkout"))
+                        .bearer_auth(token)
+                        .header("idempotency-key", Uuid::new_v4().to_string())
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    let status = reply.status();
+                    let value: serde_json::Value = reply.json().await?;
+                    ensure!(status == 202, "checkout answered {status}: {value}");
+                    let id = value["ids"]["checkout_id"]
+                        .as_str()
+                        .and_then(|id| CheckoutId::parse(id).ok())
+                        .context("no checkout id")?;
+                    accepted.push(id);
+                }
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for task in tasks {
+        accepted.extend(task.await??);
+    }
+    Ok(accepted)
+}
+
+struct Ended {
+    completed: u64,
+    rejected: u64,
+    cancelled: u64,
+}
+
+/// Waits until every checkout has ended, counting the end events in the log.
+async fn wait_until_ended(
+    state: &AppState,
+    accepted: &[CheckoutId],
+    started: Instant,
+) -> Result<Ended> {
+    let client = state.store().connection().await?;
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE event_type = 'CheckoutCompleted'), \
+                        count(*) FILTER (WHERE event_type = 'CheckoutRejected'), \
+                        count(*) FILTER (WHERE event_type = 'CheckoutCancelled') \
+                 FROM events WHERE stream_id >= 'checkout-' AND stream_id < 'checkout.' \
+                   AND event_type IN ('CheckoutCompleted', 'CheckoutRejected', 'CheckoutCancelled')",
+                &[],
+            )
+            .await?;
+        let ended = Ended {
+            completed: row.get::<_, i64>(0) as u64,
+            rejected: row.get::<_, i64>(1) as u64,
+            cancelled: row.get::<_, i64>(2) as u64,
+        };
+        if ended.completed + ended.rejected + ended.cancelled >= accepted.len() as u64 {
+            return Ok(ended);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after {:.0} s only {} of {} checkouts ended",
+            started.elapsed().as_secs_f64(),
+            ended.completed + ended.rejected + ended.cancelled,
+            accepted.len()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Authorize + capture per "checkout" against the sandbox alone.
+async fn provider_only(url: &str, connections: usize) -> Result<f64> {
+    let gateway = Arc::new(HttpGateway::new(HttpGatewayConfig::new(url))?);
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + BASELINE;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let gateway = gateway.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let amount = Money::new(3 * PRICE_MINOR, Currency::parse("EUR")?);
+                while Instant::now() < deadline {
+                    let key = Uuid::new_v4();
+                    let authorized = gateway
+                        .authorize(AuthorizeRequest {
+                            idempotency_key: format!("{key}-authorize"),
+                            payment_id: domain::PaymentId::from_uuid(key),
+                            amount,
+                            payment_method: "tok_visa".into(),
+                        })
+                        .await?;
+                    let sagas::Authorization::Approved { provider_ref } = authorized else {
+                        anyhow::bail!("the sandbox declined tok_visa");
+                    };
+                    gateway
+                        .capture(MoneyMovement {
+                            idempotency_key: format!("{key}-capture"),
+                            provider_ref,
+                            amount,
+                        })
+                        .await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// (oversold SKUs, checkouts that broke an invariant), from the log.
+async fn check(
+    state: &AppState,
+    commands: &Commands,
+    accepted: &[CheckoutId],
+    _checkouts: u64,
+) -> Result<(u64, u64)> {
+    let mut violations = 0u64;
+    for id in accepted {
+        let checkout = commands
+            .checkouts()
+            .load(&Checkout::stream_id(id))
+            .await?
+            .state;
+        let payment = commands
+            .payments()
+            .load(&domain::Payment::stream_id(&Checkout::payment_id(*id)))
+            .await?
+            .state;
+        let mut ok = true;
+        let lines_ok = |want: Option<ReservationOutcome>,
+                        inventory: &Inventory,
+                        line: &domain::CheckoutLine| {
+            let active = inventory.reservation(&line.reservation_id).is_some();
+            let outcome = inventory.reservation_outcome(&line.reservation_id);
+            match want {
+                Some(outcome_wanted) => outcome == Some(outcome_wanted),
+                None => {
+                    !active
+                        && (outcome != Some(ReservationOutcome::Committed)
+                            || line.stock == domain::LineStock::Restocked)
+                }
+            }
+        };
+        let mut inventories = Vec::new();
+        for line in checkout.lines() {
+            inventories.push(
+                commands
+                    .inventory()
+                    .load(&Inventory::stream_id(&line.sku))
+                    .await?
+                    .state,
+            );
+        }
+        match checkout.status() {
+            Some(CheckoutStatus::Completed) => {
+                ok &= payment.status() == Some(PaymentStatus::Captured)
+                    && payment.captured() == checkout.total();
+                for (line, inventory) in checkout.lines().iter().zip(&inventories) {
+                    ok &= lines_ok(Some(ReservationOutcome::Committed), inventory, line);
+                }
+            }
+            Some(CheckoutStatus::Rejected | CheckoutStatus::Cancelled) => {
+                ok &= match payment.status() {
+                    Some(PaymentStatus::Authorized) => false,
+                    Some(PaymentStatus::Captured) => payment.refunded() == payment.captured(),
+                    Some(PaymentStatus::Declined | PaymentStatus::Voided) | None => true,
+                };
+                for (line, inventory) in checkout.lines().iter().zip(&inventories) {
+                    ok &= lines_ok(None, inventory, line);
+                }
+            }
+            _ => ok = false,
+        }
+        if !ok {
+            violations += 1;
+        }
+    }
+    // Per SKU: committed units never exceed received ones.
+    let mut oversold = 0;
+    for sku in SKUS {
+        let sku = Sku::parse(sku)?;
+        let mut committed = 0u64;
+        let mut received = 0u64;
+        let stream = Inventory::stream_id(&sku);
+        let mut from = 1;
+        loop {
+            let page = state
+                .store()
+                .read_stream(&stream, from, Direction::Forward, 10_000)
+                .await?;
+            let Some(last) = page.last() else { break };
+            from = last.version + 1;
+            for recorded in &page {
+                let event = <InventoryEvent as domain::DomainEvent>::from_stored(
+                    &recorded.event_type,
+                    recorded.schema_version,
+                    recorded.data.clone(),
+                )?;
+                match event {
+                    InventoryEvent::ReservationCommitted { allocations, .. } => {
+                        committed += allocations
+                            .iter()
+                            .map(|a| u64::from(a.quantity.get()))
+                            .sum::<u64>();
+                    }
+                    InventoryEvent::StockReceived { quantity, .. } => {
+                        received += u64::from(quantity.get());
+                    }
+                    InventoryEvent::StockAdjusted { delta, .. } if delta > 0 => {
+                        received += delta.unsigned_abs();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if committed > received {
+            oversold += 1;
+        }
+    }
+    Ok((oversold, violations))
+}
