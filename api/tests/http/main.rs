@@ -12,6 +12,8 @@ mod idempotency;
 mod limits;
 mod operations;
 mod search;
+mod privacy;
 mod roles;
 mod security;
 mod support;
+mod time_travel;
