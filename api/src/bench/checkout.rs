@@ -103,7 +103,7 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     };
     let mut requests = Vec::with_capacity(checkouts);
     for (customer, cart) in &carts {
-        requests.push((token(&format!("customer:{customer}"))?, *cart));
+        requests.push((token(&customer.to_string())?, *cart));
     }
     let started = Instant::now();
     let accepted = post_checkouts(&base, requests, connections).await?;

@@ -15,5 +15,6 @@ mod search;
 mod privacy;
 mod roles;
 mod security;
+mod saga_crash;
 mod support;
 mod time_travel;
