@@ -317,7 +317,8 @@ impl Follower {
             };
             match self.follow(current).await {
                 Ok(done) => {
-                    done.close();
+                    // Waiting for merges blocks: not on an async thread.
+                    let _ = tokio::task::spawn_blocking(move || done.close()).await;
                     return;
                 }
                 Err(e) => {
