@@ -174,7 +174,14 @@ async fn slow_and_idle_clients_are_disconnected() {
 async fn every_list_refuses_a_page_larger_than_its_limit() {
     let app = spawn_app().await;
     let auditor = auditor();
-    for (list, largest) in [("/v1/events", 1_000), ("/v1/streams/cart-x/events", 1_000)] {
+    for (list, largest) in [
+        ("/v1/events", 1_000),
+        ("/v1/streams/cart-x/events", 1_000),
+        (
+            "/v1/audit/trail",
+            eventstore::audit::TRAIL_PAGE_MAX_ENTRIES as u64,
+        ),
+    ] {
         app.get(&format!("{list}?limit={largest}"), &auditor)
             .await
             .ok(200);
