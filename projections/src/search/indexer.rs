@@ -194,6 +194,8 @@ pub(crate) struct Indexer {
     pub committed: Checkpoint,
     /// Documents written since the last commit.
     pub written: usize,
+    /// Product documents written since the indexer started.
+    pub products_written: u64,
 }
 
 impl Indexer {
@@ -217,6 +219,7 @@ impl Indexer {
             position: opened.checkpoint.position,
             committed: opened.checkpoint,
             written: 0,
+            products_written: 0,
         })
     }
 
@@ -440,6 +443,7 @@ impl Indexer {
             held.indexed = true;
             held.dirty = false;
             self.written += 1;
+            self.products_written += 1;
         }
         for (sku, held) in self.stock.iter_mut().filter(|(_, h)| h.dirty) {
             if held.indexed {

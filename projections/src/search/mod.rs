@@ -110,7 +110,8 @@ pub struct SearchProgress {
     pub position: u64,
     /// The head the catch-up runs to.
     pub head: u64,
-    /// Product documents written since the start of this catch-up.
+    /// Product documents written since the start of this catch-up (a product
+    /// whose events span batches is written once per batch).
     pub products: u64,
     /// Events applied per second since the start of this catch-up.
     pub events_per_sec: f64,
@@ -444,9 +445,9 @@ impl Follower {
         let mut reported = Instant::now();
         let mut products = 0u64;
         while let Some(batch) = batches.recv().await {
-            let before = indexer.written;
+            let before = indexer.products_written;
             indexer = self.apply(indexer, batch).await?;
-            products += (indexer.written - before) as u64;
+            products += indexer.products_written - before;
             if indexer.held() >= self.config.catch_up_commit_max_held {
                 indexer = self.commit(indexer, None).await?;
             }
