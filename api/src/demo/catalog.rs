@@ -60,11 +60,16 @@ pub async fn seed(
     concurrency: usize,
     seed: u64,
 ) -> Result<Catalog> {
-    let admin = client.token(crate::http::Role::Admin, "demo-admin")?;
+    // A team of admins, one per request in flight: each stays within the engine's
+    // per-principal rate limit, as staff importing a catalog would.
+    let admins = (0..concurrency.max(1))
+        .map(|k| client.token(crate::http::Role::Admin, format!("demo-admin-{k}")))
+        .collect::<Result<Vec<_>>>()?;
+    let admin = admins[0].clone();
     let progress = Progress::start("seeding the catalog", products as u64 + 1);
     let seeded: Vec<(Vec<SkuOnSale>, u64)> = stream::iter(0..products)
         .map(|i| {
-            let admin = admin.clone();
+            let admin = admins[i % admins.len()].clone();
             let progress = progress.clone();
             async move {
                 let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9));

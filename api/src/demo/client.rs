@@ -13,7 +13,9 @@ use uuid::Uuid;
 use crate::http::Role;
 
 /// Most sends of one command (the first and its retries).
-const COMMAND_ATTEMPTS_MAX: u32 = 6;
+const COMMAND_ATTEMPTS_MAX: u32 = 20;
+/// Longest pause a `Retry-After` may ask for before the next send.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
 /// First pause before a retry; doubled for each further one.
 const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(25);
 /// Tokens outlive the longest demo run.
@@ -26,6 +28,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
+    /// The `Retry-After` of a 429 or 503, in whole seconds.
+    pub retry_after: Option<Duration>,
 }
 
 impl Answer {
@@ -101,7 +105,7 @@ impl Client {
                 Err(e) if attempt < COMMAND_ATTEMPTS_MAX => {
                     tracing::debug!(path, error = %e, "command not answered; retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    backoff = (backoff * 2).min(RETRY_AFTER_MAX);
                     continue;
                 }
                 Err(e) => return Err(e).with_context(|| format!("{method} {path}")),
@@ -113,8 +117,10 @@ impl Client {
             if !retry || attempt == COMMAND_ATTEMPTS_MAX {
                 return Ok(answer);
             }
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            // Rate limits say when to come back; otherwise back off exponentially.
+            let pause = answer.retry_after.unwrap_or(backoff).min(RETRY_AFTER_MAX);
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(RETRY_AFTER_MAX);
         }
         bail!("{method} {path}: no answer after {COMMAND_ATTEMPTS_MAX} attempts")
     }
@@ -141,11 +147,21 @@ impl Client {
 
 async fn answer(response: reqwest::Response) -> Result<Answer> {
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let bytes = response.bytes().await.context("reading an answer")?;
     let body = if bytes.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     };
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        body,
+        retry_after,
+    })
 }

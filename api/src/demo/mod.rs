@@ -108,6 +108,10 @@ async fn run_on(args: &DemoArgs, admin_url: &str) -> Result<()> {
         serve_args
             .search_dir
             .get_or_insert_with(|| args.serve.data_dir.resolve().join("demo-search"));
+        // Every simulated shopper comes from 127.0.0.1, which a real shop's
+        // thousands of customers never share: the per-address limit is off here.
+        // The per-principal limit stays as configured.
+        serve_args.rate_limit_ip_per_sec = 0.0;
         let url = url.clone();
         tokio::spawn(async move {
             serve_on(
