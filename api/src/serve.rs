@@ -101,9 +101,13 @@ pub struct ServeArgs {
     /// Most carts one account (customer or guest) keeps open; 0 turns it off.
     #[arg(long, env = "COMMERCE_OPEN_CARTS_MAX", default_value_t = http::caps::OPEN_CARTS_MAX)]
     pub open_carts_max: u32,
-    /// Most units of one SKU one account holds across its open carts; 0 turns it off.
+    /// Most units of one SKU one account holds across its open carts and the carts
+    /// being checked out (held in reservations); 0 turns it off.
     #[arg(long, env = "COMMERCE_SKU_UNITS_MAX", default_value_t = http::caps::SKU_UNITS_MAX)]
     pub sku_units_max: u64,
+    /// Most checkouts one account has in flight at once; 0 turns it off.
+    #[arg(long, env = "COMMERCE_CHECKOUTS_IN_FLIGHT_MAX", default_value_t = http::caps::CHECKOUTS_IN_FLIGHT_MAX)]
+    pub checkouts_in_flight_max: u32,
     /// How often expired idempotency keys are swept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_PURGE_EVERY_SECS", default_value_t = http::IDEMPOTENCY_PURGE_EVERY_SECS)]
     pub idempotency_purge_every_secs: u64,
@@ -153,6 +157,7 @@ impl ServeArgs {
             account_caps: http::caps::AccountCaps {
                 open_carts_max: self.open_carts_max,
                 sku_units_max: self.sku_units_max,
+                checkouts_in_flight_max: self.checkouts_in_flight_max,
             },
             database_role: Some(self.database_role.clone()).filter(|r| !r.is_empty()),
             migrate_database_url: self.migrate_database_url.clone(),

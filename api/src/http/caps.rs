@@ -1,6 +1,8 @@
 //! Per-account caps (OWASP API6, unrestricted access to sensitive business flows):
-//! how many carts one customer (or guest) keeps open at once, and how many units of
-//! one SKU they hold across their open carts (stock hoarding ahead of a checkout).
+//! how many carts one customer (or guest) keeps open at once, how many checkouts
+//! they have in flight (a checked-out cart whose saga has not closed or reopened it),
+//! and how many units of one SKU they hold across their open carts and the carts
+//! being checked out, whose units the saga holds in reservations (stock hoarding).
 //!
 //! The counts come from the `carts` read model that `commerce serve` keeps, so a cap
 //! lags the log by the projection's delay: a burst may pass it by what the read
@@ -20,14 +22,17 @@ use super::{AppState, Principal, Role};
 
 /// Default most open carts of one account.
 pub const OPEN_CARTS_MAX: u32 = 20;
-/// Default most units of one SKU across one account's open carts.
+/// Default most units of one SKU across one account's open and checking-out carts.
 pub const SKU_UNITS_MAX: u64 = 100;
+/// Default most checkouts of one account in flight at once.
+pub const CHECKOUTS_IN_FLIGHT_MAX: u32 = 3;
 
 /// The caps, from configuration; zero turns one off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccountCaps {
     pub open_carts_max: u32,
     pub sku_units_max: u64,
+    pub checkouts_in_flight_max: u32,
 }
 
 impl AccountCaps {
@@ -35,6 +40,7 @@ impl AccountCaps {
     pub const OFF: AccountCaps = AccountCaps {
         open_carts_max: 0,
         sku_units_max: 0,
+        checkouts_in_flight_max: 0,
     };
 }
 
@@ -43,17 +49,24 @@ impl Default for AccountCaps {
         AccountCaps {
             open_carts_max: OPEN_CARTS_MAX,
             sku_units_max: SKU_UNITS_MAX,
+            checkouts_in_flight_max: CHECKOUTS_IN_FLIGHT_MAX,
         }
     }
 }
 
 const OPEN_CARTS: &str = "SELECT count(*) FROM read_models.carts \
      WHERE status = 'open' AND (customer_id = $1 OR guest_token = $1)";
-/// Units of a SKU in the account's open carts, except the cart being changed when
+/// A checked-out cart is a checkout in flight until the saga closes it (order
+/// placed) or reopens it (checkout failed).
+const CHECKOUTS_IN_FLIGHT: &str = "SELECT count(*) FROM read_models.carts \
+     WHERE status = 'checked_out' AND (customer_id = $1 OR guest_token = $1)";
+/// Units of a SKU in the account's open carts and those being checked out (held in
+/// reservations), except the cart being changed when
 /// its line's quantity is set (`$3`; a nil id excludes nothing).
 const SKU_UNITS: &str = "SELECT coalesce(sum(l.quantity), 0)::bigint \
      FROM read_models.cart_lines l JOIN read_models.carts c ON c.cart_id = l.cart_id \
-     WHERE c.status = 'open' AND (c.customer_id = $1 OR c.guest_token = $1) \
+     WHERE c.status IN ('open', 'checked_out') \
+       AND (c.customer_id = $1 OR c.guest_token = $1) \
        AND l.sku = $2 AND c.cart_id <> $3";
 
 /// The part of an add-line or set-quantity body the caps read, as the domain's
@@ -86,6 +99,13 @@ pub async fn check(
             let open = count(state, OPEN_CARTS, &[&owner]).await?;
             if open >= i64::from(caps.open_carts_max) {
                 return Err(too_many_carts(caps.open_carts_max));
+            }
+            Ok(request)
+        }
+        (Method::POST, "/v1/carts/{cart_id}/checkout") if caps.checkouts_in_flight_max > 0 => {
+            let in_flight = count(state, CHECKOUTS_IN_FLIGHT, &[&owner]).await?;
+            if in_flight >= i64::from(caps.checkouts_in_flight_max) {
+                return Err(too_many_checkouts(caps.checkouts_in_flight_max));
             }
             Ok(request)
         }
@@ -174,6 +194,16 @@ fn too_many_carts(max: u32) -> ApiError {
         StatusCode::TOO_MANY_REQUESTS,
         "open-carts-limit",
         format!("an account may keep at most {max} carts open; check out or empty one first"),
+    );
+    error.extensions.insert("max".into(), max.into());
+    error
+}
+
+fn too_many_checkouts(max: u32) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "checkouts-in-flight-limit",
+        format!("an account may have at most {max} checkouts in flight; wait for one to finish"),
     );
     error.extensions.insert("max".into(), max.into());
     error

@@ -227,6 +227,7 @@ async fn an_account_is_capped_in_open_carts_and_units_of_one_sku() {
         account_caps: api::http::caps::AccountCaps {
             open_carts_max: 2,
             sku_units_max: 5,
+            checkouts_in_flight_max: 0,
         },
         ..ServerConfig::default()
     })
@@ -290,5 +291,57 @@ async fn an_account_is_capped_in_open_carts_and_units_of_one_sku() {
     app.post(&format!("/v1/carts/{first}/lines"), &admin(), line(10))
         .await
         .ok(202);
+    projections.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_is_capped_in_checkouts_in_flight() {
+    let app = spawn_app_with(ServerConfig {
+        account_caps: api::http::caps::AccountCaps {
+            checkouts_in_flight_max: 1,
+            ..api::http::caps::AccountCaps::OFF
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    // No saga runs here: a checkout stays in flight (its cart checked out).
+    let projections =
+        projections::Runner::start(app.store.clone(), projections::RunnerConfig::default())
+            .await
+            .expect("the projections run");
+    let product = app.seed_catalog().await;
+    let alice = customer("alice");
+    let mut carts = Vec::new();
+    for _ in 0..2 {
+        let cart = app.create_cart(&alice, "EUR").await;
+        app.post(
+            &format!("/v1/carts/{cart}/lines"),
+            &alice,
+            json!({"product_id": product, "sku": SKU, "quantity": 1}),
+        )
+        .await
+        .ok(202);
+        carts.push(cart);
+    }
+    let checkout =
+        json!({"shipping_address": crate::commands::address(), "payment_method": "tok_visa"});
+    app.post(
+        &format!("/v1/carts/{}/checkout", carts[0]),
+        &alice,
+        checkout.clone(),
+    )
+    .await
+    .ok(202);
+    carts_read_model_caught_up(&app).await;
+    let head = app.head().await;
+    let refused = app
+        .post(
+            &format!("/v1/carts/{}/checkout", carts[1]),
+            &alice,
+            checkout,
+        )
+        .await;
+    assert_eq!(refused.problem(429, "checkouts-in-flight-limit")["max"], 1);
+    assert_eq!(app.head().await, head, "a refused checkout wrote something");
     projections.stop().await;
 }
