@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod privacy_cli;
 mod projections_cli;
+mod psp_cli;
 mod status;
 
 use anyhow::Result;
@@ -53,6 +54,8 @@ enum Command {
         #[command(subcommand)]
         privacy: privacy_cli::Privacy,
     },
+    /// Run the sandbox payment provider (an HTTP card processor with test tokens).
+    Psp(psp_cli::PspArgs),
     /// Run a benchmark (release build; it sets up its own database).
     Bench {
         #[command(subcommand)]
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> Result<()> {
                 projections_cli::run(projections, &or_default(database_url)).await
             }
             Command::Bench { bench } => bench::run(bench, &or_default(database_url)).await,
+            Command::Psp(args) => psp_cli::run(args).await,
             Command::Privacy { privacy } => {
                 privacy_cli::run(privacy, &or_default(database_url)).await
             }

@@ -63,6 +63,15 @@ pub struct ServeArgs {
     /// How long the first response to an Idempotency-Key is kept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_KEY_TTL_SECS", default_value_t = http::IDEMPOTENCY_KEY_TTL_SECS)]
     pub idempotency_key_ttl_secs: u64,
+    /// Secret shared with the payment provider, which signs its callbacks to
+    /// `POST /v1/payments/webhooks` with it; without one, callbacks are refused.
+    /// Prefer the environment variable to the flag (flags show in `ps`).
+    #[arg(long, env = "COMMERCE_PSP_WEBHOOK_SECRET", hide_env_values = true)]
+    pub psp_webhook_secret: Option<String>,
+    /// How far a callback's signed timestamp may be from this server's clock, in
+    /// seconds (the replay window).
+    #[arg(long, env = "COMMERCE_PSP_WEBHOOK_TOLERANCE_SECS", default_value_t = sagas::psp::webhook::WEBHOOK_TOLERANCE_SECS)]
+    pub psp_webhook_tolerance_secs: u64,
     /// The folder of this process's search index (default: `search` in the data
     /// directory). Each process needs its own; a missing or unusable index is
     /// rebuilt from the log at start-up.
@@ -138,6 +147,12 @@ impl ServeArgs {
             body_limit_bytes: self.body_limit_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             idempotency_key_ttl: Duration::from_secs(self.idempotency_key_ttl_secs),
+            payment_webhooks: self.psp_webhook_secret.as_ref().map(|secret| {
+                sagas::psp::WebhookConfig {
+                    secret: secret.clone().into_bytes(),
+                    tolerance_secs: self.psp_webhook_tolerance_secs,
+                }
+            }),
             saga: self.saga.config(),
             idempotency_purge_every: Duration::from_secs(self.idempotency_purge_every_secs.max(1)),
             principal_rate_limit: Some(RateLimit {
@@ -330,7 +345,7 @@ fn report_search_progress(progress: projections::search::SearchProgress) {
 }
 
 /// Resolves on SIGTERM or ctrl-c (SIGINT).
-pub(crate) async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -7,6 +7,7 @@ mod checkout;
 mod esdb_append;
 mod flash_sale;
 mod http_commands;
+mod psp;
 mod rebuild;
 mod search;
 mod verify;
@@ -64,6 +65,23 @@ pub enum Bench {
         #[arg(long, default_value_t = 64)]
         connections: usize,
     },
+    /// Payments (authorize, then capture) through the engine's payment client
+    /// against the sandbox provider with faults injected, against the same POSTs
+    /// sent bare to a sandbox without faults; checks every payment moved money once.
+    Psp {
+        /// How long each side runs.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent payments.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Share of the provider's POSTs answered 503.
+        #[arg(long, default_value_t = 0.1)]
+        fail_rate: f64,
+        /// Share of payments on a card whose first answers are lost.
+        #[arg(long, default_value_t = 0.1)]
+        lost_share: f64,
+    },
     /// Rebuild every read model from a log of at least `events` events of the
     /// domain's workload, against reading and decoding the log alone.
     Rebuild {
@@ -108,6 +126,12 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
         Bench::FlashSale { clients, trials } => {
             flash_sale::run(database_url, clients, trials).await
         }
+        Bench::Psp {
+            seconds,
+            clients,
+            fail_rate,
+            lost_share,
+        } => psp::run(Duration::from_secs(seconds), clients, fail_rate, lost_share).await,
         Bench::Rebuild { events } => rebuild::run(database_url, events).await,
         Bench::Search { products, queries } => search::run(database_url, products, queries).await,
         Bench::Verify { events } => verify::run(database_url, events).await,

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub idempotency_purge_every: Duration,
     /// Bounds of the command side.
     pub command_limits: Limits,
+    /// The payment provider's webhook secret and replay window (`None`: callbacks
+    /// are refused with 401).
+    pub payment_webhooks: Option<sagas::psp::WebhookConfig>,
     /// The checkout saga's deadlines and bounds (the checkout timeout starts here).
     pub saga: sagas::SagaConfig,
     /// Token-bucket limit of commands per principal (`None`: unlimited).
@@ -103,6 +106,7 @@ impl Default for ServerConfig {
             idempotency_key_ttl: Duration::from_secs(IDEMPOTENCY_KEY_TTL_SECS),
             idempotency_purge_every: Duration::from_secs(IDEMPOTENCY_PURGE_EVERY_SECS),
             command_limits: Limits::default(),
+            payment_webhooks: None,
             saga: sagas::SagaConfig::default(),
             principal_rate_limit: None,
             ip_rate_limit: None,
@@ -127,6 +131,7 @@ struct Inner {
     cart_owners: CartOwners,
     authenticator: Authenticator,
     idempotency: IdempotencyKeys,
+    payment_webhooks: routes::webhooks::PaymentWebhooks,
     principal_limiter: RateLimiter,
     ip_limiter: RateLimiter,
     metrics: PrometheusHandle,
@@ -188,6 +193,11 @@ impl AppState {
         eventstore::audit::AuditTrail::connect(store.pool().clone()).await?;
         let idempotency =
             IdempotencyKeys::connect(store.pool().clone(), config.idempotency_key_ttl).await?;
+        let payment_webhooks = routes::webhooks::PaymentWebhooks::connect(
+            store.pool().clone(),
+            config.payment_webhooks.as_ref(),
+        )
+        .await?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -196,6 +206,7 @@ impl AppState {
                 cart_owners: CartOwners::default(),
                 authenticator,
                 idempotency,
+                payment_webhooks,
                 principal_limiter: RateLimiter::new("principal", config.principal_rate_limit),
                 ip_limiter: RateLimiter::new("ip", config.ip_rate_limit),
                 metrics: metrics::handle(),
@@ -229,6 +240,11 @@ impl AppState {
 
     pub(crate) fn idempotency(&self) -> &IdempotencyKeys {
         &self.inner.idempotency
+    }
+
+    /// The payment provider's callbacks: their verifier and inbox.
+    pub(crate) fn payment_webhooks(&self) -> &routes::webhooks::PaymentWebhooks {
+        &self.inner.payment_webhooks
     }
 
     /// Commands per principal.

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{
-    audit, carts, checkouts, health, inventory, orders, privacy, products, search,
+    audit, carts, checkouts, health, inventory, orders, privacy, products, search, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -28,6 +28,7 @@ use super::routes::{
         checkouts::get, checkouts::events,
         orders::get, orders::cancel,
         audit::stream_events, audit::log, audit::log_ndjson,
+        webhooks::receive,
         audit::aggregate, audit::verify, privacy::trail, privacy::forget,
     ),
     modifiers(&BearerAuth),
@@ -39,6 +40,7 @@ use super::routes::{
         (name = "carts", description = "Customers' carts and checkout"),
         (name = "orders", description = "Customers' orders"),
         (name = "audit", description = "The event log (auditors and admins)"),
+        (name = "payments", description = "The payment provider's signed callbacks"),
         (name = "privacy", description = "Erasure of a customer's personal data (admins)"),
     )
 )]

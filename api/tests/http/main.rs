@@ -18,3 +18,4 @@ mod security;
 mod saga_crash;
 mod support;
 mod time_travel;
+mod webhooks;

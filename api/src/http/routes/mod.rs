@@ -10,6 +10,7 @@ pub(crate) mod orders;
 pub(crate) mod privacy;
 pub(crate) mod products;
 pub(crate) mod search;
+pub(crate) mod webhooks;
 
 use super::RouteTable;
 
@@ -52,6 +53,8 @@ pub(super) fn register(table: RouteTable) -> RouteTable {
         .get("/v1/streams/{stream_id}/events", audit::stream_events)
         .get("/v1/events", audit::log)
         .get("/v1/events.ndjson", audit::log_ndjson)
+        // The payment provider's callbacks (signed, no bearer token).
+        .post("/v1/payments/webhooks", webhooks::receive)
         .get("/v1/audit/aggregates/{stream_id}", audit::aggregate)
         .get("/v1/audit/verify", audit::verify)
         .get("/v1/audit/trail", privacy::trail)
