@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use eventstore::audit::{export, position_at, verify_log};
+use eventstore::audit::{export, position_at, verify_log, verify_log_postgres};
 use eventstore::hash::{expected_hash, GENESIS_HASH};
 use eventstore::testing::test_database;
 use eventstore::{
@@ -84,6 +84,39 @@ async fn a_row_changed_through_sql_is_found_at_its_position() {
         before.intact(),
         "the chain after the forged row still links: {before:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_verification_agrees_with_the_generic_one() {
+    let (store, pg, _db) = store_with_events(25_123).await;
+    let report = verify_log_postgres(&pg, 1, |_, _| {})
+        .await
+        .expect("verify");
+    assert!(report.intact(), "{report:?}");
+    assert_eq!((report.checked, report.last_position), (25_123, 25_123));
+    let tail = verify_log_postgres(&pg, 20_001, |_, _| {})
+        .await
+        .expect("verify the tail");
+    assert_eq!((tail.checked, tail.first_break), (5_123, None));
+    let client = pg.connection().await.expect("connection");
+    client
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete;
+             UPDATE events SET metadata = '{\"actor\": \"forger\"}' WHERE position = 17345;
+             ALTER TABLE events ENABLE TRIGGER events_no_update_or_delete;",
+        )
+        .await
+        .expect("tamper");
+    let copy = verify_log_postgres(&pg, 1, |_, _| {})
+        .await
+        .expect("verify");
+    let generic = verify_log(store, 1, |_, _| {}).await.expect("verify");
+    assert_eq!(copy.first_break, Some(17_345));
+    assert_eq!(
+        (copy.checked, copy.last_position),
+        (generic.checked, generic.last_position)
+    );
+    assert_eq!(generic.first_break, Some(17_345));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
