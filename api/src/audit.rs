@@ -9,7 +9,7 @@ use api::time_travel::{aggregate_as_of, AsOf};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use eventstore::audit::AuditTrail;
-use eventstore::audit::{export, position_at, verify_log};
+use eventstore::audit::{export, position_at, verify_log_postgres};
 use eventstore::privacy::{KeyVault, PrivateStore};
 use eventstore::{EventStore, PostgresConfig, PostgresStore};
 
@@ -58,7 +58,7 @@ pub async fn run(audit: Audit, database_url: &str) -> Result<()> {
     let store: Arc<dyn EventStore> = Arc::new(store);
     match audit {
         Audit::Verify { from } => {
-            let report = verify_log(store, from, |_, _| {}).await?;
+            let report = verify_log_postgres(&pg, from, |_, _| {}).await?;
             let verdict = match report.first_break {
                 None => "intact".to_owned(),
                 Some(p) => format!("BROKEN at position {p}"),

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use eventstore::audit::{verify_log, VerifyReport};
+use eventstore::audit::{verify_log_postgres, VerifyReport};
 use eventstore::{Direction, EventStore, RecordedEvent};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -455,8 +455,7 @@ pub async fn verify(
     if from == 0 {
         return Err(ApiError::bad_parameter("from", "positions start at 1"));
     }
-    let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(state.store().clone());
-    let report = verify_log(store, from, |_, _| {}).await?;
+    let report = verify_log_postgres(state.store(), from, |_, _| {}).await?;
     super::privacy::record(
         &state,
         &principal,
