@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (JSON; OpenAPI document at /openapi.json).
-    Serve(api::serve::ServeArgs),
+    Serve(Box<api::serve::ServeArgs>),
     /// Mint an HS256 bearer token for local use, with the secret `serve` verifies.
     Token(api::token::TokenArgs),
     /// Run the demo: a shop that runs itself (catalog, shoppers, a flash sale)
@@ -89,7 +89,7 @@ fn run(cli: Cli) -> Result<()> {
         let database_url = cli.database_url;
         let or_default = |url: Option<String>| url.unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
         match cli.command {
-            Command::Serve(args) => api::serve::run(args, database_url).await,
+            Command::Serve(args) => api::serve::run(*args, database_url).await,
             Command::Token(_) => Ok(()),
             Command::Demo(args) => api::demo::run(*args, database_url).await,
             Command::Status => status::run(&or_default(database_url)).await,
@@ -98,10 +98,10 @@ fn run(cli: Cli) -> Result<()> {
                 projections_cli::run(projections, &or_default(database_url)).await
             }
             Command::Bench { bench } => bench::run(bench, &or_default(database_url)).await,
-            Command::Psp(args) => psp_cli::run(args).await,
             Command::Privacy { privacy } => {
                 privacy_cli::run(privacy, &or_default(database_url)).await
             }
+            Command::Psp(args) => psp_cli::run(args).await,
         }
     })
 }

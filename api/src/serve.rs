@@ -63,6 +63,14 @@ pub struct ServeArgs {
     /// How long the first response to an Idempotency-Key is kept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_KEY_TTL_SECS", default_value_t = http::IDEMPOTENCY_KEY_TTL_SECS)]
     pub idempotency_key_ttl_secs: u64,
+    /// The folder of this process's search index (default: `search` in the data
+    /// directory). Each process needs its own; a missing or unusable index is
+    /// rebuilt from the log at start-up.
+    #[arg(long, env = "COMMERCE_SEARCH_DIR", value_name = "DIR")]
+    pub search_dir: Option<PathBuf>,
+    /// The checkout saga: payment provider and deadlines.
+    #[command(flatten)]
+    pub saga: crate::saga::SagaArgs,
     /// Secret shared with the payment provider, which signs its callbacks to
     /// `POST /v1/payments/webhooks` with it; without one, callbacks are refused.
     /// Prefer the environment variable to the flag (flags show in `ps`).
@@ -72,14 +80,6 @@ pub struct ServeArgs {
     /// seconds (the replay window).
     #[arg(long, env = "COMMERCE_PSP_WEBHOOK_TOLERANCE_SECS", default_value_t = sagas::psp::webhook::WEBHOOK_TOLERANCE_SECS)]
     pub psp_webhook_tolerance_secs: u64,
-    /// The folder of this process's search index (default: `search` in the data
-    /// directory). Each process needs its own; a missing or unusable index is
-    /// rebuilt from the log at start-up.
-    #[arg(long, env = "COMMERCE_SEARCH_DIR", value_name = "DIR")]
-    pub search_dir: Option<PathBuf>,
-    /// The checkout saga: payment provider and deadlines.
-    #[command(flatten)]
-    pub saga: crate::saga::SagaArgs,
     /// Commands one principal may send per second, sustained (0 turns the limit
     /// off); past it, 429 with Retry-After.
     #[arg(long, env = "COMMERCE_RATE_LIMIT_PRINCIPAL_PER_SEC", default_value_t = limits::PRINCIPAL_COMMANDS_PER_SEC)]
@@ -147,13 +147,13 @@ impl ServeArgs {
             body_limit_bytes: self.body_limit_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             idempotency_key_ttl: Duration::from_secs(self.idempotency_key_ttl_secs),
+            saga: self.saga.config(),
             payment_webhooks: self.psp_webhook_secret.as_ref().map(|secret| {
                 sagas::psp::WebhookConfig {
                     secret: secret.clone().into_bytes(),
                     tolerance_secs: self.psp_webhook_tolerance_secs,
                 }
             }),
-            saga: self.saga.config(),
             idempotency_purge_every: Duration::from_secs(self.idempotency_purge_every_secs.max(1)),
             principal_rate_limit: Some(RateLimit {
                 per_sec: self.rate_limit_principal_per_sec,

@@ -51,7 +51,7 @@ impl Progress {
             Some(bar) => bar.inc(1),
             None => {
                 let tenth = (self.inner.total / 10).max(1);
-                if done % tenth == 0 && done < self.inner.total {
+                if done.is_multiple_of(tenth) && done < self.inner.total {
                     eprintln!("{}: {done}/{}", self.inner.label, self.inner.total);
                 }
             }
