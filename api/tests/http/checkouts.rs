@@ -159,7 +159,7 @@ async fn the_event_stream_sends_each_step_and_ends_with_the_checkout() {
     let last: Value = serde_json::from_str(
         body.lines()
             .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .next_back()
             .unwrap(),
     )
     .unwrap();
