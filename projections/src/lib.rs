@@ -50,8 +50,8 @@ use std::str::FromStr;
 use serde::Serialize;
 
 pub use error::ProjectionError;
-pub use privacy::erase_customer;
 pub use page::{Page, PageRequest, PAGE_MAX_ITEMS, PAGE_MAX_OFFSET};
+pub use privacy::erase_customer;
 pub use rebuild::{
     rebuild, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport, REBUILD_BATCH_MAX_EVENTS,
 };

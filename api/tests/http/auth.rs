@@ -134,7 +134,8 @@ async fn another_customers_checkout_and_order_are_a_404() {
         .await
         .problem(404, "not-found");
     let saga = app.start_saga().await;
-    app.wait_for_checkout(&checkout, &alice, &["completed"]).await;
+    app.wait_for_checkout(&checkout, &alice, &["completed"])
+        .await;
     saga.stop().await;
     let order = &checkout;
     app.get(&format!("/v1/orders/{order}"), &alice)

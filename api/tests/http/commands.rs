@@ -67,7 +67,10 @@ async fn a_customer_shops_from_cart_to_cancelled_order() {
         )
         .await;
     let checked_out = checked_out.ok(202);
-    let checkout = checked_out["ids"]["checkout_id"].as_str().unwrap().to_owned();
+    let checkout = checked_out["ids"]["checkout_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let order = checked_out["ids"]["order_id"].as_str().unwrap().to_owned();
     assert_eq!(order, checkout, "the order shares the checkout's id");
     // The cart is locked and the checkout started; the saga does the rest.
@@ -100,7 +103,9 @@ async fn a_customer_shops_from_cart_to_cancelled_order() {
     assert_eq!(order_view.ok(200)["status"], "cancelled");
     assert_eq!(order_view.body["reason"], "changed my mind");
     // Cancelled after capture: the saga refunds and puts the stock back.
-    let undone = app.wait_for_checkout(&checkout, &alice, &["cancelled"]).await;
+    let undone = app
+        .wait_for_checkout(&checkout, &alice, &["cancelled"])
+        .await;
     assert_eq!(undone["payment"], "refunded");
     saga.stop().await;
 

@@ -301,10 +301,17 @@ impl TestApp {
 
     /// Waits (up to `CHECKOUT_WAIT_SECS`) until the checkout's status is one of
     /// `statuses`, and returns its view.
-    pub async fn wait_for_checkout(&self, checkout_id: &str, token: &str, statuses: &[&str]) -> Value {
+    pub async fn wait_for_checkout(
+        &self,
+        checkout_id: &str,
+        token: &str,
+        statuses: &[&str],
+    ) -> Value {
         let deadline = std::time::Instant::now() + Duration::from_secs(CHECKOUT_WAIT_SECS);
         loop {
-            let view = self.get(&format!("/v1/checkouts/{checkout_id}"), token).await;
+            let view = self
+                .get(&format!("/v1/checkouts/{checkout_id}"), token)
+                .await;
             let view = view.ok(200).clone();
             if statuses.iter().any(|s| view["status"] == *s) {
                 return view;
