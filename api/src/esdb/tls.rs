@@ -71,6 +71,7 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             async move {
                 let tcp = accepted?;
+                super::without_nagle(&tcp)?;
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(handshake) => handshake,
                     Err(_) => Err(std::io::Error::new(
