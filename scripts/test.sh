@@ -9,6 +9,8 @@ export DATABASE_URL
 
 if [ "${CI:-}" = "true" ]; then
   export CARGO_TERM_COLOR=never
+  # A fresh clone builds once: incremental caches would only cost disk.
+  export CARGO_INCREMENTAL=0
 fi
 
 echo "== cargo fmt --check"
