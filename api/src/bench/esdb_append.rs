@@ -101,8 +101,9 @@ async fn run_clients(port: u16, duration: Duration) -> Result<(u64, f64, Vec<u32
     let clients = (0..CLIENTS)
         .map(|_| Client::new(settings.clone()))
         .collect::<Result<Vec<_>, _>>()?;
-    // Connect every client before the clock starts.
-    for (i, client) in clients.iter().enumerate() {
+    // Connect every client before the clock starts, all at once: a client's first call
+    // waits out its discovery interval (500 ms by default) before it connects.
+    futures::future::try_join_all(clients.iter().enumerate().map(|(i, client)| async move {
         client
             .append_to_stream(
                 format!("benchwarmup-{i}"),
@@ -110,7 +111,9 @@ async fn run_clients(port: u16, duration: Duration) -> Result<(u64, f64, Vec<u32
                 EventData::json("Warmup", &json!({}))?,
             )
             .await?;
-    }
+        Ok::<_, anyhow::Error>(())
+    }))
+    .await?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(CLIENTS);

@@ -10,6 +10,7 @@
 //! - [`state`]: tombstones and stream metadata, both kept in the log itself;
 //! - [`codec`]: event bytes to the log's JSON and back;
 //! - [`cli`]: the flags of `commerce serve`, starting and stopping;
+//! - [`tcp`]: the connections' socket options (no Nagle, no delayed ACKs);
 //! - [`tls`]: the TLS acceptor;
 //! - [`auth`]: users and roles; [`filter`]: `$all` filters; [`errors`]: the
 //!   protocol's errors.
@@ -32,6 +33,7 @@ pub mod read;
 pub mod service;
 pub mod state;
 pub mod streams_rules;
+pub mod tcp;
 pub mod tls;
 
 use std::future::Future;
@@ -100,24 +102,14 @@ pub async fn serve(
                 .await?;
         }
         None => {
-            let incoming = TcpListenerStream::new(listener).map(|accepted| {
-                let tcp = accepted?;
-                without_nagle(&tcp)?;
-                Ok::<_, std::io::Error>(tcp)
-            });
+            let incoming = TcpListenerStream::new(listener)
+                .map(|accepted| accepted.and_then(tcp::QuickAckStream::new));
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;
         }
     }
     Ok(())
-}
-
-/// Small replies go out at once: with Nagle's algorithm a reply waits for the client's
-/// delayed acknowledgement of the request (about 40 ms on Linux), which the official
-/// clients, whose connections do not set `TCP_NODELAY`, would pay on every call.
-pub(crate) fn without_nagle(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
-    tcp.set_nodelay(true)
 }
 
 /// Why the endpoint could not serve.

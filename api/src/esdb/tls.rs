@@ -12,11 +12,12 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use super::tcp::QuickAckStream;
 use super::TlsIdentity;
 
 /// Longest a client may take over its TLS handshake.
@@ -64,14 +65,13 @@ pub fn check(identity: &TlsIdentity) -> Result<(), TlsError> {
 pub fn incoming(
     listener: TcpListener,
     identity: &TlsIdentity,
-) -> Result<impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>>, TlsError> {
+) -> Result<impl Stream<Item = Result<TlsStream<QuickAckStream>, std::io::Error>>, TlsError> {
     let acceptor = acceptor(identity)?;
     Ok(TcpListenerStream::new(listener)
         .map(move |accepted| {
             let acceptor = acceptor.clone();
             async move {
-                let tcp = accepted?;
-                super::without_nagle(&tcp)?;
+                let tcp = QuickAckStream::new(accepted?)?;
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(handshake) => handshake,
                     Err(_) => Err(std::io::Error::new(
