@@ -13,6 +13,7 @@
 //! ([`hash`]), so an auditor can prove the log was not edited.
 
 pub mod audit;
+mod canonical_text;
 pub mod hash;
 mod memory;
 mod postgres;

@@ -209,3 +209,65 @@ async fn the_database_refuses_to_update_delete_or_truncate_events() {
         .expect("appends still work");
     assert_eq!(result.first_position, 101);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_verification_hashes_every_kind_of_json_as_the_store_did() {
+    let db = test_database().await.expect("a test database");
+    let pg = PostgresStore::connect(PostgresConfig::new(db.url.clone()))
+        .await
+        .expect("store");
+    // Text the verification copies as it is and text it has to parse, side by side.
+    let data = [
+        json!({"sku": "SHOE-42", "quantity": 3, "reservation_id": uuid::Uuid::now_v7()}),
+        json!({"price": 19.99, "rate": 1e-7, "big": 1e20, "zero": -0.0}),
+        json!({"max": u64::MAX, "min": i64::MIN, "list": [[], {}, [1, [2, {"b": null, "a": true}]]]}),
+        json!({"say": "\"hi\"\\ \u{8}\u{c}\n\r\t \u{1} \u{1f} \u{7f} caf\u{e9} \u{2028} \u{1F600} a/b"}),
+        json!({"line\nbreak": 1, "tab\tkey": 2, "": 3, "\u{e9}": 4, "z": 5, "aa": 6}),
+        json!([1, "two", null, false]),
+        json!("just a string"),
+        json!(null),
+    ];
+    let custom = json!({"source": "import", "batch": 7, "tags": ["a", "b"]});
+    let events = data
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let mut event = NewEvent::new("Shaped", data.clone());
+            event.metadata.actor = Some(format!("admin:\"quoted\" {i}"));
+            event.metadata.correlation_id = Some(uuid::Uuid::new_v4());
+            if i % 2 == 0 {
+                event.metadata.command_id = Some(uuid::Uuid::now_v7());
+                event.metadata.custom = custom.clone();
+            }
+            event
+        })
+        .collect();
+    pg.append(AppendRequest {
+        stream_id: "order-shapes".into(),
+        expected: ExpectedVersion::NoStream,
+        events,
+        command_id: None,
+    })
+    .await
+    .expect("append");
+    let report = verify_log_postgres(&pg, 1, |_, _| {})
+        .await
+        .expect("verify");
+    assert!(report.intact(), "{report:?}");
+    assert_eq!(report.checked, data.len() as u64);
+
+    // A changed string in the middle of the escapes is still a break.
+    let client = pg.connection().await.expect("connection");
+    client
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete;
+             UPDATE events SET data = jsonb_set(data, '{say}', '\"\\\"hi\\\"\\\\ \\b\"') WHERE position = 4;
+             ALTER TABLE events ENABLE TRIGGER events_no_update_or_delete;",
+        )
+        .await
+        .expect("tamper");
+    let report = verify_log_postgres(&pg, 1, |_, _| {})
+        .await
+        .expect("verify");
+    assert_eq!((report.first_break, report.checked), (Some(4), 4));
+}
