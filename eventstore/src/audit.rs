@@ -18,7 +18,7 @@ use crate::EventStore;
 
 mod verify_copy;
 
-pub use verify_copy::{verify_log_postgres, VERIFY_COPY_RANGE_EVENTS};
+pub use verify_copy::{verify_log_postgres, VERIFY_COPY_RANGE_EVENTS, VERIFY_COPY_READERS};
 
 /// Events read per page while verifying or exporting.
 pub const AUDIT_PAGE_EVENTS: usize = 10_000;

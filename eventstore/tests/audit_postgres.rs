@@ -271,3 +271,32 @@ async fn the_copy_verification_hashes_every_kind_of_json_as_the_store_did() {
         .expect("verify");
     assert_eq!((report.first_break, report.checked), (Some(4), 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_row_is_a_break_at_its_position_on_either_side_of_a_copy_range() {
+    let range = eventstore::audit::VERIFY_COPY_RANGE_EVENTS;
+    let (_store, pg, _db) = store_with_events(2 * range + 5).await;
+    let client = pg.connection().await.expect("connection");
+    for missing in [range + 1, range] {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete;
+                 DELETE FROM events WHERE position = {missing};
+                 ALTER TABLE events ENABLE TRIGGER events_no_update_or_delete;"
+            ))
+            .await
+            .expect("delete a row");
+        let report = verify_log_postgres(&pg, 1, |_, _| {})
+            .await
+            .expect("verify");
+        assert_eq!(
+            (report.first_break, report.checked, report.last_position),
+            (Some(missing), missing - 1, missing - 1),
+            "{report:?}"
+        );
+    }
+    let tail = verify_log_postgres(&pg, range + 3, |_, _| {})
+        .await
+        .expect("verify after the gap");
+    assert_eq!((tail.first_break, tail.checked), (None, range + 3));
+}

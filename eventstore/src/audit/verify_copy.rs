@@ -24,11 +24,16 @@ use crate::postgres::db_error;
 use crate::types::{Metadata, StoreError};
 use crate::EventStore;
 
-/// Positions per `COPY` while verifying a PostgreSQL log: the range is read through
-/// the primary key in order rather than sorted as a whole.
-pub const VERIFY_COPY_RANGE_EVENTS: u64 = 200_000;
-/// Pages of [`AUDIT_PAGE_EVENTS`] read ahead of the hashing threads.
-const VERIFY_PAGES_AHEAD: usize = 4;
+/// `COPY` statements run at once, each on its own connection: PostgreSQL's backend
+/// writing the rows is the slowest stage, and one backend uses one core.
+pub const VERIFY_COPY_READERS: usize = 2;
+/// Positions per `COPY`: the readers take turns, range by range, so each is at most a
+/// few ranges ahead of the hashing; each range is read through the primary key.
+pub const VERIFY_COPY_RANGE_EVENTS: u64 = 2 * AUDIT_PAGE_EVENTS as u64;
+/// Messages (pages of [`AUDIT_PAGE_EVENTS`] and ends of ranges) each reader may have
+/// waiting for the hashing threads: two ranges.
+const VERIFY_READER_MESSAGES_AHEAD: usize =
+    2 * (VERIFY_COPY_RANGE_EVENTS as usize / AUDIT_PAGE_EVENTS + 1);
 
 /// The columns the chain covers, in the order of [`ChainedFields`], then the hash.
 const COPY_COLUMNS: &str = "position, stream_id, version, event_id, event_type, \
@@ -184,9 +189,10 @@ impl Hasher {
     }
 }
 
-/// [`super::verify_log`] for the PostgreSQL store, faster: a reader task streams the
-/// rows with binary `COPY` (only the hashed columns) while each page is decoded and
-/// hashed on two threads. Same report, same verdicts.
+/// [`super::verify_log`] for the PostgreSQL store, faster: reader tasks stream the
+/// rows with binary `COPY` (only the hashed columns, [`VERIFY_COPY_READERS`] ranges at
+/// once) while each page, in position order, is decoded and hashed on two threads.
+/// Same report, same verdicts.
 pub async fn verify_log_postgres(
     store: &crate::PostgresStore,
     from: u64,
@@ -196,16 +202,24 @@ pub async fn verify_log_postgres(
     let from = from.max(1);
     let head = store.head().await?;
     let mut previous = hash_before(store, from).await?;
-    let (pages_tx, mut pages) =
-        tokio::sync::mpsc::channel::<Result<Vec<CopiedRow>, StoreError>>(VERIFY_PAGES_AHEAD);
-    let reader = {
+    // Range `i` (positions after `from - 1 + i * RANGE`) is read by reader `i % READERS`
+    // and hashed in turn.
+    let ranges = (head + 1)
+        .saturating_sub(from)
+        .div_ceil(VERIFY_COPY_RANGE_EVENTS);
+    let mut readers = Readers(Vec::with_capacity(VERIFY_COPY_READERS));
+    let mut inboxes = Vec::with_capacity(VERIFY_COPY_READERS);
+    for reader in 0..VERIFY_COPY_READERS as u64 {
+        let (tx, rx) = tokio::sync::mpsc::channel(VERIFY_READER_MESSAGES_AHEAD);
         let store = store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = read_rows(&store, from, head, &pages_tx).await {
-                let _ = pages_tx.send(Err(e)).await;
+        let mine = (reader..ranges).step_by(VERIFY_COPY_READERS);
+        readers.0.push(tokio::spawn(async move {
+            if let Err(e) = read_ranges(&store, from, head, mine, &tx).await {
+                let _ = tx.send(Err(e)).await;
             }
-        })
-    };
+        }));
+        inboxes.push(rx);
+    }
 
     let mut report = VerifyReport {
         from,
@@ -214,8 +228,19 @@ pub async fn verify_log_postgres(
         first_break: None,
         elapsed_secs: 0.0,
     };
-    while let Some(page) = pages.recv().await {
-        let mut page = page?;
+    let mut range = 0;
+    while range < ranges {
+        let inbox = &mut inboxes[(range % VERIFY_COPY_READERS as u64) as usize];
+        let mut page = match inbox.recv().await {
+            Some(Ok(Read::Page(page))) => page,
+            Some(Ok(Read::RangeDone)) => {
+                range += 1;
+                continue;
+            }
+            Some(Err(e)) => return Err(e),
+            // A reader only stops early after sending its error.
+            None => break,
+        };
         // A missing position is a break there; check the events before it first.
         let mut expected_position = report.last_position + 1;
         let contiguous = page
@@ -251,7 +276,7 @@ pub async fn verify_log_postgres(
             }
         }
     }
-    reader.abort();
+    drop(readers);
     if report.first_break.is_none() && report.last_position < head {
         report.first_break = Some(report.last_position + 1);
     }
@@ -259,18 +284,37 @@ pub async fn verify_log_postgres(
     Ok(report)
 }
 
-/// Streams the rows of positions `from..=head`, one `COPY` per
-/// [`VERIFY_COPY_RANGE_EVENTS`], as pages of [`AUDIT_PAGE_EVENTS`].
-async fn read_rows(
+/// The reader tasks, stopped when the verification ends, however it ends.
+struct Readers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for reader in &self.0 {
+            reader.abort();
+        }
+    }
+}
+
+/// What a reader passes on: pages of rows in position order, each range closed by
+/// its end so that the hashing knows when to turn to the next reader.
+enum Read {
+    Page(Vec<CopiedRow>),
+    RangeDone,
+}
+
+/// Reads the `ranges` (indices into the ranges of [`VERIFY_COPY_RANGE_EVENTS`]
+/// positions after `from - 1`, up to `head`) with one `COPY` each, as pages of at
+/// most [`AUDIT_PAGE_EVENTS`] rows.
+async fn read_ranges(
     store: &crate::PostgresStore,
     from: u64,
     head: u64,
-    pages: &tokio::sync::mpsc::Sender<Result<Vec<CopiedRow>, StoreError>>,
+    ranges: impl Iterator<Item = u64>,
+    out: &tokio::sync::mpsc::Sender<Result<Read, StoreError>>,
 ) -> Result<(), StoreError> {
     let client = store.connection().await?;
-    let mut after = from - 1;
-    let mut page = Vec::with_capacity(AUDIT_PAGE_EVENTS);
-    while after < head {
+    for range in ranges {
+        let after = from - 1 + range * VERIFY_COPY_RANGE_EVENTS;
         let to = head.min(after + VERIFY_COPY_RANGE_EVENTS);
         let sql = format!(
             "COPY (SELECT {COPY_COLUMNS} FROM events WHERE position > {after} \
@@ -278,6 +322,7 @@ async fn read_rows(
         );
         let stream = client.copy_out(sql.as_str()).await.map_err(db_error)?;
         pin_mut!(stream);
+        let mut page = Vec::with_capacity(AUDIT_PAGE_EVENTS);
         let mut first = true;
         loop {
             let Some(mut message) = stream.try_next().await.map_err(db_error)? else {
@@ -295,7 +340,7 @@ async fn read_rows(
             page.push(CopiedRow::new(message)?);
             if page.len() == AUDIT_PAGE_EVENTS {
                 let full = std::mem::replace(&mut page, Vec::with_capacity(AUDIT_PAGE_EVENTS));
-                if pages.send(Ok(full)).await.is_err() {
+                if out.send(Ok(Read::Page(full))).await.is_err() {
                     return Ok(());
                 }
             }
@@ -305,10 +350,12 @@ async fn read_rows(
                 "the verification's COPY sent data after its trailer".into(),
             ));
         }
-        after = to;
-    }
-    if !page.is_empty() {
-        let _ = pages.send(Ok(page)).await;
+        if !page.is_empty() && out.send(Ok(Read::Page(page))).await.is_err() {
+            return Ok(());
+        }
+        if out.send(Ok(Read::RangeDone)).await.is_err() {
+            return Ok(());
+        }
     }
     Ok(())
 }
