@@ -4,6 +4,7 @@
 //! (`main.rs`) parses the command line and calls these; the integration tests start
 //! the same server in-process on a random port.
 
+pub mod chaos;
 pub mod demo;
 pub mod esdb;
 pub mod http;

@@ -26,6 +26,11 @@ pub struct SagaArgs {
     /// it, a sandbox provider runs inside this process on a free local port.
     #[arg(long, env = "COMMERCE_PSP_URL")]
     pub psp_url: Option<String>,
+    /// How long one request to the payment provider may take before it counts as a
+    /// failed attempt (a timeout, outcome unknown), in milliseconds. Five failed
+    /// attempts in a row open the circuit breaker.
+    #[arg(long, env = "COMMERCE_PSP_REQUEST_TIMEOUT_MS", default_value_t = sagas::psp::REQUEST_TIMEOUT_MS)]
+    pub psp_request_timeout_ms: u64,
     /// How long a stock reservation holds before it expires, in seconds.
     #[arg(long, env = "COMMERCE_RESERVATION_TTL_SECS", default_value_t = sagas::config::RESERVATION_TTL_SECS)]
     pub reservation_ttl_secs: u64,
@@ -35,6 +40,13 @@ pub struct SagaArgs {
 }
 
 impl SagaArgs {
+    fn gateway_config(&self, url: &str) -> HttpGatewayConfig {
+        HttpGatewayConfig {
+            request_timeout_ms: self.psp_request_timeout_ms.max(1),
+            ..HttpGatewayConfig::new(url)
+        }
+    }
+
     pub fn config(&self) -> SagaConfig {
         SagaConfig {
             reservation_ttl: Duration::from_secs(self.reservation_ttl_secs),
@@ -68,7 +80,7 @@ impl SagaWorkers {
         let (gateway, sandbox): (Arc<dyn PaymentGateway>, Option<Sandbox>) = match &args.psp_url {
             Some(url) => (
                 Arc::new(
-                    HttpGateway::new(HttpGatewayConfig::new(url.clone()))
+                    HttpGateway::new(args.gateway_config(url))
                         .context("cannot build the payment client")?,
                 ),
                 None,
@@ -81,7 +93,7 @@ impl SagaWorkers {
                     "commerce: no --psp-url; payments go to a sandbox provider at {}",
                     sandbox.url()
                 );
-                let gateway = HttpGateway::new(HttpGatewayConfig::new(sandbox.url()))
+                let gateway = HttpGateway::new(args.gateway_config(sandbox.url()))
                     .context("cannot build the payment client")?;
                 (Arc::new(gateway), Some(sandbox))
             }

@@ -50,8 +50,10 @@ pub const ENQUEUE_TIMEOUT_MS: u64 = 5_000;
 /// How long a stream task waits for one call to the event store or the snapshot
 /// store. Each round makes at most a few such calls, so a caller's wait is bounded by
 /// the rounds ahead of it; a per-command timer would cost every command a timer
-/// registration for a case that this bound already covers.
-pub const STORE_CALL_TIMEOUT_MS: u64 = 30_000;
+/// registration for a case that this bound already covers. Short enough that a
+/// command fails fast (503) when the database stops answering (a black-holed path)
+/// instead of holding its client; a healthy call takes milliseconds.
+pub const STORE_CALL_TIMEOUT_MS: u64 = 5_000;
 /// Attempts to hand a command to its stream's task when tasks retire under it.
 const SUBMIT_ATTEMPTS_MAX: u32 = 3;
 

@@ -20,16 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use api::chaos::shop::{self, Catalog, LogCheck};
 use api::http::auth::{mint_hs256, Claims};
 use api::http::{self, AppState, Authenticator, Role, ServerConfig};
 use api::saga::{SagaArgs, SagaWorkers};
-use commands::{CartAction, CommandContext, Commands};
-use domain::{
-    CartId, CartOwner, Checkout, CheckoutId, CheckoutStatus, Currency, CustomerId, Inventory,
-    InventoryCommand, InventoryEvent, Money, PaymentStatus, PriceTarget, ProductCommand, ProductId,
-    Quantity, ReservationOutcome, Sku, SkuVariant, WarehouseId,
-};
-use eventstore::{Direction, EventStore, ScratchDatabase};
+use domain::{CartId, CheckoutId, Currency, Money};
+use eventstore::ScratchDatabase;
 use sagas::psp::{HttpGateway, HttpGatewayConfig, Sandbox};
 use sagas::{AuthorizeRequest, MoneyMovement, PaymentGateway};
 use serde_json::json;
@@ -41,12 +37,9 @@ use super::round2;
 /// Completed checkouts per second the issue asks for on this machine.
 const TARGET_CHECKOUTS_PER_SEC: f64 = 2_000.0;
 const SKUS: [&str; 3] = ["BENCH-CO-A", "BENCH-CO-B", "BENCH-CO-C"];
-const WAREHOUSES: [&str; 2] = ["north", "south"];
 const PRICE_MINOR: i64 = 1_500;
 /// How long the run may take to settle after the last request before it fails.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// How often the run looks whether every checkout has ended.
-const POLL: Duration = Duration::from_millis(100);
 /// How long the provider-only baseline runs.
 const BASELINE: Duration = Duration::from_secs(5);
 
@@ -73,11 +66,21 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
 
     // Stock enough for every checkout, split over two warehouses per SKU.
     let commands = state.commands().clone();
-    let product_id = seed(&commands, checkouts as u32).await?;
+    let catalog = Catalog {
+        skus: &SKUS,
+        price_minor: PRICE_MINOR,
+        // Each warehouse holds a little over half of what the run needs.
+        units_per_warehouse: checkouts as u32 / 2 + 1,
+    };
+    let product_id = shop::seed(&commands, &catalog).await?;
     let started_setup = Instant::now();
     let mut carts = Vec::with_capacity(checkouts);
     for i in 0..checkouts {
-        carts.push(fill_cart(&commands, product_id, i).await?);
+        carts.push(
+            shop::fill_cart(&commands, product_id, &catalog)
+                .await
+                .with_context(|| format!("cart {i}"))?,
+        );
     }
     println!(
         "  {} carts filled in {:.1} s (not measured)",
@@ -89,6 +92,7 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
         &state,
         &SagaArgs {
             psp_url: Some(sandbox.url().to_owned()),
+            psp_request_timeout_ms: sagas::psp::REQUEST_TIMEOUT_MS,
             reservation_ttl_secs: sagas::config::RESERVATION_TTL_SECS,
             checkout_timeout_secs: sagas::config::CHECKOUT_TIMEOUT_SECS,
         },
@@ -108,7 +112,9 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     let started = Instant::now();
     let accepted = post_checkouts(&base, requests, connections).await?;
     let posted = started.elapsed();
-    let ended = wait_until_ended(&state, &accepted, started).await?;
+    let ended = shop::wait_until_ended(state.store(), accepted.len() as u64, SETTLE_TIMEOUT)
+        .await
+        .with_context(|| format!("after {:.0} s", started.elapsed().as_secs_f64()))?;
     let took = started.elapsed();
     saga.stop().await;
     let rate = ended.completed as f64 / took.as_secs_f64();
@@ -128,7 +134,11 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     println!(
         "  baseline, the sandbox provider alone (authorize + capture per checkout): {baseline:.0} checkouts/s"
     );
-    let (oversold, violations) = check(&state, &commands, &accepted, checkouts as u64).await?;
+    let LogCheck {
+        oversold,
+        violations,
+        ..
+    } = shop::check(state.store(), &commands, &accepted, &SKUS).await?;
     println!("  log check: oversold {oversold}, violations {violations}");
     let _ = stop.send(());
     server.await??;
@@ -168,100 +178,6 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
         "the log breaks the checkout's invariants"
     );
     Ok(())
-}
-
-async fn seed(commands: &Commands, checkouts: u32) -> Result<ProductId> {
-    let admin = CommandContext::new("admin:bench");
-    let product_id = ProductId::from_uuid(Uuid::new_v4());
-    let products = commands.products();
-    products
-        .execute(
-            ProductCommand::CreateProduct {
-                product_id,
-                title: "Bench bundle".into(),
-                description: "Three parts.".into(),
-                brand: "Bench".into(),
-                category: vec!["Bench".into()],
-                skus: SKUS
-                    .iter()
-                    .map(|sku| SkuVariant {
-                        sku: Sku::parse(*sku).expect("a valid SKU"),
-                        attributes: Default::default(),
-                    })
-                    .collect(),
-            },
-            &admin.follow_up("create"),
-        )
-        .await?;
-    products
-        .execute(
-            ProductCommand::SetPrice {
-                product_id,
-                target: PriceTarget::Product,
-                price: Money::new(PRICE_MINOR, Currency::parse("EUR")?),
-            },
-            &admin.follow_up("price"),
-        )
-        .await?;
-    products
-        .execute(
-            ProductCommand::Publish { product_id },
-            &admin.follow_up("publish"),
-        )
-        .await?;
-    // Each warehouse holds a little over half of what the run needs.
-    let per_warehouse = checkouts / 2 + 1;
-    for sku in SKUS {
-        for warehouse in WAREHOUSES {
-            commands
-                .inventory()
-                .execute(
-                    InventoryCommand::ReceiveStock {
-                        sku: Sku::parse(sku)?,
-                        warehouse: WarehouseId::parse(warehouse)?,
-                        quantity: Quantity::new(per_warehouse)?,
-                    },
-                    &admin.follow_up(&format!("receive:{sku}:{warehouse}")),
-                )
-                .await?;
-        }
-    }
-    Ok(product_id)
-}
-
-async fn fill_cart(
-    commands: &Commands,
-    product_id: ProductId,
-    n: usize,
-) -> Result<(CustomerId, CartId)> {
-    let customer = CustomerId::from_uuid(Uuid::new_v4());
-    let cart_id = CartId::from_uuid(Uuid::new_v4());
-    let context = CommandContext::new(format!("customer:{customer}"));
-    commands
-        .cart(
-            CartAction::Create {
-                cart_id,
-                owner: CartOwner::Customer(customer),
-                currency: Currency::parse("EUR")?,
-            },
-            &context.follow_up("create"),
-        )
-        .await
-        .with_context(|| format!("cart {n}"))?;
-    for sku in SKUS {
-        commands
-            .cart(
-                CartAction::AddItem {
-                    cart_id,
-                    product_id,
-                    sku: Sku::parse(sku)?,
-                    quantity: Quantity::new(1)?,
-                },
-                &context.follow_up(sku),
-            )
-            .await?;
-    }
-    Ok((customer, cart_id))
 }
 
 /// Posts every checkout from `connections` clients; returns the accepted ids.
@@ -324,50 +240,6 @@ async fn post_checkouts(
     Ok(accepted)
 }
 
-struct Ended {
-    completed: u64,
-    rejected: u64,
-    cancelled: u64,
-}
-
-/// Waits until every checkout has ended, counting the end events in the log.
-async fn wait_until_ended(
-    state: &AppState,
-    accepted: &[CheckoutId],
-    started: Instant,
-) -> Result<Ended> {
-    let client = state.store().connection().await?;
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let row = client
-            .query_one(
-                "SELECT count(*) FILTER (WHERE event_type = 'CheckoutCompleted'), \
-                        count(*) FILTER (WHERE event_type = 'CheckoutRejected'), \
-                        count(*) FILTER (WHERE event_type = 'CheckoutCancelled') \
-                 FROM events WHERE stream_id >= 'checkout-' AND stream_id < 'checkout.' \
-                   AND event_type IN ('CheckoutCompleted', 'CheckoutRejected', 'CheckoutCancelled')",
-                &[],
-            )
-            .await?;
-        let ended = Ended {
-            completed: row.get::<_, i64>(0) as u64,
-            rejected: row.get::<_, i64>(1) as u64,
-            cancelled: row.get::<_, i64>(2) as u64,
-        };
-        if ended.completed + ended.rejected + ended.cancelled >= accepted.len() as u64 {
-            return Ok(ended);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "after {:.0} s only {} of {} checkouts ended",
-            started.elapsed().as_secs_f64(),
-            ended.completed + ended.rejected + ended.cancelled,
-            accepted.len()
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Authorize + capture per "checkout" against the sandbox alone.
 async fn provider_only(url: &str, connections: usize) -> Result<f64> {
     let gateway = Arc::new(HttpGateway::new(HttpGatewayConfig::new(url))?);
@@ -410,117 +282,4 @@ async fn provider_only(url: &str, connections: usize) -> Result<f64> {
         task.await??;
     }
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
-}
-
-/// (oversold SKUs, checkouts that broke an invariant), from the log.
-async fn check(
-    state: &AppState,
-    commands: &Commands,
-    accepted: &[CheckoutId],
-    _checkouts: u64,
-) -> Result<(u64, u64)> {
-    let mut violations = 0u64;
-    for id in accepted {
-        let checkout = commands
-            .checkouts()
-            .load(&Checkout::stream_id(id))
-            .await?
-            .state;
-        let payment = commands
-            .payments()
-            .load(&domain::Payment::stream_id(&Checkout::payment_id(*id)))
-            .await?
-            .state;
-        let mut ok = true;
-        let lines_ok = |want: Option<ReservationOutcome>,
-                        inventory: &Inventory,
-                        line: &domain::CheckoutLine| {
-            let active = inventory.reservation(&line.reservation_id).is_some();
-            let outcome = inventory.reservation_outcome(&line.reservation_id);
-            match want {
-                Some(outcome_wanted) => outcome == Some(outcome_wanted),
-                None => {
-                    !active
-                        && (outcome != Some(ReservationOutcome::Committed)
-                            || line.stock == domain::LineStock::Restocked)
-                }
-            }
-        };
-        let mut inventories = Vec::new();
-        for line in checkout.lines() {
-            inventories.push(
-                commands
-                    .inventory()
-                    .load(&Inventory::stream_id(&line.sku))
-                    .await?
-                    .state,
-            );
-        }
-        match checkout.status() {
-            Some(CheckoutStatus::Completed) => {
-                ok &= payment.status() == Some(PaymentStatus::Captured)
-                    && payment.captured() == checkout.total();
-                for (line, inventory) in checkout.lines().iter().zip(&inventories) {
-                    ok &= lines_ok(Some(ReservationOutcome::Committed), inventory, line);
-                }
-            }
-            Some(CheckoutStatus::Rejected | CheckoutStatus::Cancelled) => {
-                ok &= match payment.status() {
-                    Some(PaymentStatus::Authorized) => false,
-                    Some(PaymentStatus::Captured) => payment.refunded() == payment.captured(),
-                    Some(PaymentStatus::Declined | PaymentStatus::Voided) | None => true,
-                };
-                for (line, inventory) in checkout.lines().iter().zip(&inventories) {
-                    ok &= lines_ok(None, inventory, line);
-                }
-            }
-            _ => ok = false,
-        }
-        if !ok {
-            violations += 1;
-        }
-    }
-    // Per SKU: committed units never exceed received ones.
-    let mut oversold = 0;
-    for sku in SKUS {
-        let sku = Sku::parse(sku)?;
-        let mut committed = 0u64;
-        let mut received = 0u64;
-        let stream = Inventory::stream_id(&sku);
-        let mut from = 1;
-        loop {
-            let page = state
-                .store()
-                .read_stream(&stream, from, Direction::Forward, 10_000)
-                .await?;
-            let Some(last) = page.last() else { break };
-            from = last.version + 1;
-            for recorded in &page {
-                let event = <InventoryEvent as domain::DomainEvent>::from_stored(
-                    &recorded.event_type,
-                    recorded.schema_version,
-                    recorded.data.clone(),
-                )?;
-                match event {
-                    InventoryEvent::ReservationCommitted { allocations, .. } => {
-                        committed += allocations
-                            .iter()
-                            .map(|a| u64::from(a.quantity.get()))
-                            .sum::<u64>();
-                    }
-                    InventoryEvent::StockReceived { quantity, .. } => {
-                        received += u64::from(quantity.get());
-                    }
-                    InventoryEvent::StockAdjusted { delta, .. } if delta > 0 => {
-                        received += delta.unsigned_abs();
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if committed > received {
-            oversold += 1;
-        }
-    }
-    Ok((oversold, violations))
 }

@@ -3,6 +3,7 @@
 //! counts that prove the run was correct).
 
 mod append;
+mod chaos;
 mod checkout;
 mod esdb_append;
 mod flash_sale;
@@ -25,6 +26,24 @@ pub enum Bench {
         /// How long each concurrency level (and the baseline) runs.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+    /// Fault scenarios against a local engine under load: a TCP proxy delays, drops,
+    /// resets or black-holes its connections to PostgreSQL and to the payment
+    /// provider, then heals; per scenario, acknowledged, lost and duplicated commands
+    /// and the recovery time. `value` is the scenarios passed.
+    Chaos {
+        /// Concurrent writers of stock receipts.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Carts checked out during each scenario.
+        #[arg(long, default_value_t = 40)]
+        checkouts: usize,
+        /// How long each fault lasts.
+        #[arg(long, default_value_t = 10)]
+        fault_seconds: u64,
+        /// Run only the scenarios whose name contains this (e.g. `postgres`, `reset`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Completed checkouts/s end to end: 3-line carts checked out over HTTP, the saga
     /// and the sandbox payment provider (over a real socket) in this process; the log
@@ -112,6 +131,20 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
     }
     match bench {
         Bench::Append { seconds } => append::run(database_url, Duration::from_secs(seconds)).await,
+        Bench::Chaos {
+            writers,
+            checkouts,
+            fault_seconds,
+            only,
+        } => {
+            let settings = api::chaos::scenarios::Settings {
+                writers,
+                checkouts,
+                fault_for: Duration::from_secs(fault_seconds),
+                ..Default::default()
+            };
+            chaos::run(database_url, &settings, only.as_deref()).await
+        }
         Bench::Checkout {
             checkouts,
             connections,

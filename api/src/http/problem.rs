@@ -289,8 +289,11 @@ impl From<CommandError> for ApiError {
             CommandError::Overloaded { .. } | CommandError::Stopped { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).retry_after(1)
             }
+            // The store stopped answering: the engine is unavailable for now (503, as
+            // every store outage), and the command's outcome is unknown until a retry
+            // with the same Idempotency-Key finds it.
             CommandError::Timeout { .. } => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, code, detail).retry_after(1)
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).retry_after(1)
             }
             CommandError::Decode { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, detail)

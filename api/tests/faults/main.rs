@@ -230,3 +230,41 @@ fn acknowledged(sent: &Mutex<Vec<Sent>>) -> Vec<Sent> {
         .cloned()
         .collect()
 }
+
+/// Every mode of the TCP fault proxy, on the path to PostgreSQL and on the path to
+/// the payment provider, with stock receipts and checkouts under way: commands fail
+/// fast with a 503 problem while PostgreSQL is unreachable, `/ready` says so, the
+/// provider's circuit breaker opens and closes again, and once the path heals nothing
+/// acknowledged is missing, nothing is written twice, and every checkout ends within
+/// its invariants. The scenarios run one after another: the breaker's gauge in
+/// `/metrics` belongs to the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_proxy_fault_fails_fast_and_heals_without_loss_or_duplicates() {
+    use api::chaos::scenarios::{self, Scenario, Settings};
+    let admin_url = eventstore::testing::admin_url();
+    // A lighter load and shorter faults than the benchmark's: every effect the test
+    // asserts shows within them (the store's timeouts are 5 s).
+    let settings = Settings {
+        writers: 6,
+        checkouts: 24,
+        fault_for: Duration::from_secs(7),
+        ..Settings::default()
+    };
+    let mut failed = Vec::new();
+    for scenario in Scenario::all() {
+        let report = scenarios::run(&admin_url, scenario, &settings)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", scenario.name()));
+        eprintln!("{report:?}");
+        let failures = report.failures(scenario);
+        if !failures.is_empty() {
+            failed.push(format!("{}: {}", scenario.name(), failures.join("; ")));
+        }
+        assert!(
+            report.acknowledged > 0,
+            "{}: nothing acknowledged",
+            scenario.name()
+        );
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}

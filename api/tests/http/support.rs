@@ -291,6 +291,7 @@ impl TestApp {
     pub async fn start_saga(&self) -> api::saga::SagaWorkers {
         let args = api::saga::SagaArgs {
             psp_url: None,
+            psp_request_timeout_ms: sagas::psp::REQUEST_TIMEOUT_MS,
             reservation_ttl_secs: sagas::config::RESERVATION_TTL_SECS,
             checkout_timeout_secs: sagas::config::CHECKOUT_TIMEOUT_SECS,
         };

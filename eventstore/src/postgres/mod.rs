@@ -61,7 +61,7 @@ impl PostgresConfig {
 
             append_queue_max_requests: 65_536,
             append_enqueue_timeout: Duration::from_secs(5),
-            append_batch_timeout: Duration::from_secs(30),
+            append_batch_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             listen_for_commits: true,
         }
