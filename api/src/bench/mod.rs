@@ -141,6 +141,7 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
                 writers,
                 checkouts,
                 fault_for: Duration::from_secs(fault_seconds),
+                engine_binary: Some(std::env::current_exe()?),
                 ..Default::default()
             };
             chaos::run(database_url, &settings, only.as_deref()).await

@@ -50,6 +50,10 @@ pub const SILENT_PROVIDER_FAULT_MIN: Duration = Duration::from_secs(20);
 /// milliseconds, and a shorter timeout lets the breaker's five failures in a row
 /// come within a short fault.
 pub const PSP_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Traffic between the engine's restart and its second SIGKILL.
+const KILL_PAUSE: Duration = Duration::from_millis(1_500);
+/// Longest wait for a restarted engine to answer `/ready` with 200.
+const ENGINE_START_MAX: Duration = Duration::from_secs(60);
 /// The clients give up on a request after this; one that reaches it counts as hung.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `/ready` and `/metrics` are looked at during the run.
@@ -88,6 +92,9 @@ pub enum Scenario {
     /// immediate`), then started again: the scenario runs on a server of its own
     /// (the machine's PostgreSQL binaries, see `managed_pg`).
     PostgresCrash,
+    /// `commerce serve` (a process of its own) SIGKILLed under load, restarted,
+    /// SIGKILLed again a moment later, and restarted.
+    EngineKill,
 }
 
 impl Scenario {
@@ -102,10 +109,11 @@ impl Scenario {
                 format!("{path}-{}", fault.name())
             }
             Scenario::PostgresCrash => "postgres-crash".into(),
+            Scenario::EngineKill => "engine-sigkill".into(),
         }
     }
 
-    /// Every proxy mode on both paths, then the crash.
+    /// Every proxy mode on both paths, then the database's crash and the engine's.
     pub fn all() -> Vec<Scenario> {
         [Path::Postgres, Path::PaymentProvider]
             .into_iter()
@@ -119,7 +127,7 @@ impl Scenario {
                 .into_iter()
                 .map(move |fault| Scenario::Proxy { path, fault })
             })
-            .chain([Scenario::PostgresCrash])
+            .chain([Scenario::PostgresCrash, Scenario::EngineKill])
             .collect()
     }
 
@@ -165,6 +173,9 @@ pub struct Settings {
     pub after: Duration,
     /// Longest wait for everything to settle after the heal.
     pub settle_max: Duration,
+    /// The `commerce` binary, which the engine-kill scenario runs as a process of
+    /// its own (`commerce serve`) so that it can SIGKILL it.
+    pub engine_binary: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -176,6 +187,7 @@ impl Default for Settings {
             fault_for: Duration::from_secs(10),
             after: Duration::from_secs(1),
             settle_max: Duration::from_secs(180),
+            engine_binary: None,
         }
     }
 }
@@ -199,8 +211,12 @@ pub struct Report {
     /// Answers other than 2xx by status and problem type, e.g. `503 store-unavailable`.
     pub refusals_by_kind: std::collections::BTreeMap<String, u64>,
     pub slowest_refusal: Duration,
-    /// Requests that got no answer within the client's timeout (or no answer at all).
+    /// Requests that got no answer within the client's timeout.
     pub hung: u64,
+    /// Requests whose connection failed (refused or reset): the engine was down.
+    pub unanswered: u64,
+    /// SKUs that still hold reserved units once every checkout has ended.
+    pub stuck_reservations: u64,
     pub ready_reported_outage: bool,
     pub breaker_opened: bool,
     pub breaker_closed_after: bool,
@@ -233,6 +249,14 @@ impl Report {
         );
         expect(self.hung == 0, format!("{} requests hung", self.hung));
         expect(
+            scenario == Scenario::EngineKill || self.unanswered == 0,
+            format!("{} requests found no engine", self.unanswered),
+        );
+        expect(
+            self.stuck_reservations == 0,
+            format!("{} SKUs still hold reservations", self.stuck_reservations),
+        );
+        expect(
             self.bad_refusals == 0,
             format!(
                 "{} refusals were not a 503 problem: {:?}",
@@ -252,7 +276,10 @@ impl Report {
             self.violations == 0,
             format!("{} checkout invariant violations", self.violations),
         );
-        if scenario.cuts_off_the_database() {
+        if scenario == Scenario::EngineKill {
+            // Killed, the engine answers nothing at all: what counts is that it
+            // comes back and its work is whole.
+        } else if scenario.cuts_off_the_database() {
             expect(self.refused > 0, "the fault refused no command".into());
             expect(
                 self.ready_reported_outage,
@@ -276,6 +303,8 @@ impl Report {
 #[derive(Debug, Clone)]
 struct Attempt {
     status: Option<u16>,
+    /// No answer because the client's timeout ran out (else: the connection failed).
+    timed_out: bool,
     took: Duration,
     problem_type: Option<String>,
 }
@@ -303,7 +332,7 @@ pub async fn run(admin_url: &str, scenario: Scenario, settings: &Settings) -> Re
     let data_dir = std::env::temp_dir().join(format!("commerce-chaos-{}", Uuid::new_v4()));
     let server = match scenario {
         Scenario::PostgresCrash => Some(CrashableServer::start(data_dir.join("postgres")).await?),
-        Scenario::Proxy { .. } => None,
+        Scenario::Proxy { .. } | Scenario::EngineKill => None,
     };
     let outcome = run_on(admin_url, scenario, settings, server.as_ref(), &data_dir).await;
     if let Some(server) = server {
@@ -337,18 +366,28 @@ async fn run_on(
     let sandbox = Sandbox::start(([127, 0, 0, 1], 0).into()).await?;
     let provider = FaultProxy::start(sandbox.local_addr()).await?;
     let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-    let engine = Engine::start(
-        &engine_url,
-        &format!("http://{}", provider.address()),
-        data_dir,
-        &secret,
-    )
-    .await?;
+    let launch = Launch {
+        database_url: engine_url,
+        psp_url: format!("http://{}", provider.address()),
+        data_dir: data_dir.to_owned(),
+        secret: secret.clone(),
+    };
+    let engine = match scenario {
+        Scenario::EngineKill => {
+            let binary = settings
+                .engine_binary
+                .clone()
+                .context("the engine-kill scenario needs the `commerce` binary")?;
+            Engine::spawn(launch, binary).await?
+        }
+        _ => Engine::start(launch).await?,
+    };
     let paths = Paths {
         postgres: postgres.as_ref(),
         provider: &provider,
         sandbox: &sandbox,
         server,
+        engine: &engine,
     };
     let outcome = drive(&db, &engine, &secret, scenario, settings, paths).await;
     engine.stop().await;
@@ -480,6 +519,7 @@ struct Paths<'a> {
     provider: &'a FaultProxy,
     sandbox: &'a Sandbox,
     server: Option<&'a CrashableServer>,
+    engine: &'a Engine,
 }
 
 impl Paths<'_> {
@@ -497,6 +537,12 @@ impl Paths<'_> {
                 fault,
             } => self.provider.set(fault),
             Scenario::PostgresCrash => self.server.context("no server to crash")?.crash().await?,
+            Scenario::EngineKill => {
+                self.engine.kill().await?;
+                self.engine.restart().await?;
+                tokio::time::sleep(KILL_PAUSE).await;
+                self.engine.kill().await?;
+            }
         }
         Ok(())
     }
@@ -511,6 +557,7 @@ impl Paths<'_> {
                 path: Path::PaymentProvider,
                 ..
             } => self.provider.heal(),
+            Scenario::EngineKill => self.engine.restart().await?,
             Scenario::PostgresCrash => {
                 self.server
                     .context("no server to restart")?
@@ -668,15 +715,17 @@ async fn attempt(answer: reqwest::Result<reqwest::Response>, began: Instant) -> 
             (
                 Attempt {
                     status: Some(status),
+                    timed_out: false,
                     took: began.elapsed(),
                     problem_type,
                 },
                 body,
             )
         }
-        Err(_) => (
+        Err(e) => (
             Attempt {
                 status: None,
+                timed_out: e.is_timeout(),
                 took: began.elapsed(),
                 problem_type: None,
             },
@@ -688,7 +737,8 @@ async fn attempt(answer: reqwest::Result<reqwest::Response>, began: Instant) -> 
 fn count_attempts(attempts: &[Attempt], report: &mut Report) {
     for attempt in attempts {
         match attempt.status {
-            None => report.hung += 1,
+            None if attempt.timed_out => report.hung += 1,
+            None => report.unanswered += 1,
             Some(status) if (200..300).contains(&status) => {}
             Some(status) => {
                 report.refused += 1;
@@ -799,6 +849,7 @@ async fn count_checkouts(
     report.checkouts_completed = check.completed;
     report.checkouts_not_completed = check.not_completed;
     report.oversold = check.oversold;
+    report.stuck_reservations = check.stuck_reservations;
     report.violations += check.violations;
     Ok(())
 }
@@ -838,11 +889,64 @@ async fn provider_violations(
     Ok(violations)
 }
 
-/// The engine of a scenario, serving on a free port of 127.0.0.1.
+/// What a scenario's engine is started with.
+#[derive(Clone)]
+struct Launch {
+    database_url: String,
+    psp_url: String,
+    data_dir: std::path::PathBuf,
+    secret: String,
+}
+
+impl Launch {
+    /// `commerce serve`'s arguments: the scenario's paths, rate limits off (every
+    /// client of the run comes from 127.0.0.1 and a few principals send many
+    /// commands; the limits are not what a scenario is about), and the provider
+    /// timeout of [`PSP_REQUEST_TIMEOUT`].
+    fn arguments(&self, listen: &str) -> Vec<std::ffi::OsString> {
+        let psp_timeout = PSP_REQUEST_TIMEOUT.as_millis().to_string();
+        let search_dir = self.data_dir.join("search");
+        [
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--psp-url".as_ref(),
+            self.psp_url.as_ref(),
+            "--data-dir".as_ref(),
+            self.data_dir.as_os_str(),
+            "--search-dir".as_ref(),
+            search_dir.as_os_str(),
+            "--rate-limit-ip-per-sec".as_ref(),
+            "0".as_ref(),
+            "--rate-limit-principal-per-sec".as_ref(),
+            "0".as_ref(),
+            "--psp-request-timeout-ms".as_ref(),
+            psp_timeout.as_ref(),
+        ]
+        .into_iter()
+        .map(std::ffi::OsStr::to_owned)
+        .collect()
+    }
+}
+
+/// The engine of a scenario, serving on a port of 127.0.0.1: inside this process,
+/// or as a `commerce serve` process of its own that can be killed and restarted on
+/// the same port.
 struct Engine {
     base: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<()>>,
+    running: tokio::sync::Mutex<Running>,
+}
+
+enum Running {
+    InProcess {
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<()>>,
+    },
+    Process {
+        binary: std::path::PathBuf,
+        launch: Launch,
+        listen: String,
+        child: Option<std::process::Child>,
+    },
 }
 
 /// `commerce serve`'s options, as a scenario's engine is started with them.
@@ -853,34 +957,16 @@ struct EngineOptions {
 }
 
 impl Engine {
-    async fn start(
-        database_url: &str,
-        psp_url: &str,
-        data_dir: &std::path::Path,
-        secret: &str,
-    ) -> Result<Engine> {
-        let options = EngineOptions::try_parse_from([
-            "commerce".as_ref(),
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--psp-url".as_ref(),
-            psp_url.as_ref(),
-            "--data-dir".as_ref(),
-            data_dir.as_os_str(),
-        ] as [&std::ffi::OsStr; 7])?;
-        let mut args = options.serve;
-        args.search_dir = Some(data_dir.join("search"));
-        // Every client of the run comes from 127.0.0.1 and a few principals send
-        // many commands: the rate limits are not what the scenario is about.
-        args.rate_limit_ip_per_sec = 0.0;
-        args.rate_limit_principal_per_sec = 0.0;
-        args.saga.psp_request_timeout_ms = PSP_REQUEST_TIMEOUT.as_millis() as u64;
-        let authenticator = Authenticator::new(Some(secret.as_bytes()), None)?;
+    /// The engine inside this process, on a free port.
+    async fn start(launch: Launch) -> Result<Engine> {
+        let arguments = std::iter::once("commerce".into()).chain(launch.arguments("127.0.0.1:0"));
+        let args = EngineOptions::try_parse_from(arguments)?.serve;
+        let authenticator = Authenticator::new(Some(launch.secret.as_bytes()), None)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready, started) = tokio::sync::oneshot::channel::<()>();
-        let url = database_url.to_owned();
+        let url = launch.database_url.clone();
         let task = tokio::spawn(async move {
             serve_on(
                 listener,
@@ -902,15 +988,113 @@ impl Engine {
                 _ => bail!("the engine did not start"),
             };
         }
-        Ok(Engine { base, stop, task })
+        Ok(Engine {
+            base,
+            running: tokio::sync::Mutex::new(Running::InProcess { stop, task }),
+        })
+    }
+
+    /// `commerce serve` as a process of its own, on a port that stays its own
+    /// across restarts.
+    async fn spawn(launch: Launch, binary: std::path::PathBuf) -> Result<Engine> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let engine = Engine {
+            base: format!("http://{listen}"),
+            running: tokio::sync::Mutex::new(Running::Process {
+                binary,
+                launch,
+                listen,
+                child: None,
+            }),
+        };
+        engine.restart().await?;
+        Ok(engine)
+    }
+
+    /// Starts the engine's process again and waits until `/ready` says 200.
+    async fn restart(&self) -> Result<()> {
+        {
+            let mut running = self.running.lock().await;
+            let Running::Process {
+                binary,
+                launch,
+                listen,
+                child,
+            } = &mut *running
+            else {
+                bail!("only an engine process restarts");
+            };
+            *child = Some(
+                std::process::Command::new(&*binary)
+                    .arg("serve")
+                    .args(launch.arguments(listen))
+                    .env("DATABASE_URL", &launch.database_url)
+                    .env("COMMERCE_JWT_SECRET", &launch.secret)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("cannot run {}", binary.display()))?,
+            );
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let deadline = Instant::now() + ENGINE_START_MAX;
+        loop {
+            let ready = client.get(format!("{}/ready", self.base)).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return Ok(());
+            }
+            if let Running::Process {
+                child: Some(child), ..
+            } = &mut *self.running.lock().await
+            {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the engine exited at start: {status}");
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the engine did not become ready");
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+
+    /// SIGKILLs the engine's process and reaps it.
+    async fn kill(&self) -> Result<()> {
+        if let Running::Process {
+            child: Some(child), ..
+        } = &mut *self.running.lock().await
+        {
+            // `Child::kill` sends SIGKILL on Unix.
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        match self.task.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "the scenario's engine stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "the scenario's engine panicked"),
-            Ok(Ok(())) => {}
+        match self.running.into_inner() {
+            Running::InProcess { stop, task } => {
+                let _ = stop.send(());
+                match task.await {
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "the scenario's engine stopped with an error")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the scenario's engine panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            Running::Process {
+                child: Some(mut child),
+                ..
+            } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::Process { child: None, .. } => {}
         }
     }
 }

@@ -134,6 +134,9 @@ pub struct LogCheck {
     pub completed: u64,
     /// Rejected or cancelled.
     pub not_completed: u64,
+    /// SKUs that still hold reserved units (once every checkout has ended, none
+    /// should).
+    pub stuck_reservations: u64,
 }
 
 /// Checks the checkout invariants of `accepted` and the stock of `skus`, from the log.
@@ -198,9 +201,18 @@ pub async fn check(
         }
     }
     for sku in skus {
-        let (received, committed) = stock_flow(store, &Sku::parse(*sku)?).await?;
+        let sku = Sku::parse(*sku)?;
+        let (received, committed) = stock_flow(store, &sku).await?;
         if committed > received {
             figures.oversold += 1;
+        }
+        let inventory = commands
+            .inventory()
+            .load(&Inventory::stream_id(&sku))
+            .await?
+            .state;
+        if inventory.reserved() > 0 {
+            figures.stuck_reservations += 1;
         }
     }
     Ok(figures)

@@ -232,14 +232,15 @@ fn acknowledged(sent: &Mutex<Vec<Sent>>) -> Vec<Sent> {
 }
 
 /// Every mode of the TCP fault proxy, on the path to PostgreSQL and on the path to
-/// the payment provider, with stock receipts and checkouts under way: commands fail
-/// fast with a 503 problem while PostgreSQL is unreachable, `/ready` says so, the
-/// provider's circuit breaker opens and closes again, and once the path heals nothing
-/// acknowledged is missing, nothing is written twice, and every checkout ends within
-/// its invariants. The scenarios run one after another: the breaker's gauge in
-/// `/metrics` belongs to the process.
+/// the payment provider, then a PostgreSQL crash, then `commerce serve` SIGKILLed
+/// twice, with stock receipts and checkouts under way: commands fail fast with a 503
+/// problem while PostgreSQL is unreachable, `/ready` says so, the provider's circuit
+/// breaker opens and closes again, and once the path heals nothing acknowledged is
+/// missing, nothing is written twice, every checkout ends within its invariants (no
+/// oversell, no double charge) and no reservation is left. The scenarios run one
+/// after another: the breaker's gauge in `/metrics` belongs to the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_proxy_fault_fails_fast_and_heals_without_loss_or_duplicates() {
+async fn every_fault_scenario_fails_fast_and_heals_without_loss_or_duplicates() {
     use api::chaos::scenarios::{self, Scenario, Settings};
     let admin_url = eventstore::testing::admin_url();
     // A lighter load and shorter faults than the benchmark's: every effect the test
@@ -248,6 +249,7 @@ async fn every_proxy_fault_fails_fast_and_heals_without_loss_or_duplicates() {
         writers: 6,
         checkouts: 24,
         fault_for: Duration::from_secs(7),
+        engine_binary: Some(env!("CARGO_BIN_EXE_commerce").into()),
         ..Settings::default()
     };
     let mut failed = Vec::new();
