@@ -69,6 +69,8 @@ pub async fn run(database_url: &str, settings: &Settings, only: Option<&str>) ->
             "breaker_closed_after": report.breaker_closed_after,
             "checkouts_completed": report.checkouts_completed,
             "checkouts_not_completed": report.checkouts_not_completed,
+            "unanswered": report.unanswered,
+            "stuck_reservations": report.stuck_reservations,
             "oversold": report.oversold,
             "violations": report.violations,
             "passed": failures.is_empty(),
