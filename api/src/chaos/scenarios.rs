@@ -70,6 +70,7 @@ const REFUSAL_TYPES: [&str; 3] = [
     "https://commerce.example/problems/timeout",
     "https://commerce.example/problems/overloaded",
 ];
+const KEY_IN_FLIGHT: &str = "https://commerce.example/problems/idempotency-key-in-flight";
 /// `commerce_psp_breaker_state` values.
 const BREAKER_CLOSED: f64 = 0.0;
 const BREAKER_OPEN: f64 = 2.0;
@@ -210,6 +211,8 @@ pub struct Report {
     pub bad_refusals: u64,
     /// Answers other than 2xx by status and problem type, e.g. `503 store-unavailable`.
     pub refusals_by_kind: std::collections::BTreeMap<String, u64>,
+    /// The slowest refusal: what it answered, e.g. `receipt 503 timeout`.
+    pub slowest_refusal_kind: String,
     pub slowest_refusal: Duration,
     /// Requests that got no answer within the client's timeout.
     pub hung: u64,
@@ -265,7 +268,10 @@ impl Report {
         );
         expect(
             self.slowest_refusal <= FAIL_FAST_MAX,
-            format!("a refusal took {:?}", self.slowest_refusal),
+            format!(
+                "a refusal took {:?} ({})",
+                self.slowest_refusal, self.slowest_refusal_kind
+            ),
         );
         expect(self.recovery.is_some(), "no command after the heal".into());
         expect(
@@ -302,6 +308,8 @@ impl Report {
 /// One request's fate as its client saw it.
 #[derive(Debug, Clone)]
 struct Attempt {
+    /// `receipt` or `checkout`.
+    what: &'static str,
     status: Option<u16>,
     /// No answer because the client's timeout ran out (else: the connection failed).
     timed_out: bool,
@@ -634,7 +642,7 @@ async fn write_receipts(
                 .json(&json!({"warehouse": "main", "quantity": 1}))
                 .send()
                 .await;
-            let (attempt, body) = attempt(answer, began).await;
+            let (attempt, body) = attempt("receipt", answer, began).await;
             let acknowledged = attempt.status.is_some_and(|s| (200..300).contains(&s));
             seen.lock().expect("not poisoned").attempts.push(attempt);
             if acknowledged {
@@ -682,7 +690,7 @@ async fn post_checkouts(
                 .json(&body)
                 .send()
                 .await;
-            let (attempt, body) = attempt(answer, began).await;
+            let (attempt, body) = attempt("checkout", answer, began).await;
             let status = attempt.status;
             seen.lock().expect("not poisoned").attempts.push(attempt);
             if status == Some(202) {
@@ -706,7 +714,11 @@ async fn post_checkouts(
     Ok(())
 }
 
-async fn attempt(answer: reqwest::Result<reqwest::Response>, began: Instant) -> (Attempt, Value) {
+async fn attempt(
+    what: &'static str,
+    answer: reqwest::Result<reqwest::Response>,
+    began: Instant,
+) -> (Attempt, Value) {
     match answer {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -714,6 +726,7 @@ async fn attempt(answer: reqwest::Result<reqwest::Response>, began: Instant) -> 
             let problem_type = body["type"].as_str().map(str::to_owned);
             (
                 Attempt {
+                    what,
                     status: Some(status),
                     timed_out: false,
                     took: began.elapsed(),
@@ -724,6 +737,7 @@ async fn attempt(answer: reqwest::Result<reqwest::Response>, began: Instant) -> 
         }
         Err(e) => (
             Attempt {
+                what,
                 status: None,
                 timed_out: e.is_timeout(),
                 took: began.elapsed(),
@@ -747,15 +761,17 @@ fn count_attempts(attempts: &[Attempt], report: &mut Report) {
                     .problem_type
                     .as_deref()
                     .map_or("-", |t| t.rsplit('/').next().unwrap_or(t));
-                *report
-                    .refusals_by_kind
-                    .entry(format!("{status} {kind}"))
-                    .or_default() += 1;
-                let expected = status == 503
-                    && attempt
-                        .problem_type
-                        .as_deref()
-                        .is_some_and(|t| REFUSAL_TYPES.contains(&t));
+                let kind = format!("{} {status} {kind}", attempt.what);
+                if attempt.took >= report.slowest_refusal {
+                    report.slowest_refusal_kind = kind.clone();
+                }
+                *report.refusals_by_kind.entry(kind).or_default() += 1;
+                let problem = attempt.problem_type.as_deref();
+                // A retry that arrives while the command it repeats still runs in
+                // the background (its client was answered `503 timeout`) is told so.
+                let expected = (status == 503
+                    && problem.is_some_and(|t| REFUSAL_TYPES.contains(&t)))
+                    || (status == 409 && problem == Some(KEY_IN_FLIGHT));
                 if !expected {
                     report.bad_refusals += 1;
                 }

@@ -164,16 +164,34 @@ fn owner_uuid(owner: CartOwner) -> Uuid {
     }
 }
 
+/// Longest a cap's count may take, in milliseconds: a read model that does not
+/// answer refuses the command (503) rather than holding it or letting it past.
+pub const COUNT_TIMEOUT_MS: u64 = 2_000;
+
 async fn count(
     state: &AppState,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<i64, ApiError> {
-    let client = state.store().connection().await?;
-    let row = match client.prepare_cached(sql).await {
-        Ok(statement) => client.query_one(&statement, params).await,
-        Err(e) => Err(e),
+    let counted = async {
+        let client = state.store().connection().await?;
+        let row = match client.prepare_cached(sql).await {
+            Ok(statement) => client.query_one(&statement, params).await,
+            Err(e) => Err(e),
+        };
+        Ok::<_, ApiError>(row)
     };
+    let row =
+        match tokio::time::timeout(std::time::Duration::from_millis(COUNT_TIMEOUT_MS), counted)
+            .await
+        {
+            Ok(row) => row?,
+            Err(_) => {
+                return Err(ApiError::from(eventstore::StoreError::Unavailable(
+                    format!("the carts read model did not answer within {COUNT_TIMEOUT_MS} ms"),
+                )))
+            }
+        };
     match row {
         Ok(row) => Ok(row.get(0)),
         // No read models in this database (a process that runs no projections):

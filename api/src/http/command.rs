@@ -21,6 +21,12 @@ use super::{json_response, metrics, AppState, Principal};
 
 /// The header on a response that repeats the first response to its key.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// Longest a client waits for a command's answer, in milliseconds. Each store call
+/// of a command is bounded (5 s), but a command may queue behind a round that waits
+/// on its own call, and then record its response: past this the client gets `503
+/// timeout` at once, while the command finishes (or gives up) in the background and
+/// a retry with the same key gets its answer (or `409` while it still runs).
+pub const COMMAND_ANSWER_MAX_MS: u64 = 7_000;
 
 /// What a command wrote.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -127,6 +133,8 @@ impl CommandMeta {
         let keys = state.idempotency();
         // Claimed before the lookup: a retry that arrives once the first request has
         // released its claim finds the first response recorded.
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(COMMAND_ANSWER_MAX_MS);
         let claim = match keys.claim(&scope, key) {
             Ok(Some(claim)) => claim,
             Ok(None) => {
@@ -196,10 +204,17 @@ impl CommandMeta {
             }
             Ok((status, body))
         };
-        match state.in_flight().spawn(finish).await {
-            Ok(Ok((status, body))) => respond(status, &body),
-            Ok(Err(error)) => error.into_response(),
-            Err(e) => ApiError::internal(format!("the command's task failed: {e}")).into_response(),
+        // Dropping the task's handle at the deadline leaves the task running.
+        match tokio::time::timeout_at(deadline, state.in_flight().spawn(finish)).await {
+            Ok(Ok(Ok((status, body)))) => respond(status, &body),
+            Ok(Ok(Err(error))) => error.into_response(),
+            Ok(Err(e)) => {
+                ApiError::internal(format!("the command's task failed: {e}")).into_response()
+            }
+            Err(_) => {
+                metrics::command_outcome(command, "answer-timeout");
+                answer_timeout().into_response()
+            }
         }
     }
 }
@@ -210,6 +225,18 @@ fn worth_keeping(error: &ApiError) -> bool {
     error.status.is_client_error()
         && error.retry_after_secs.is_none()
         && error.code != "idempotency-key-reused"
+}
+
+fn answer_timeout() -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        format!(
+            "the command did not finish within {COMMAND_ANSWER_MAX_MS} ms; its outcome is unknown: retry with the same Idempotency-Key"
+        ),
+    );
+    error.retry_after_secs = Some(1);
+    error
 }
 
 fn key_in_flight() -> ApiError {
