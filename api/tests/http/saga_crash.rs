@@ -9,13 +9,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use api::chaos::shop::{self, Catalog};
 use api::http::auth::{mint_hs256, Claims};
 use api::http::Role;
 use commands::{CartAction, CommandContext, Commands, Limits};
 use domain::{
     CartId, CartOwner, Checkout, CheckoutId, CheckoutStatus, Currency, CustomerId, Inventory,
-    InventoryCommand, LineStock, Money, Payment, PaymentStatus, PriceTarget, ProductCommand,
-    ProductId, Quantity, ReservationOutcome, Sku, SkuVariant, WarehouseId,
+    LineStock, Payment, PaymentStatus, Quantity, ReservationOutcome, Sku,
 };
 use eventstore::testing::test_database;
 use eventstore::{PostgresConfig, PostgresStore};
@@ -74,68 +74,6 @@ fn sigkill(mut engine: Engine) {
     let _ = engine.child.wait();
 }
 
-async fn seed(commands: &Commands) -> ProductId {
-    let admin = CommandContext::new("admin:test");
-    let product_id = ProductId::from_uuid(Uuid::new_v4());
-    let products = commands.products();
-    products
-        .execute(
-            ProductCommand::CreateProduct {
-                product_id,
-                title: "Crash kit".into(),
-                description: "Survives.".into(),
-                brand: "Test".into(),
-                category: vec!["Test".into()],
-                skus: SKUS
-                    .iter()
-                    .map(|s| SkuVariant {
-                        sku: Sku::parse(*s).unwrap(),
-                        attributes: Default::default(),
-                    })
-                    .collect(),
-            },
-            &admin.follow_up("create"),
-        )
-        .await
-        .unwrap();
-    products
-        .execute(
-            ProductCommand::SetPrice {
-                product_id,
-                target: PriceTarget::Product,
-                price: Money::new(990, Currency::parse("EUR").unwrap()),
-            },
-            &admin.follow_up("price"),
-        )
-        .await
-        .unwrap();
-    products
-        .execute(
-            ProductCommand::Publish { product_id },
-            &admin.follow_up("publish"),
-        )
-        .await
-        .unwrap();
-    // Scarce: about two thirds of the demand, over two warehouses.
-    for sku in SKUS {
-        for warehouse in ["east", "west"] {
-            commands
-                .inventory()
-                .execute(
-                    InventoryCommand::ReceiveStock {
-                        sku: Sku::parse(sku).unwrap(),
-                        warehouse: WarehouseId::parse(warehouse).unwrap(),
-                        quantity: Quantity::new(CHECKOUTS as u32 / 3).unwrap(),
-                    },
-                    &admin.follow_up(&format!("{sku}:{warehouse}")),
-                )
-                .await
-                .unwrap();
-        }
-    }
-    product_id
-}
-
 #[tokio::test]
 async fn checkouts_survive_the_engine_being_killed_and_restarted() {
     let db = test_database().await.unwrap();
@@ -149,7 +87,13 @@ async fn checkouts_survive_the_engine_being_killed_and_restarted() {
     let commands = Commands::on_postgres(store.clone(), Limits::default())
         .await
         .unwrap();
-    let product_id = seed(&commands).await;
+    // Scarce: about two thirds of the demand, over two warehouses.
+    let catalog = Catalog {
+        skus: &SKUS,
+        price_minor: 990,
+        units_per_warehouse: CHECKOUTS as u32 / 3,
+    };
+    let product_id = shop::seed(&commands, &catalog).await.unwrap();
     let mut carts = Vec::new();
     for i in 0..CHECKOUTS {
         let customer = CustomerId::from_uuid(Uuid::new_v4());
