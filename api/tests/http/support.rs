@@ -300,6 +300,46 @@ impl TestApp {
             .expect("the saga starts")
     }
 
+    /// Puts `quantity` of [`SKU`] in a new cart of `customer`, checks it out to
+    /// `shipping_address` with a good card, runs the saga until the checkout has
+    /// completed (asserted), and returns the cart's id and the checkout's (which is
+    /// the order's too).
+    pub async fn complete_checkout(
+        &self,
+        customer: &str,
+        product: Uuid,
+        quantity: u32,
+        shipping_address: Value,
+    ) -> (Uuid, String) {
+        let cart = self.create_cart(customer, "EUR").await;
+        self.post(
+            &format!("/v1/carts/{cart}/lines"),
+            customer,
+            json!({"product_id": product, "sku": SKU, "quantity": quantity}),
+        )
+        .await
+        .ok(202);
+        let placed = self
+            .post(
+                &format!("/v1/carts/{cart}/checkout"),
+                customer,
+                json!({"shipping_address": shipping_address, "payment_method": "tok_visa"}),
+            )
+            .await;
+        // The saga places the order under the checkout's id, and pays for it.
+        let checkout = placed.ok(202)["ids"]["checkout_id"]
+            .as_str()
+            .expect("a checkout id")
+            .to_owned();
+        let saga = self.start_saga().await;
+        let done = self
+            .wait_for_checkout(&checkout, customer, &["completed", "rejected", "cancelled"])
+            .await;
+        assert_eq!(done["status"], "completed", "{done}");
+        saga.stop().await;
+        (cart, checkout)
+    }
+
     /// Waits (up to `CHECKOUT_WAIT_SECS`) until the checkout's status is one of
     /// `statuses`, and returns its view.
     pub async fn wait_for_checkout(

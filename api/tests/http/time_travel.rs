@@ -92,32 +92,8 @@ async fn every_aggregate_type_travels_in_time() {
     let app = spawn_app().await;
     let product = app.seed_catalog().await;
     let alice = customer("alice");
-    let cart = app.create_cart(&alice, "EUR").await;
-    app.post(
-        &format!("/v1/carts/{cart}/lines"),
-        &alice,
-        json!({"product_id": product, "sku": SKU, "quantity": 2}),
-    )
-    .await
-    .ok(202);
-    let placed = app
-        .post(
-            &format!("/v1/carts/{cart}/checkout"),
-            &alice,
-            json!({"shipping_address": address(), "payment_method": "tok_visa"}),
-        )
-        .await;
     // The saga places the order under the checkout's id, and pays for it.
-    let order = placed.ok(202)["ids"]["checkout_id"]
-        .as_str()
-        .expect("a checkout id")
-        .to_owned();
-    let saga = app.start_saga().await;
-    let done = app
-        .wait_for_checkout(&order, &alice, &["completed", "rejected", "cancelled"])
-        .await;
-    assert_eq!(done["status"], "completed", "{done}");
-    saga.stop().await;
+    let (cart, order) = app.complete_checkout(&alice, product, 2, address()).await;
     let events = app.events_after(0).await;
     let payment = events
         .iter()
