@@ -220,6 +220,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                 } else {
                     None
                 },
+                preconditions: Vec::new(),
             };
             let limit = shared.limits.store_call_timeout;
             let Ok(appended) = tokio::time::timeout(limit, shared.store.append(request)).await

@@ -70,7 +70,8 @@ impl EventStore for MemoryStore {
         let previous = append
             .command_id
             .and_then(|id| inner.commands.get(&id).copied());
-        let first_version = match decide(&append, current, previous.as_ref())? {
+        let version_of = |stream: &str| inner.streams.get(stream).map_or(0, |p| p.len() as u64);
+        let first_version = match decide(&append, current, version_of, previous.as_ref())? {
             Decision::Replay(result) => return Ok(result),
             Decision::Write { first_version } => first_version,
         };

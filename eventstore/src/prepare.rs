@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use crate::hash::{canonical_json, fingerprint, metadata_value};
 use crate::types::{
-    AppendRequest, AppendResult, ExpectedVersion, Metadata, StoreError, ACTOR_MAX_BYTES,
-    APPEND_MAX_EVENTS, EVENT_DATA_MAX_BYTES, EVENT_METADATA_MAX_BYTES, EVENT_TYPE_MAX_BYTES,
-    STREAM_ID_MAX_BYTES, VERSION_MAX,
+    AppendRequest, AppendResult, ExpectedVersion, Metadata, Precondition, StoreError,
+    ACTOR_MAX_BYTES, APPEND_MAX_EVENTS, APPEND_MAX_PRECONDITIONS, EVENT_DATA_MAX_BYTES,
+    EVENT_METADATA_MAX_BYTES, EVENT_TYPE_MAX_BYTES, STREAM_ID_MAX_BYTES, VERSION_MAX,
 };
 
 /// An append that passed validation, with its JSON already in canonical form.
@@ -22,6 +22,7 @@ pub(crate) struct PreparedAppend {
     pub command_id: Option<Uuid>,
     pub fingerprint: [u8; 32],
     pub events: Vec<PreparedEvent>,
+    pub preconditions: Vec<Precondition>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +77,18 @@ pub(crate) fn prepare(request: AppendRequest) -> Result<PreparedAppend, StoreErr
                 format!("{n} is beyond the largest stream version"),
             ));
         }
+    }
+    if request.preconditions.len() > APPEND_MAX_PRECONDITIONS {
+        return Err(StoreError::invalid(
+            "preconditions",
+            format!(
+                "at most {APPEND_MAX_PRECONDITIONS} per append, got {}",
+                request.preconditions.len()
+            ),
+        ));
+    }
+    for precondition in &request.preconditions {
+        validate_stream_id(&precondition.stream_id)?;
     }
     let mut seen = HashSet::with_capacity(request.events.len());
     let mut events = Vec::with_capacity(request.events.len());
@@ -136,15 +149,18 @@ pub(crate) fn prepare(request: AppendRequest) -> Result<PreparedAppend, StoreErr
         command_id: request.command_id,
         fingerprint,
         events,
+        preconditions: request.preconditions,
     })
 }
 
-/// Decides one append against the stream's current version and the command id's
-/// first result, if any. Idempotency is checked first: a repeat with an exact
-/// expected version would otherwise look like a conflict.
+/// Decides one append against the stream's current version, the current versions
+/// of the streams it read (`version_of`) and the command id's first result, if any.
+/// Idempotency is checked first: a repeat with an exact expected version would
+/// otherwise look like a conflict.
 pub(crate) fn decide(
     append: &PreparedAppend,
     current_version: u64,
+    version_of: impl Fn(&str) -> u64,
     previous: Option<&StoredCommand>,
 ) -> Result<Decision, StoreError> {
     if let (Some(command_id), Some(previous)) = (append.command_id, previous) {
@@ -159,6 +175,16 @@ pub(crate) fn decide(
             expected: append.expected,
             actual: current_version,
         });
+    }
+    for precondition in &append.preconditions {
+        let actual = version_of(&precondition.stream_id);
+        if actual != precondition.version {
+            return Err(StoreError::StreamMoved {
+                stream_id: precondition.stream_id.clone(),
+                read: precondition.version,
+                actual,
+            });
+        }
     }
     if current_version > VERSION_MAX - append.events.len() as u64 {
         return Err(StoreError::invalid(

@@ -12,6 +12,8 @@ pub const STREAM_ID_MAX_BYTES: usize = 200;
 pub const EVENT_TYPE_MAX_BYTES: usize = 128;
 /// Most events one append may carry.
 pub const APPEND_MAX_EVENTS: usize = 10_000;
+/// Most preconditions (streams read) one append may carry.
+pub const APPEND_MAX_PRECONDITIONS: usize = 64;
 /// Largest serialized `data` of one event, in bytes.
 pub const EVENT_DATA_MAX_BYTES: usize = 1 << 20;
 /// Largest serialized metadata of one event, in bytes.
@@ -112,6 +114,19 @@ pub struct AppendRequest {
     /// Repeating an append with the same command id returns the first result and
     /// writes nothing; the same id with other events is refused.
     pub command_id: Option<Uuid>,
+    /// Other streams the append's decision read: it is written only if each is still
+    /// at the version read ([`StoreError::StreamMoved`] otherwise), checked in the
+    /// same commit as the expected version. A writer that read a product's price
+    /// from memory appends with the product at that version instead of asking the
+    /// database whether its copy is current. At most [`APPEND_MAX_PRECONDITIONS`].
+    pub preconditions: Vec<Precondition>,
+}
+
+/// A stream an append depends on, at the version its writer read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Precondition {
+    pub stream_id: String,
+    pub version: u64,
 }
 
 /// What an append wrote.
@@ -169,6 +184,14 @@ pub enum StoreError {
     WrongExpectedVersion {
         stream_id: String,
         expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// A stream named in the append's preconditions has moved: what the writer read
+    /// is stale, and nothing was written.
+    #[error("stream {stream_id} is at version {actual}, the append read it at {read}")]
+    StreamMoved {
+        stream_id: String,
+        read: u64,
         actual: u64,
     },
     #[error("command {command_id} was already appended with other events")]

@@ -30,6 +30,7 @@ async fn store_with_events(count: u64) -> (Arc<dyn EventStore>, PostgresStore, S
                 json!({ "i": i, "email": "a@example.com" }),
             )],
             command_id: None,
+            preconditions: Vec::new(),
         })
         .collect();
     for chunk in requests.chunks(500) {
@@ -204,6 +205,7 @@ async fn the_database_refuses_to_update_delete_or_truncate_events() {
             expected: ExpectedVersion::Any,
             events: vec![NewEvent::new("Noted", json!({}))],
             command_id: None,
+            preconditions: Vec::new(),
         })
         .await
         .expect("appends still work");
@@ -247,6 +249,7 @@ async fn the_copy_verification_hashes_every_kind_of_json_as_the_store_did() {
         expected: ExpectedVersion::NoStream,
         events,
         command_id: None,
+        preconditions: Vec::new(),
     })
     .await
     .expect("append");

@@ -34,6 +34,7 @@ async fn two_processes_appending_to_one_stream_see_each_others_versions() {
         expected,
         events: vec![NewEvent::new("StockReserved", serde_json::json!({}))],
         command_id: None,
+        preconditions: Vec::new(),
     };
     a.append(append(ExpectedVersion::NoStream))
         .await
@@ -96,6 +97,7 @@ async fn a_subscription_without_notifications_follows_by_polling() {
                     expected: ExpectedVersion::Any,
                     events: vec![NewEvent::new("OrderNoted", serde_json::json!({ "i": i }))],
                     command_id: None,
+                    preconditions: Vec::new(),
                 })
                 .await
                 .expect("append");

@@ -27,6 +27,7 @@ async fn append(store: &PostgresStore, count: u64) {
                 expected: ExpectedVersion::Any,
                 events: vec![NewEvent::new("Noted", json!({ "i": i }))],
                 command_id: None,
+                preconditions: Vec::new(),
             })
             .await
             .expect("append");

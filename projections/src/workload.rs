@@ -122,6 +122,7 @@ fn run<A: Aggregate>(
         expected: ExpectedVersion::Exact(stream.version),
         events: new_events,
         command_id: None,
+        preconditions: Vec::new(),
     });
     stream.version += events.len() as u64;
     Ok(events.len())

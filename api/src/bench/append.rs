@@ -127,6 +127,7 @@ pub(super) async fn run_level(
                     expected: ExpectedVersion::Exact(version),
                     events: vec![event],
                     command_id: Some(Uuid::now_v7()),
+                    preconditions: Vec::new(),
                 };
                 let sent = Instant::now();
                 let result = store.append(request).await?;

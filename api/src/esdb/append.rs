@@ -187,6 +187,7 @@ pub async fn append(
         expected,
         events: events.clone(),
         command_id: Some(command_id),
+        preconditions: Vec::new(),
     };
     let success = |result: AppendResult| AppendOutcome::Success {
         current_revision: codec::revision_of(result.stream_version),
@@ -307,6 +308,7 @@ async fn refuse_if_tombstoned_meanwhile(
         expected: ExpectedVersion::Any,
         events: vec![tombstone_event(principal)],
         command_id: None,
+        preconditions: Vec::new(),
     };
     store
         .append(close_again)
@@ -390,6 +392,7 @@ pub async fn delete(
             expected: ExpectedVersion::Exact(metadata.metadata_version),
             events: vec![event],
             command_id: None,
+            preconditions: Vec::new(),
         };
         match store.append(request).await {
             Ok(result) => return Ok(Some(result.last_position)),
@@ -453,6 +456,7 @@ pub async fn tombstone(
             },
             events: vec![event],
             command_id: None,
+            preconditions: Vec::new(),
         };
         match store.append(request).await {
             Ok(result) => return Ok(result.last_position),

@@ -239,6 +239,11 @@ impl From<StoreError> for ApiError {
             StoreError::WrongExpectedVersion { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "wrong-expected-version", detail)
             }
+            // What a command read moved while it was being written: retrying decides
+            // it again on the new state.
+            StoreError::StreamMoved { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "stream-moved", detail).retry_after(1)
+            }
             StoreError::CommandIdReused { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

@@ -207,6 +207,7 @@ impl EventStore for MovingStream {
                     expected: ExpectedVersion::Any,
                     events: vec![foreign],
                     command_id: None,
+                    preconditions: Vec::new(),
                 })
                 .await?;
         }
@@ -373,6 +374,7 @@ impl EventStore for Choreographed {
                         expected: ExpectedVersion::Any,
                         events: vec![NewEvent::new(foreign.event_type(), foreign.to_data())],
                         command_id: None,
+                        preconditions: Vec::new(),
                     })
                     .await?;
             }

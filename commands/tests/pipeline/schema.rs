@@ -24,6 +24,7 @@ async fn a_stock_received_event_stored_at_v1_is_loaded_as_v2_in_the_default_ware
             expected: ExpectedVersion::NoStream,
             events: vec![v1],
             command_id: None,
+            preconditions: Vec::new(),
         })
         .await
         .unwrap();
@@ -63,6 +64,7 @@ async fn an_event_this_build_cannot_read_stops_the_stream_with_a_decode_error(ba
             expected: ExpectedVersion::Exact(1),
             events: vec![NewEvent::new("StockTeleported", json!({ "quantity": 1 }))],
             command_id: None,
+            preconditions: Vec::new(),
         })
         .await
         .unwrap();

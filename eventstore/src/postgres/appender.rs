@@ -285,7 +285,14 @@ async fn write_batch(
     let st = &conn.statements;
     let client = &conn.client;
 
-    let mut stream_ids: Vec<&str> = batch.iter().map(|j| j.append.stream_id.as_str()).collect();
+    // The streams appended to and the streams the appends read (their preconditions).
+    let mut stream_ids: Vec<&str> = batch
+        .iter()
+        .flat_map(|j| {
+            std::iter::once(j.append.stream_id.as_str())
+                .chain(j.append.preconditions.iter().map(|p| p.stream_id.as_str()))
+        })
+        .collect();
     stream_ids.sort_unstable();
     stream_ids.dedup();
     let uncached: Vec<&str> = match cache.head {
@@ -380,7 +387,12 @@ async fn write_batch(
         let suspects: Vec<Uuid> = batch
             .iter()
             .zip(&plan.results)
-            .filter(|(_, r)| matches!(r, Err(StoreError::WrongExpectedVersion { .. })))
+            .filter(|(_, r)| {
+                matches!(
+                    r,
+                    Err(StoreError::WrongExpectedVersion { .. } | StoreError::StreamMoved { .. })
+                )
+            })
             .filter_map(|(job, _)| job.append.command_id)
             .collect();
         if !suspects.is_empty() {
@@ -486,7 +498,8 @@ fn plan_batch<'a>(
             .copied()
             .unwrap_or(0);
         let previous = append.command_id.and_then(|id| commands.get(&id));
-        let first_version = match decide(append, current, previous) {
+        let version_of = |stream: &str| versions.get(stream).copied().unwrap_or(0);
+        let first_version = match decide(append, current, version_of, previous) {
             Ok(Decision::Replay(result)) => {
                 results.push(Ok(result));
                 continue;

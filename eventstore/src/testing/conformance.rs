@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::hash::{expected_hash, verify_chain, GENESIS_HASH};
 use crate::{
-    AppendRequest, Direction, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError,
-    Subscription, SubscriptionOptions,
+    AppendRequest, Direction, EventStore, ExpectedVersion, Metadata, NewEvent, Precondition,
+    StoreError, Subscription, SubscriptionOptions, APPEND_MAX_PRECONDITIONS,
 };
 
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async function
@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
             bad_input_is_refused_and_writes_nothing,
             concurrent_exact_appends_admit_one_winner_per_version,
             append_batch_decides_each_append_in_order,
+            preconditions_admit_an_append_only_while_the_streams_read_stand_still,
             concurrent_writers_and_subscribers_see_one_gapless_order,
         );
     };
@@ -65,6 +66,7 @@ fn append(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> App
         expected,
         events,
         command_id: None,
+        preconditions: Vec::new(),
     }
 }
 
@@ -787,6 +789,96 @@ pub async fn append_batch_decides_each_append_in_order(store: Store) {
         .map(|e| e.data["n"].as_u64().expect("n"))
         .collect();
     assert_eq!(numbers, vec![1, 2, 3, 4, 5]);
+}
+
+/// An append that read other streams (a cart line priced from a product) is written
+/// only while each of them is at the version read, also against appends earlier in
+/// the same batch; a refusal writes nothing and names the stream that moved.
+pub async fn preconditions_admit_an_append_only_while_the_streams_read_stand_still(store: Store) {
+    let reading = |version: u64, n: u64| {
+        let mut request = append("cart-1", ExpectedVersion::Any, vec![event("L", n)]);
+        request.preconditions = vec![
+            Precondition {
+                stream_id: "product-1".into(),
+                version,
+            },
+            // A stream that does not exist is at version 0.
+            Precondition {
+                stream_id: "product-none".into(),
+                version: 0,
+            },
+        ];
+        request
+    };
+    store
+        .append(append(
+            "product-1",
+            ExpectedVersion::NoStream,
+            vec![event("P", 1)],
+        ))
+        .await
+        .expect("product");
+    let ok = store
+        .append(reading(1, 2))
+        .await
+        .expect("product still at 1");
+    assert_eq!((ok.first_position, ok.stream_version), (2, 1));
+
+    let err = store
+        .append(reading(0, 3))
+        .await
+        .expect_err("read before the product existed");
+    assert_eq!(
+        err,
+        StoreError::StreamMoved {
+            stream_id: "product-1".into(),
+            read: 0,
+            actual: 1
+        }
+    );
+    // In one batch: the product moves, and the append that read it before is
+    // refused; one that read it after is written.
+    let results = store
+        .append_batch(vec![
+            append("product-1", ExpectedVersion::Exact(1), vec![event("P", 4)]),
+            reading(1, 5),
+            reading(2, 6),
+        ])
+        .await;
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(
+        matches!(&results[1], Err(StoreError::StreamMoved { stream_id, read: 1, actual: 2 }) if stream_id == "product-1"),
+        "{results:?}"
+    );
+    assert_eq!(results[2].clone().expect("read at 2").stream_version, 2);
+    let numbers: Vec<u64> = whole_log(&store)
+        .await
+        .iter()
+        .map(|e| e.data["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(numbers, vec![1, 2, 4, 6], "refused appends wrote nothing");
+
+    let mut too_many = append("cart-1", ExpectedVersion::Any, vec![event("L", 7)]);
+    too_many.preconditions = (0..=APPEND_MAX_PRECONDITIONS)
+        .map(|i| Precondition {
+            stream_id: format!("product-{i}"),
+            version: 0,
+        })
+        .collect();
+    assert!(matches!(
+        store.append(too_many).await,
+        Err(StoreError::InvalidRequest {
+            field: "preconditions",
+            ..
+        })
+    ));
+    let mut bad_stream = reading(2, 8);
+    bad_stream.preconditions[0].stream_id = String::new();
+    assert!(matches!(
+        store.append(bad_stream).await,
+        Err(StoreError::InvalidRequest { .. })
+    ));
+    assert_eq!(store.head().await.expect("head"), 4);
 }
 
 pub async fn concurrent_exact_appends_admit_one_winner_per_version(store: Store) {

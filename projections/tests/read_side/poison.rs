@@ -46,6 +46,7 @@ async fn a_poison_event_stops_only_its_projection_with_a_clear_status() -> TestR
             expected: ExpectedVersion::Any,
             events: vec![NewEvent::new("OrderConfirmed", json!({"at": "yesterday"}))],
             command_id: None,
+            preconditions: Vec::new(),
         })
         .await?
         .last_position;
@@ -114,6 +115,7 @@ async fn an_event_that_breaks_an_invariant_is_poison_too() -> TestResult {
                 }),
             )],
             command_id: None,
+            preconditions: Vec::new(),
         })
         .await?
         .last_position;

@@ -53,6 +53,7 @@ impl TestDb {
                 })
                 .collect(),
             command_id: None,
+            preconditions: Vec::new(),
         };
         Ok(self.store.append(request).await?.last_position)
     }
