@@ -3,11 +3,13 @@
 //! a merge takes the guest cart's lines from its stream.
 
 use domain::{
-    CartCommand, CartEvent, CartId, CartOwner, CartStatus, Currency, DomainError, Money, OrderId,
-    Product, ProductId, Quantity, Sku,
+    Cart, CartCommand, CartEvent, CartId, CartOwner, CartStatus, Currency, DomainError, Money,
+    OrderId, Product, ProductId, Quantity, Sku,
 };
+use eventstore::{Precondition, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::handler::CONFLICT_ATTEMPTS_MAX;
 use crate::{CommandContext, CommandError, Commands, Committed};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,27 +79,9 @@ impl Commands {
                 sku,
                 quantity,
             } => {
-                // The currency of a cart never changes, so reading it first and
-                // deciding the line later cannot disagree; the product is read as it
-                // is now, which is what "the price at the time" means.
-                let currency = self
-                    .load_cart(cart_id)
-                    .await?
-                    .state
-                    .currency()
-                    .ok_or(DomainError::NotFound { aggregate: "cart" })?;
-                let product = self
-                    .products
-                    .load(&Product::stream_id(&product_id))
-                    .await?
-                    .state;
-                let unit_price = catalog_price(&product, product_id, &sku, currency)?;
-                CartCommand::AddLine {
-                    cart_id,
-                    sku,
-                    quantity,
-                    unit_price,
-                }
+                return self
+                    .add_item(cart_id, product_id, sku, quantity, context)
+                    .await
             }
             CartAction::ChangeQuantity {
                 cart_id,
@@ -119,6 +103,70 @@ impl Commands {
             CartAction::Close { cart_id, order_id } => CartCommand::Close { cart_id, order_id },
         };
         self.carts.execute(command, context).await
+    }
+
+    /// Prices the line from the catalog as this process holds it, and appends it
+    /// with the product at the version read as a precondition: no round trip to ask
+    /// whether the product is current, and a price changed meanwhile (by another
+    /// process) fails the append, after which the product is read from the log and
+    /// the line priced again. A refusal is only given on a product read from the
+    /// log.
+    async fn add_item(
+        &self,
+        cart_id: CartId,
+        product_id: ProductId,
+        sku: Sku,
+        quantity: Quantity,
+        context: &CommandContext,
+    ) -> Result<Committed<CartEvent>, CommandError> {
+        // A cart's currency never changes once it is created, so the held state
+        // answers; a cart this process has not seen created is read from the log.
+        let mut cart = self.carts.peek(&Cart::stream_id(&cart_id)).await?.state;
+        if cart.currency().is_none() {
+            cart = self.load_cart(cart_id).await?.state;
+        }
+        let currency = cart
+            .currency()
+            .ok_or(DomainError::NotFound { aggregate: "cart" })?;
+        let product_stream = Product::stream_id(&product_id);
+        let mut product = self.products.peek(&product_stream).await?;
+        let mut fresh = false;
+        let mut attempts = 0;
+        loop {
+            let unit_price = match catalog_price(&product.state, product_id, &sku, currency) {
+                Ok(price) => price,
+                Err(_) if !fresh => {
+                    product = self.products.load(&product_stream).await?;
+                    fresh = true;
+                    continue;
+                }
+                Err(refusal) => return Err(refusal),
+            };
+            let command = CartCommand::AddLine {
+                cart_id,
+                sku: sku.clone(),
+                quantity,
+                unit_price,
+            };
+            let read = Precondition {
+                stream_id: product_stream.clone(),
+                version: product.version,
+            };
+            match self
+                .carts
+                .execute_reading(command, context, vec![read])
+                .await
+            {
+                Err(CommandError::Store(StoreError::StreamMoved { .. }))
+                    if attempts + 1 < CONFLICT_ATTEMPTS_MAX =>
+                {
+                    attempts += 1;
+                    product = self.products.load(&product_stream).await?;
+                    fresh = true;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     async fn merge_guest_cart(

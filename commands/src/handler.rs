@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use eventstore::EventStore;
+use eventstore::{EventStore, Precondition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::StateCache;
@@ -148,9 +148,15 @@ pub(crate) enum Job<A: StreamAggregate> {
     Execute {
         command: A::Command,
         context: CommandContext,
+        /// Other streams the command was decided from, at the versions read: its
+        /// append carries them as preconditions.
+        reads: Vec<Precondition>,
         reply: Reply<Committed<A::Event>>,
     },
     Load {
+        reply: Reply<Loaded<A>>,
+    },
+    Peek {
         reply: Reply<Loaded<A>>,
     },
 }
@@ -260,19 +266,44 @@ impl<A: StreamAggregate> Handler<A> {
         command: A::Command,
         context: &CommandContext,
     ) -> Result<Committed<A::Event>, CommandError> {
+        self.execute_reading(command, context, Vec::new()).await
+    }
+
+    /// [`Handler::execute`] for a command decided from other streams' states (a
+    /// price from the catalog): `reads` are those streams at the versions read, and
+    /// the command is written only if none of them has moved since. If one has, the
+    /// command fails with `StoreError::StreamMoved` and nothing is written: read
+    /// again (with [`Handler::load`]) and retry.
+    pub async fn execute_reading(
+        &self,
+        command: A::Command,
+        context: &CommandContext,
+        reads: Vec<Precondition>,
+    ) -> Result<Committed<A::Event>, CommandError> {
         let stream_id = A::stream_of(&command);
         let context = context.clone();
         self.submit(&stream_id, |reply| Job::Execute {
             command,
             context,
+            reads,
             reply,
         })
         .await
     }
 
-    /// The stream's current state (the empty state at version 0 for a new stream).
+    /// The stream's current state (the empty state at version 0 for a new stream),
+    /// confirmed current against the log.
     pub async fn load(&self, stream_id: &str) -> Result<Loaded<A>, CommandError> {
         self.submit(stream_id, |reply| Job::Load { reply }).await
+    }
+
+    /// The stream's state as this process last knew it to be current, without asking
+    /// the log: another process may have written since. Good for what never changes
+    /// once set (a cart's currency), or to decide a command whose append then names
+    /// this stream at `version` as a precondition ([`Handler::execute_reading`]).
+    /// A stream this process does not hold is loaded, so that is current.
+    pub async fn peek(&self, stream_id: &str) -> Result<Loaded<A>, CommandError> {
+        self.submit(stream_id, |reply| Job::Peek { reply }).await
     }
 
     pub fn stats(&self) -> HandlerStats {

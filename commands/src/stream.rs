@@ -34,7 +34,9 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use domain::DomainError;
-use eventstore::{AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, StoreError};
+use eventstore::{
+    AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Precondition, StoreError,
+};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -105,6 +107,8 @@ enum Decided<E> {
 struct Round<A: StreamAggregate> {
     jobs: Vec<(Job<A>, Decided<A::Event>)>,
     events: Vec<NewEvent>,
+    /// The other streams the accepted commands read, each at one version.
+    preconditions: Vec<Precondition>,
     accepted: usize,
     /// The command id of the first accepted command.
     first_command_id: Option<Uuid>,
@@ -178,6 +182,11 @@ impl<A: StreamAggregate> StreamTask<A> {
             let base_version = held.version;
             let round = self.decide_round(&mut held, &mut pending, solo);
 
+            if round.jobs.is_empty() {
+                // Only peeks, answered while deciding.
+                self.held = Some(held);
+                continue;
+            }
             if round.accepted == 0 {
                 // Nothing to write: the answers stand if the state was current.
                 match self
@@ -220,7 +229,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                 } else {
                     None
                 },
-                preconditions: Vec::new(),
+                preconditions: round.preconditions.clone(),
             };
             let limit = shared.limits.store_call_timeout;
             let Ok(appended) = tokio::time::timeout(limit, shared.store.append(request)).await
@@ -261,6 +270,26 @@ impl<A: StreamAggregate> StreamTask<A> {
                     if attempts >= limits.conflict_attempts_max {
                         return fail_all(pending, &self.conflict(attempts));
                     }
+                }
+                Err(StoreError::StreamMoved {
+                    stream_id,
+                    read,
+                    actual,
+                }) => {
+                    // A stream the round read has moved: the commands that read it
+                    // fail (their callers read again and retry), the others are
+                    // decided again. The state folded the round's events, so it is
+                    // reloaded.
+                    tracing::debug!(
+                        stream = %self.stream_id, read_stream = %stream_id, read, actual,
+                        "a stream the round read has moved"
+                    );
+                    let moved = StoreError::StreamMoved {
+                        stream_id,
+                        read,
+                        actual,
+                    };
+                    answer_stream_moved(round, &moved, &mut pending);
                 }
                 Err(e) if e.is_transient() => {
                     // The outcome may be unknown. Callers retry with the same command
@@ -320,6 +349,7 @@ impl<A: StreamAggregate> StreamTask<A> {
         let mut round = Round {
             jobs: Vec::with_capacity(pending.len()),
             events: Vec::new(),
+            preconditions: Vec::new(),
             accepted: 0,
             first_command_id: None,
         };
@@ -327,9 +357,24 @@ impl<A: StreamAggregate> StreamTask<A> {
         command_ids.clear();
         while let Some(job) = pending.pop_front() {
             let decided = match &job {
+                // A peek sees what is committed: before the round's first accepted
+                // command, or else in the next round.
+                Job::Peek { .. } if round.accepted > 0 => None,
+                Job::Peek { .. } => {
+                    if let Job::Peek { reply } = job {
+                        let _ = reply.send(Ok(Loaded {
+                            state: held.state.clone(),
+                            version: held.version,
+                        }));
+                    }
+                    continue;
+                }
                 Job::Load { .. } => Some(Decided::Load),
                 Job::Execute {
-                    command, context, ..
+                    command,
+                    context,
+                    reads,
+                    ..
                 } => {
                     if let Some(recorded) = held.recent.get(&context.command_id) {
                         Some(Decided::Replay(recorded))
@@ -344,8 +389,16 @@ impl<A: StreamAggregate> StreamTask<A> {
                                 events_before: round.events.len(),
                             }),
                             Ok(events) => {
+                                // Two commands that read one stream at different
+                                // versions cannot share an append.
+                                let disagrees = reads.iter().any(|read| {
+                                    round.preconditions.iter().any(|p| {
+                                        p.stream_id == read.stream_id && p.version != read.version
+                                    })
+                                });
                                 let full = round.accepted > 0
                                     && (solo
+                                        || disagrees
                                         || round.events.len() + events.len()
                                             > limits.stream_batch_max_events);
                                 if full {
@@ -356,6 +409,11 @@ impl<A: StreamAggregate> StreamTask<A> {
                                         round.events.push(to_new_event(event, context));
                                         let state = std::mem::take(&mut held.state);
                                         held.state = state.evolve(event);
+                                    }
+                                    for read in reads {
+                                        if !round.preconditions.contains(read) {
+                                            round.preconditions.push(read.clone());
+                                        }
                                     }
                                     round.accepted += 1;
                                     round.first_command_id.get_or_insert(context.command_id);
@@ -494,7 +552,7 @@ fn settle<A: StreamAggregate>(
 ) {
     for (job, decided) in round.jobs {
         let (context, reply) = match job {
-            Job::Load { reply } => {
+            Job::Load { reply } | Job::Peek { reply } => {
                 let _ = reply.send(Ok(Loaded {
                     state: held.state.clone(),
                     version: held.version,
@@ -614,6 +672,32 @@ fn answer_store_error<A: StreamAggregate>(
     }
 }
 
+/// A stream the round read had moved: the accepted commands that read it fail with
+/// `moved`; the round's other jobs are decided again.
+fn answer_stream_moved<A: StreamAggregate>(
+    round: Round<A>,
+    moved: &StoreError,
+    pending: &mut VecDeque<Job<A>>,
+) {
+    let StoreError::StreamMoved { stream_id, .. } = moved else {
+        return requeue(round, pending);
+    };
+    let mut others = Vec::new();
+    for (job, decided) in round.jobs {
+        match (job, decided) {
+            (Job::Execute { reads, reply, .. }, Decided::Accepted { .. })
+                if reads.iter().any(|r| &r.stream_id == stream_id) =>
+            {
+                let _ = reply.send(Err(CommandError::Store(moved.clone())));
+            }
+            (job, _) => others.push(job),
+        }
+    }
+    for job in others.into_iter().rev() {
+        pending.push_front(job);
+    }
+}
+
 /// Puts a round's jobs back at the front of the queue, in their order.
 fn requeue<A: StreamAggregate>(round: Round<A>, pending: &mut VecDeque<Job<A>>) {
     for (job, _) in round.jobs.into_iter().rev() {
@@ -627,7 +711,7 @@ fn fail_all<A: StreamAggregate>(jobs: impl IntoIterator<Item = Job<A>>, error: &
             Job::Execute { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
-            Job::Load { reply } => {
+            Job::Load { reply } | Job::Peek { reply } => {
                 let _ = reply.send(Err(error.clone()));
             }
         }

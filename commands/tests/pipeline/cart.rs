@@ -16,6 +16,7 @@ on_both_stores!(
     a_sku_that_is_not_part_of_the_product_is_refused,
     merging_a_guest_cart_keeps_the_larger_quantity_and_abandons_the_guest_cart,
     checking_out_locks_the_cart_with_its_total,
+    a_price_or_status_changed_by_another_process_is_read_before_the_line_is_added,
 );
 
 async fn open_cart(env: &Env, owner: CartOwner, code: &str) -> CartId {
@@ -310,4 +311,94 @@ async fn checking_out_locks_the_cart_with_its_total(backend: Backend) {
     let cart = env.commands.load_cart(cart_id).await.unwrap();
     assert_eq!(cart.version, 3);
     assert_eq!(cart.state.status(), Some(CartStatus::CheckedOut));
+}
+
+/// This process prices lines from the product it holds in memory, without asking the
+/// log whether that copy is current; another process changing the product meanwhile
+/// must still be seen: a changed price is caught by the append's precondition (the
+/// line is priced again), and a refusal is only given on a product read from the log.
+async fn a_price_or_status_changed_by_another_process_is_read_before_the_line_is_added(
+    backend: Backend,
+) {
+    let env = backend.env().await;
+    let product_id = env.published_product(&["HAT-1"], eur(2_000)).await;
+    let cart_id = open_cart(&env, customer(), "EUR").await;
+    // This process now holds the product at 20.00.
+    add(&env, cart_id, product_id, "HAT-1", 1).await;
+
+    let other = env.another_process();
+    other
+        .products()
+        .execute(
+            ProductCommand::SetPrice {
+                product_id,
+                target: PriceTarget::Product,
+                price: eur(2_500),
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    let second_cart = open_cart(&env, customer(), "EUR").await;
+    let added = env
+        .commands
+        .cart(
+            CartAction::AddItem {
+                cart_id: second_cart,
+                product_id,
+                sku: sku("HAT-1"),
+                quantity: qty(1),
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        added.events,
+        [CartEvent::CartLineAdded {
+            sku: sku("HAT-1"),
+            quantity: qty(1),
+            unit_price: eur(2_500),
+        }],
+        "the price set by the other process"
+    );
+    let cart: Cart = env.replay(&Cart::stream_id(&second_cart)).await;
+    assert_eq!(cart.lines()[0].unit_price, eur(2_500));
+
+    // Unpublished elsewhere, then published again elsewhere: this process still
+    // holds it unpublished after the first refusal, and must not keep refusing.
+    other
+        .products()
+        .execute(ProductCommand::Unpublish { product_id }, &ctx())
+        .await
+        .unwrap();
+    let refused = env
+        .commands
+        .cart(
+            CartAction::AddItem {
+                cart_id,
+                product_id,
+                sku: sku("HAT-1"),
+                quantity: qty(1),
+            },
+            &ctx(),
+        )
+        .await;
+    assert_eq!(
+        refused,
+        Err(CommandError::ProductNotSellable {
+            product_id,
+            status: ProductStatus::Unpublished.as_str()
+        })
+    );
+    other
+        .products()
+        .execute(ProductCommand::Publish { product_id }, &ctx())
+        .await
+        .unwrap();
+    add(&env, cart_id, product_id, "HAT-1", 2).await;
+    let cart: Cart = env.replay(&Cart::stream_id(&cart_id)).await;
+    // One line for the SKU, at the price of the latest add.
+    assert_eq!(cart.lines()[0].quantity, qty(3));
+    assert_eq!(cart.lines()[0].unit_price, eur(2_500));
 }
