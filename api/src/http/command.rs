@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::IdempotencyKey;
-use super::idempotency::{IdempotencyKeys, Prior};
+use super::idempotency::{Claim, IdempotencyKeys, Prior};
 use super::problem::ApiError;
 use super::{json_response, metrics, AppState, Principal};
 
@@ -135,12 +135,13 @@ impl CommandMeta {
         // released its claim finds the first response recorded.
         let deadline =
             tokio::time::Instant::now() + std::time::Duration::from_millis(COMMAND_ANSWER_MAX_MS);
-        let claim = match keys.claim(&scope, key) {
-            Ok(Some(claim)) => claim,
-            Ok(None) => {
+        let claim = match keys.claim(&scope, key, &fingerprint) {
+            Ok(Claim::Claimed(claim)) => claim,
+            Ok(Claim::Running) => {
                 metrics::command_outcome(command, "idempotency-key-in-flight");
                 return key_in_flight().into_response();
             }
+            Ok(Claim::Answered(prior)) => return answer_prior(command, prior),
             Err(e) => {
                 metrics::command_outcome(command, e.code);
                 return e.into_response();
@@ -148,14 +149,7 @@ impl CommandMeta {
         };
         match keys.lookup(&scope, key, &fingerprint).await {
             Ok(Prior::New) => {}
-            Ok(Prior::Answered { status, body }) => {
-                metrics::command_outcome(command, "replayed");
-                return replayed(status, &body);
-            }
-            Ok(Prior::Mismatch) => {
-                metrics::command_outcome(command, "idempotency-key-reused");
-                return key_reused().into_response();
-            }
+            Ok(prior) => return answer_prior(command, prior),
             Err(e) => {
                 metrics::command_outcome(command, e.code);
                 return e.into_response();
@@ -175,9 +169,8 @@ impl CommandMeta {
         let keys = keys.clone();
         let key = key.to_owned();
         let work = execute(context);
+        let tracker = state.in_flight().clone();
         let finish = async move {
-            // Held until the response is recorded (or the command gave up).
-            let _claim = claim;
             let started = std::time::Instant::now();
             let outcome = work.await;
             metrics::command_duration(command, started.elapsed());
@@ -197,11 +190,22 @@ impl CommandMeta {
                     (error.status, body)
                 }
             };
-            if let Err(e) = keys.record(&scope, &key, &fingerprint, status, &body).await {
-                // The command is done; only a retry's shortcut is lost (the command
-                // id still makes the retry harmless).
-                tracing::warn!(detail = %e.detail, "cannot keep the idempotent response");
-            }
+            // The answer does not wait for the response to be kept: the command's
+            // events are committed already, and the claim on the key is held until
+            // the response is kept, so a retry in between is answered 409 in flight
+            // (retry later) rather than run again. A retry after a crash in between
+            // finds no response kept and runs again, which the command id derived
+            // from the key makes harmless.
+            let kept = body.clone();
+            claim.answered(&fingerprint, status, &kept);
+            tracker.spawn(async move {
+                let _claim = claim;
+                if let Err(e) = keys.record(&scope, &key, &fingerprint, status, &kept).await {
+                    // Only a retry's shortcut is lost (the command id still makes the
+                    // retry harmless).
+                    tracing::warn!(detail = %e.detail, "cannot keep the idempotent response");
+                }
+            });
             Ok((status, body))
         };
         // Dropping the task's handle at the deadline leaves the task running.
@@ -215,6 +219,24 @@ impl CommandMeta {
                 metrics::command_outcome(command, "answer-timeout");
                 answer_timeout().into_response()
             }
+        }
+    }
+}
+
+/// The answer to a retry whose first response is known.
+fn answer_prior(command: &'static str, prior: Prior) -> Response {
+    match prior {
+        Prior::Answered { status, body } => {
+            metrics::command_outcome(command, "replayed");
+            replayed(status, &body)
+        }
+        Prior::Mismatch => {
+            metrics::command_outcome(command, "idempotency-key-reused");
+            key_reused().into_response()
+        }
+        Prior::New => {
+            debug_assert!(false, "a retry's prior is known");
+            ApiError::internal("the first response of this key is unknown").into_response()
         }
     }
 }

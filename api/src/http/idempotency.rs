@@ -20,7 +20,7 @@
 //! expire after the configured TTL (24 h by default): an expired key is looked up as
 //! new, and a periodic sweep deletes expired rows in bounded batches.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -120,18 +120,54 @@ pub struct IdempotencyKeys {
     in_flight: Arc<InFlight>,
 }
 
-/// The keys whose first request is running in this process. Across processes a
+/// The keys whose first request is running in this process, and, from its answer
+/// until that answer is kept in the table, the answer itself. Across processes a
 /// concurrent retry is not refused here, but the command id derived from the key
 /// still makes the log write it once.
 #[derive(Default)]
 pub struct InFlight {
-    keys: Mutex<HashSet<(String, String)>>,
+    keys: Mutex<HashMap<(String, String), Option<Answer>>>,
+}
+
+/// A first response given but perhaps not kept yet.
+#[derive(Debug, Clone, PartialEq)]
+struct Answer {
+    fingerprint: [u8; 32],
+    status: StatusCode,
+    body: Value,
+}
+
+/// What a request finds of its key in this process.
+pub enum Claim {
+    /// The key is this request's until the claim is dropped.
+    Claimed(InFlightClaim),
+    /// A request with this key is running (the caller answers 409).
+    Running,
+    /// A request with this key was answered and its response is being kept: this
+    /// is what the table will say.
+    Answered(Prior),
 }
 
 /// A claim on a key while its request runs; dropping it releases the key.
 pub struct InFlightClaim {
     owner: Arc<InFlight>,
     entry: Option<(String, String)>,
+}
+
+impl InFlightClaim {
+    /// The request was answered: until the claim is dropped (once the answer is
+    /// kept), retries get this answer from memory.
+    pub fn answered(&self, fingerprint: &[u8; 32], status: StatusCode, body: &Value) {
+        if let Some(entry) = &self.entry {
+            if let Some(slot) = self.owner.lock().get_mut(entry) {
+                *slot = Some(Answer {
+                    fingerprint: *fingerprint,
+                    status,
+                    body: body.clone(),
+                });
+            }
+        }
+    }
 }
 
 impl Drop for InFlightClaim {
@@ -147,25 +183,34 @@ impl InFlight {
         this: &Arc<InFlight>,
         principal: &str,
         key: &str,
+        fingerprint: &[u8; 32],
         max: usize,
-    ) -> Result<Option<InFlightClaim>, ApiError> {
+    ) -> Result<Claim, ApiError> {
         let entry = (principal.to_owned(), key.to_owned());
         let mut keys = this.lock();
-        if keys.contains(&entry) {
-            return Ok(None);
+        match keys.get(&entry) {
+            Some(None) => return Ok(Claim::Running),
+            Some(Some(answer)) if &answer.fingerprint == fingerprint => {
+                return Ok(Claim::Answered(Prior::Answered {
+                    status: answer.status,
+                    body: answer.body.clone(),
+                }))
+            }
+            Some(Some(_)) => return Ok(Claim::Answered(Prior::Mismatch)),
+            None => {}
         }
         if keys.len() >= max {
             return Err(StoreError::Overloaded("idempotency keys in flight".into()).into());
         }
-        keys.insert(entry.clone());
-        Ok(Some(InFlightClaim {
+        keys.insert(entry.clone(), None);
+        Ok(Claim::Claimed(InFlightClaim {
             owner: this.clone(),
             entry: Some(entry),
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
-        // Each holder does one set operation: a panic cannot leave it half-changed.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Option<Answer>>> {
+        // Each holder does one map operation: a panic cannot leave it half-changed.
         self.keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -200,10 +245,22 @@ impl IdempotencyKeys {
         })
     }
 
-    /// Claims `key` of `principal` for a request about to run: `None` if a request
-    /// with that key is running in this process already (the caller answers 409).
-    pub fn claim(&self, principal: &str, key: &str) -> Result<Option<InFlightClaim>, ApiError> {
-        InFlight::claim(&self.in_flight, principal, key, IN_FLIGHT_KEYS_MAX)
+    /// Claims `key` of `principal` for a request (with `fingerprint`) about to run,
+    /// unless a request with that key runs in this process already, or was answered
+    /// and its answer is still being kept.
+    pub fn claim(
+        &self,
+        principal: &str,
+        key: &str,
+        fingerprint: &[u8; 32],
+    ) -> Result<Claim, ApiError> {
+        InFlight::claim(
+            &self.in_flight,
+            principal,
+            key,
+            fingerprint,
+            IN_FLIGHT_KEYS_MAX,
+        )
     }
 
     /// How long a key's first response is kept.
@@ -431,29 +488,63 @@ mod tests {
         assert_ne!(a, IdempotencyKeys::command_id("customer:alice", "k2"));
     }
 
+    fn claimed(claim: Result<Claim, ApiError>) -> Option<InFlightClaim> {
+        match claim.expect("claim") {
+            Claim::Claimed(claim) => Some(claim),
+            Claim::Running | Claim::Answered(_) => None,
+        }
+    }
+
     #[test]
     fn a_key_is_claimed_once_until_released_and_per_principal() {
         let in_flight = Arc::new(InFlight::default());
-        let first = InFlight::claim(&in_flight, "customer:alice", "k", 10)
-            .unwrap()
+        let fp = [1u8; 32];
+        let first = claimed(InFlight::claim(&in_flight, "customer:alice", "k", &fp, 10))
             .expect("the first claim");
-        assert!(InFlight::claim(&in_flight, "customer:alice", "k", 10)
-            .unwrap()
-            .is_none());
+        assert!(matches!(
+            InFlight::claim(&in_flight, "customer:alice", "k", &fp, 10),
+            Ok(Claim::Running)
+        ));
         // The same key of another principal is another request.
-        let bobs = InFlight::claim(&in_flight, "customer:bob", "k", 10).unwrap();
+        let bobs = claimed(InFlight::claim(&in_flight, "customer:bob", "k", &fp, 10));
         assert!(bobs.is_some());
         drop(first);
-        assert!(InFlight::claim(&in_flight, "customer:alice", "k", 10)
-            .unwrap()
-            .is_some());
+        assert!(claimed(InFlight::claim(&in_flight, "customer:alice", "k", &fp, 10)).is_some());
         // Bounded: past the most in flight, a new key is refused as overload.
         let held: Vec<_> = (0..9)
-            .map(|i| InFlight::claim(&in_flight, "p", &i.to_string(), 10).unwrap())
+            .map(|i| InFlight::claim(&in_flight, "p", &i.to_string(), &fp, 10).unwrap())
             .collect();
-        let refused = InFlight::claim(&in_flight, "p", "one-more", 10).err();
+        let refused = InFlight::claim(&in_flight, "p", "one-more", &fp, 10).err();
         assert_eq!(refused.map(|e| e.code), Some("overloaded"));
         drop(held);
+    }
+
+    #[test]
+    fn an_answer_being_kept_is_given_to_a_retry_from_memory() {
+        let in_flight = Arc::new(InFlight::default());
+        let fp = [1u8; 32];
+        let claim = claimed(InFlight::claim(&in_flight, "customer:alice", "k", &fp, 10))
+            .expect("the first claim");
+        let body = serde_json::json!({"cart_id": "c1"});
+        claim.answered(&fp, StatusCode::CREATED, &body);
+        match InFlight::claim(&in_flight, "customer:alice", "k", &fp, 10) {
+            Ok(Claim::Answered(prior)) => assert_eq!(
+                prior,
+                Prior::Answered {
+                    status: StatusCode::CREATED,
+                    body
+                }
+            ),
+            _ => panic!("the answer, from memory"),
+        }
+        // The same key with another request is a mismatch.
+        assert!(matches!(
+            InFlight::claim(&in_flight, "customer:alice", "k", &[2u8; 32], 10),
+            Ok(Claim::Answered(Prior::Mismatch))
+        ));
+        // Once kept (the claim dropped), the table answers: the key is free here.
+        drop(claim);
+        assert!(claimed(InFlight::claim(&in_flight, "customer:alice", "k", &fp, 10)).is_some());
     }
 
     #[test]
