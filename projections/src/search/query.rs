@@ -2,17 +2,19 @@
 //! and, for the last word, as a prefix; filters; facets counted over the matches;
 //! a stable order for paging.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use tantivy::collector::{Collector, Count, FacetCollector, SegmentCollector, TopDocs};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::query::{
-    BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
+    BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, EnableScoring, Explanation,
+    FuzzyTermQuery, Occur, Query, RangeQuery, Scorer, TermQuery, Weight,
 };
 use tantivy::schema::{Facet, Field, IndexRecordOption, Value};
 use tantivy::{
-    DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
+    DocAddress, DocId, DocSet, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument,
+    Term,
 };
 use uuid::Uuid;
 
@@ -49,6 +51,9 @@ const TEXT_FIELDS: [(TextField, Score); 4] = [
 ];
 /// A match with a typo weighs this much of an exact one.
 const TYPO_WEIGHT: Score = 0.3;
+/// A word's typo or prefix neighbours in one field are matched as terms up to this
+/// many; beyond, by an automaton query (see [`text_query`]).
+const EXPANSION_MAX_TERMS: usize = 64;
 /// A prefix match of the last word weighs this much of an exact one.
 const PREFIX_WEIGHT: Score = 0.5;
 /// Shorter last words are not completed (too many words start with them).
@@ -272,7 +277,19 @@ pub struct Suggestion {
 }
 
 /// The query of the shopper's words, or `None` when there are none.
-fn text_query(fields: &Fields, text: &str, complete_last: bool) -> Option<Box<dyn Query>> {
+///
+/// Typo and prefix alternatives are looked up in the term dictionaries first and
+/// become plain term queries of the words the index holds (usually none or a
+/// few), rather than automaton queries that mark every match of every neighbour in
+/// a bitset per segment on each search. A word with more neighbours than
+/// [`EXPANSION_MAX_TERMS`] in a field (a two-digit prefix of model numbers) keeps
+/// the automaton query there. Either way a document matches and scores the same.
+fn text_query(
+    searcher: &Searcher,
+    fields: &Fields,
+    text: &str,
+    complete_last: bool,
+) -> Result<Option<Box<dyn Query>>, SearchError> {
     let mut words = words(text);
     words.truncate(SEARCH_QUERY_MAX_WORDS);
     // A last word too short to complete ("yoga m") says nothing yet.
@@ -284,46 +301,206 @@ fn text_query(fields: &Fields, text: &str, complete_last: bool) -> Option<Box<dy
     {
         words.pop();
     }
-    let last = words.len().checked_sub(1)?;
-    let per_word: Vec<(Occur, Box<dyn Query>)> = words
-        .iter()
-        .enumerate()
-        .map(|(i, word)| {
-            let distance = typo_distance(word);
-            let prefix = complete_last && i == last && word.chars().count() >= PREFIX_MIN_CHARS;
-            let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-            for (text_field, weight) in TEXT_FIELDS {
-                let term = Term::from_field_text(text_field.field(fields), word);
-                let exact = TermQuery::new(term.clone(), IndexRecordOption::WithFreqs);
-                alternatives.push((
-                    Occur::Should,
-                    Box::new(BoostQuery::new(Box::new(exact), weight)),
-                ));
-                if distance > 0 {
-                    let typo = FuzzyTermQuery::new(term.clone(), distance, true);
-                    alternatives.push((
-                        Occur::Should,
-                        Box::new(ConstScoreQuery::new(Box::new(typo), weight * TYPO_WEIGHT)),
-                    ));
+    let Some(last) = words.len().checked_sub(1) else {
+        return Ok(None);
+    };
+    let mut per_word: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(words.len());
+    for (i, word) in words.iter().enumerate() {
+        let distance = typo_distance(word);
+        let prefix = complete_last && i == last && word.chars().count() >= PREFIX_MIN_CHARS;
+        let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for (text_field, weight) in TEXT_FIELDS {
+            let term = Term::from_field_text(text_field.field(fields), word);
+            // The word itself is a typo and a prefix of itself: an exact match
+            // scores its BM25 and both bonuses, in one clause, and the word is left
+            // out of the neighbours.
+            let mut bonus = 0.0;
+            if distance > 0 {
+                let typo = FuzzyTermQuery::new(term.clone(), distance, true);
+                if let Some(query) = expanded(searcher, &term, typo, weight * TYPO_WEIGHT)? {
+                    alternatives.push((Occur::Should, query));
                 }
-                if prefix {
-                    let completion = FuzzyTermQuery::new_prefix(term, 0, true);
-                    alternatives.push((
-                        Occur::Should,
-                        Box::new(ConstScoreQuery::new(
-                            Box::new(completion),
-                            weight * PREFIX_WEIGHT,
-                        )),
-                    ));
-                }
+                bonus += weight * TYPO_WEIGHT;
             }
+            if prefix {
+                let completion = FuzzyTermQuery::new_prefix(term.clone(), 0, true);
+                if let Some(query) = expanded(searcher, &term, completion, weight * PREFIX_WEIGHT)?
+                {
+                    alternatives.push((Occur::Should, query));
+                }
+                bonus += weight * PREFIX_WEIGHT;
+            }
+            if searcher.doc_freq(&term).map_err(index_error)? > 0 {
+                let exact = TermQuery::new(term, IndexRecordOption::WithFreqs);
+                let boosted = Box::new(BoostQuery::new(Box::new(exact), weight));
+                let query: Box<dyn Query> = if bonus > 0.0 {
+                    Box::new(Bonus {
+                        query: boosted,
+                        bonus,
+                    })
+                } else {
+                    boosted
+                };
+                alternatives.push((Occur::Should, query));
+            }
+        }
+        let query: Box<dyn Query> = if alternatives.is_empty() {
+            // A word the index does not hold, nor anything near it: nothing matches.
+            Box::new(EmptyQuery)
+        } else {
+            Box::new(BooleanQuery::new(alternatives))
+        };
+        per_word.push((Occur::Must, query));
+    }
+    Ok(Some(Box::new(BooleanQuery::new(per_word))))
+}
+
+/// The terms other than `word` that `automaton` (made from it) accepts, as one
+/// constant-scoring query: `None` when the index holds none.
+fn expanded(
+    searcher: &Searcher,
+    word: &Term,
+    automaton: FuzzyTermQuery,
+    score: Score,
+) -> Result<Option<Box<dyn Query>>, SearchError> {
+    let field = word.field();
+    let dfa = automaton.automaton().map_err(index_error)?;
+    let mut terms = BTreeSet::new();
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(field).map_err(index_error)?;
+        let mut stream = inverted
+            .terms()
+            .search(&dfa)
+            .into_stream()
+            .map_err(|e| SearchError::Index(e.to_string()))?;
+        while stream.advance() {
+            let Ok(neighbour) = std::str::from_utf8(stream.key()) else {
+                continue;
+            };
+            if neighbour.as_bytes() == word.serialized_value_bytes() {
+                continue;
+            }
+            if terms.len() == EXPANSION_MAX_TERMS && !terms.contains(neighbour) {
+                // Too many to list: the automaton itself, less the word.
+                let neighbours = BooleanQuery::new(vec![
+                    (Occur::Must, Box::new(automaton) as Box<dyn Query>),
+                    (
+                        Occur::MustNot,
+                        Box::new(TermQuery::new(word.clone(), IndexRecordOption::Basic)),
+                    ),
+                ]);
+                return Ok(Some(Box::new(ConstScoreQuery::new(
+                    Box::new(neighbours),
+                    score,
+                ))));
+            }
+            terms.insert(neighbour.to_owned());
+        }
+    }
+    let mut queries: Vec<(Occur, Box<dyn Query>)> = terms
+        .into_iter()
+        .map(|neighbour| {
+            let term = Term::from_field_text(field, &neighbour);
             (
-                Occur::Must,
-                Box::new(BooleanQuery::new(alternatives)) as Box<dyn Query>,
+                Occur::Should,
+                Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>,
             )
         })
         .collect();
-    Some(Box::new(BooleanQuery::new(per_word)))
+    let matched: Box<dyn Query> = match queries.len() {
+        0 => return Ok(None),
+        1 => queries.remove(0).1,
+        _ => Box::new(BooleanQuery::new(queries)),
+    };
+    Ok(Some(Box::new(ConstScoreQuery::new(matched, score))))
+}
+
+/// A query whose matches score `bonus` more: an exact word with the constant
+/// its typo and prefix alternatives would add.
+#[derive(Debug)]
+struct Bonus {
+    query: Box<dyn Query>,
+    bonus: Score,
+}
+
+impl Clone for Bonus {
+    fn clone(&self) -> Self {
+        Bonus {
+            query: self.query.box_clone(),
+            bonus: self.bonus,
+        }
+    }
+}
+
+impl Query for Bonus {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        let weight = self.query.weight(scoring)?;
+        if !scoring.is_scoring_enabled() {
+            return Ok(weight);
+        }
+        Ok(Box::new(BonusWeight {
+            weight,
+            bonus: self.bonus,
+        }))
+    }
+
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        self.query.query_terms(visitor);
+    }
+}
+
+struct BonusWeight {
+    weight: Box<dyn Weight>,
+    bonus: Score,
+}
+
+impl Weight for BonusWeight {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        Ok(Box::new(BonusScorer {
+            scorer: self.weight.scorer(reader, boost)?,
+            bonus: self.bonus * boost,
+        }))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        let inner = self.weight.explain(reader, doc)?;
+        let mut explanation = Explanation::new("bonus", inner.value() + self.bonus);
+        explanation.add_detail(inner);
+        Ok(explanation)
+    }
+}
+
+struct BonusScorer {
+    scorer: Box<dyn Scorer>,
+    bonus: Score,
+}
+
+impl DocSet for BonusScorer {
+    fn advance(&mut self) -> DocId {
+        self.scorer.advance()
+    }
+    fn seek(&mut self, target: DocId) -> DocId {
+        self.scorer.seek(target)
+    }
+    fn doc(&self) -> DocId {
+        self.scorer.doc()
+    }
+    fn size_hint(&self) -> u32 {
+        self.scorer.size_hint()
+    }
+    fn cost(&self) -> u64 {
+        self.scorer.cost()
+    }
+}
+
+impl Scorer for BonusScorer {
+    fn score(&mut self) -> Score {
+        self.scorer.score() + self.bonus
+    }
+}
+
+fn index_error(e: impl std::fmt::Display) -> SearchError {
+    SearchError::Index(e.to_string())
 }
 
 /// A filter: matches without adding to the score.
@@ -338,9 +515,13 @@ fn term_filter(term: Term) -> (Occur, Box<dyn Query>) {
     filter(TermQuery::new(term, IndexRecordOption::Basic))
 }
 
-fn build_query(fields: &Fields, request: &SearchRequest) -> Box<dyn Query> {
+fn build_query(
+    searcher: &Searcher,
+    fields: &Fields,
+    request: &SearchRequest,
+) -> Result<Box<dyn Query>, SearchError> {
     let mut clauses = vec![term_filter(Term::from_field_u64(fields.visible, 1))];
-    if let Some(text) = text_query(fields, &request.text, true) {
+    if let Some(text) = text_query(searcher, fields, &request.text, true)? {
         clauses.push((Occur::Must, text));
     }
     if let Some(brand) = &request.brand {
@@ -372,7 +553,7 @@ fn build_query(fields: &Fields, request: &SearchRequest) -> Box<dyn Query> {
             &attribute_term(name, value),
         )));
     }
-    Box::new(BooleanQuery::new(clauses))
+    Ok(Box::new(BooleanQuery::new(clauses)))
 }
 
 /// The sort key of a hit: greater first. The last part, the creation position
@@ -385,7 +566,7 @@ pub(crate) fn search(
     request: &SearchRequest,
 ) -> Result<SearchResults, SearchError> {
     request.validate()?;
-    let query = build_query(fields, request);
+    let query = build_query(searcher, fields, request)?;
     let currency = request.currency.as_deref().and_then(currency_code);
     let sort = request.sort;
     let top = TopDocs::with_limit(request.limit)
@@ -511,7 +692,7 @@ pub(crate) fn suggest(
             reason: format!("must be 1..={SUGGEST_MAX_ITEMS}"),
         });
     }
-    let Some(text) = text_query(fields, text, true) else {
+    let Some(text) = text_query(searcher, fields, text, true)? else {
         return Ok(Vec::new());
     };
     let query = BooleanQuery::new(vec![
