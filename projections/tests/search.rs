@@ -635,3 +635,120 @@ async fn an_index_resumes_from_its_commit_and_is_rebuilt_when_unusable() -> Test
     task.stop().await;
     Ok(())
 }
+
+/// A published product with one SKU, priced in EUR.
+fn listed(id: ProductId, title: &str, sku: &Sku) -> Vec<ProductEvent> {
+    vec![
+        ProductEvent::ProductCreated {
+            product_id: id,
+            title: title.into(),
+            description: String::new(),
+            brand: "Acme".into(),
+            category: vec!["Tools".into()],
+            skus: vec![SkuVariant {
+                sku: sku.clone(),
+                attributes: BTreeMap::new(),
+            }],
+        },
+        ProductEvent::PriceSet {
+            sku: None,
+            price: Money::new(1_000, eur()),
+        },
+        ProductEvent::ProductPublished {},
+    ]
+}
+
+#[tokio::test]
+async fn stock_received_before_its_product_exists_counts_once_the_product_does() -> TestResult {
+    let db = TestDb::new().await?;
+    let in_stock = |text: &str| SearchRequest {
+        in_stock_only: true,
+        ..SearchRequest::new(text)
+    };
+    // Received and committed on its own, before any product has the SKU.
+    let early = Sku::parse("EARLY-1").unwrap();
+    receive(&db, &early, 3).await?;
+    let dir = TempDir::new();
+    let (index, task) = start(&db, dir.path()).await?;
+    let id = ProductId::from_uuid(Uuid::new_v4());
+    let position = db
+        .append(&format!("product-{id}"), &listed(id, "Early Lathe", &early))
+        .await?;
+    assert!(index.wait_for(position, WAIT).await);
+    assert_eq!(titles(&index, &in_stock("lathe")), ["Early Lathe"]);
+    // The product holds the stock now: taking it to zero takes the product out.
+    let position = db
+        .append(
+            &format!("inventory-{early}"),
+            &[InventoryEvent::StockAdjusted {
+                warehouse: WarehouseId::parse("WH1").unwrap(),
+                delta: -3,
+                reason: "count".into(),
+            }],
+        )
+        .await?;
+    assert!(index.wait_for(position, WAIT).await);
+    assert!(titles(&index, &in_stock("lathe")).is_empty());
+    assert_eq!(
+        titles(&index, &SearchRequest::new("lathe")),
+        ["Early Lathe"]
+    );
+    task.stop().await;
+
+    // The same history caught up in one pass, and a second such SKU added later.
+    let late = Sku::parse("EARLY-2").unwrap();
+    receive(&db, &late, 2).await?;
+    db.append(
+        &format!("product-{id}"),
+        &[ProductEvent::SkuAdded {
+            sku: late.clone(),
+            attributes: BTreeMap::new(),
+        }],
+    )
+    .await?;
+    let other = Sku::parse("EARLY-3").unwrap();
+    receive(&db, &other, 4).await?;
+    let other_id = ProductId::from_uuid(Uuid::new_v4());
+    db.append(
+        &format!("product-{other_id}"),
+        &listed(other_id, "Early Drill", &other),
+    )
+    .await?;
+    for dir in [dir, TempDir::new()] {
+        // Resumed from its commit, then rebuilt from the start.
+        let (index, task) = start(&db, dir.path()).await?;
+        assert_eq!(titles(&index, &in_stock("lathe")), ["Early Lathe"]);
+        assert_eq!(titles(&index, &in_stock("drill")), ["Early Drill"]);
+        task.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_last_word_with_many_completions_matches_every_one() -> TestResult {
+    let db = TestDb::new().await?;
+    // 100 model numbers 1000..=1099: "10" completes to all of them (more than are
+    // listed as terms: the automaton query), "105" to ten (listed).
+    for n in 1_000..1_100 {
+        let id = ProductId::from_uuid(Uuid::new_v4());
+        let sku = Sku::parse(format!("W-{n}")).unwrap();
+        db.append(
+            &format!("product-{id}"),
+            &listed(id, &format!("Widget {n}"), &sku),
+        )
+        .await?;
+    }
+    let dir = TempDir::new();
+    let (index, task) = start(&db, dir.path()).await?;
+    let total = |text: &str| index.search(&SearchRequest::new(text)).map(|r| r.total);
+    assert_eq!(total("widget 10")?, 100);
+    assert_eq!(total("widget 105")?, 10);
+    assert_eq!(total("widgets")?, 100, "one typo away");
+    // Four digits allow one typo: 10x0, 105x and 1005 (a swap) are all near 1050,
+    // but the exact number comes first.
+    let near = index.search(&SearchRequest::new("widget 1050"))?;
+    assert_eq!(near.total, 20);
+    assert_eq!(near.hits[0].title, "Widget 1050");
+    task.stop().await;
+    Ok(())
+}

@@ -36,11 +36,24 @@ pub(crate) struct SkuState {
     pub attributes: BTreeMap<String, String>,
     /// The SKU's own prices: currency -> minor units.
     pub own_prices: BTreeMap<String, i64>,
-    /// Whether at least one unit is available.
-    pub in_stock: bool,
+    /// The SKU's stock over all warehouses (kept here rather than in a document of
+    /// its own once the SKU's product is known).
+    pub stock: StockState,
 }
 
-/// The stock of one SKU over all warehouses.
+impl SkuState {
+    fn new(sku: &str, attributes: &BTreeMap<String, String>) -> SkuState {
+        SkuState {
+            sku: sku.to_owned(),
+            attributes: attributes.clone(),
+            own_prices: BTreeMap::new(),
+            stock: StockState::default(),
+        }
+    }
+}
+
+/// The stock of one SKU over all warehouses: inside its product's state, or in a
+/// document of its own while no product has the SKU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub(crate) struct StockState {
     pub available: i64,
@@ -67,8 +80,8 @@ impl StockState {
 pub(crate) struct Refused(pub String);
 
 impl ProductState {
-    /// The state a `ProductCreated` starts; `in_stock` of each SKU is filled in by
-    /// the caller from the SKUs' stock.
+    /// The state a `ProductCreated` starts; the stock of each SKU is filled in by
+    /// the caller, from stock received before the product existed.
     pub(crate) fn created(
         product_id: Uuid,
         event: &ProductEvent,
@@ -96,12 +109,7 @@ impl ProductState {
             base_prices: BTreeMap::new(),
             skus: skus
                 .iter()
-                .map(|v| SkuState {
-                    sku: v.sku.as_str().to_owned(),
-                    attributes: v.attributes.clone(),
-                    own_prices: BTreeMap::new(),
-                    in_stock: false,
-                })
+                .map(|v| SkuState::new(v.sku.as_str(), &v.attributes))
                 .collect(),
             created_at: recorded_at,
             seq: position,
@@ -122,12 +130,7 @@ impl ProductState {
                 if self.skus.iter().any(|s| s.sku == sku.as_str()) {
                     return Err(Refused(format!("SKU {sku} is added twice")));
                 }
-                self.skus.push(SkuState {
-                    sku: sku.as_str().to_owned(),
-                    attributes: attributes.clone(),
-                    own_prices: BTreeMap::new(),
-                    in_stock: false,
-                });
+                self.skus.push(SkuState::new(sku.as_str(), attributes));
                 return Ok(self.skus.last().map(|s| s.sku.as_str()));
             }
             ProductEvent::PriceSet { sku, price } => {
@@ -157,7 +160,7 @@ impl ProductState {
     }
 
     pub(crate) fn in_stock(&self) -> bool {
-        self.skus.iter().any(|s| s.in_stock)
+        self.skus.iter().any(|s| s.stock.in_stock())
     }
 
     /// The lowest price of any SKU per currency (its own, else the product-wide one).

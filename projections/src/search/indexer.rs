@@ -13,6 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
+use tantivy::merge_policy::{LogMergePolicy, NoMergePolicy};
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -168,6 +169,8 @@ struct Held<T> {
     /// must delete that one first.
     indexed: bool,
     dirty: bool,
+    /// The number of the last batch that changed it.
+    touched: u64,
 }
 
 /// What an applied batch changed.
@@ -183,17 +186,26 @@ pub(crate) struct Indexer {
     writer: IndexWriter,
     reader: IndexReader,
     products: HashMap<Uuid, Held<ProductState>>,
+    /// Stock of SKUs no product has (yet): kept in documents of their own until a
+    /// product with the SKU takes it over.
     stock: HashMap<String, Held<StockState>>,
+    /// The SKUs with a stock document in the index (committed or written since), so
+    /// a new SKU's stock is looked up only when there is some.
+    stock_documents: HashSet<String>,
+    /// Stock documents a product took over: deleted at the next write.
+    adopted: Vec<String>,
     /// SKU -> product, for the products held.
     owners: HashMap<String, Uuid>,
     /// Products and SKUs that no document has yet (looked up once per commit).
     missing_products: HashSet<Uuid>,
+    /// Products changed and not written yet.
+    unwritten: Vec<Uuid>,
+    /// Batches applied so far: the clock of `Held::touched`.
+    batches: u64,
     /// Where the applied events end (committed or not).
     pub position: u64,
     /// Where the last commit ends.
     pub committed: Checkpoint,
-    /// Documents written since the last commit.
-    pub written: usize,
     /// Product documents written since the indexer started.
     pub products_written: u64,
 }
@@ -208,17 +220,21 @@ impl Indexer {
             .index
             .writer_with_num_threads(config.threads.max(1), config.heap_bytes)
             .map_err(tantivy_error)?;
+        let fields = Fields::of(&opened.index.schema()).map_err(tantivy_error)?;
         Ok(Indexer {
-            fields: Fields::of(&opened.index.schema()).map_err(tantivy_error)?,
+            stock_documents: stock_documents(&reader, fields)?,
+            fields,
             writer,
             reader,
             products: HashMap::new(),
             stock: HashMap::new(),
+            adopted: Vec::new(),
             owners: HashMap::new(),
             missing_products: HashSet::new(),
+            unwritten: Vec::new(),
+            batches: 0,
             position: opened.checkpoint.position,
             committed: opened.checkpoint,
-            written: 0,
             products_written: 0,
         })
     }
@@ -228,8 +244,18 @@ impl Indexer {
         self.products.len() + self.stock.len()
     }
 
-    /// Applies a batch after `self.position`, then writes the documents it touched
-    /// (uncommitted).
+    /// Whether applied events changed a document that is not written yet.
+    pub(crate) fn changed(&self) -> bool {
+        !self.adopted.is_empty()
+            || self.products.values().any(|h| h.dirty)
+            || self.stock.values().any(|h| h.dirty)
+    }
+
+    /// Applies a batch after `self.position` to the states held, then writes the
+    /// products that the batch left alone and earlier ones changed: while catching
+    /// up, a product's events lie close together in the log, so it is written about
+    /// once, and the index's threads work while the next batch is read. The rest
+    /// are written at the next commit.
     pub(crate) fn apply(&mut self, batch: &Batch) -> Result<Applied, SearchError> {
         let mut applied = Applied::default();
         for event in &batch.events {
@@ -246,11 +272,44 @@ impl Indexer {
             }
         }
         self.position = self.position.max(batch.last_position);
-        self.write_touched()?;
+        self.write_settled()?;
+        self.batches += 1;
         Ok(applied)
     }
 
-    /// Returns whether a product document changed.
+    /// Marks a held product changed by the current batch.
+    fn touch(&mut self, id: Uuid) -> Result<&mut ProductState, String> {
+        let held = self.products.get_mut(&id).ok_or("product not held")?;
+        if !held.dirty {
+            held.dirty = true;
+            self.unwritten.push(id);
+        }
+        held.touched = self.batches;
+        Ok(&mut held.state)
+    }
+
+    /// Writes the changed products the current batch did not change.
+    fn write_settled(&mut self) -> Result<(), SearchError> {
+        let mut waiting = Vec::new();
+        for id in std::mem::take(&mut self.unwritten) {
+            let Some(held) = self.products.get_mut(&id) else {
+                continue;
+            };
+            if !held.dirty {
+                continue;
+            }
+            if held.touched == self.batches {
+                waiting.push(id);
+                continue;
+            }
+            write_product(&mut self.writer, &self.fields, held)?;
+            self.products_written += 1;
+        }
+        self.unwritten = waiting;
+        Ok(())
+    }
+
+    /// Returns whether a product changed.
     fn apply_event(&mut self, event: &Decoded) -> Result<bool, String> {
         match &event.event {
             Ok(ShopEvent::Product { id, event: e }) => {
@@ -264,7 +323,7 @@ impl Indexer {
                     }
                     let mut created = created;
                     for sku in &mut created.skus {
-                        sku.in_stock = self.stock_of(&sku.sku)?.in_stock();
+                        sku.stock = self.adopt_stock(&sku.sku)?;
                     }
                     for sku in &created.skus {
                         self.owners.insert(sku.sku.clone(), id);
@@ -275,59 +334,62 @@ impl Indexer {
                         Held {
                             state: created,
                             indexed: false,
-                            dirty: true,
+                            dirty: false,
+                            touched: self.batches,
                         },
                     );
+                    self.touch(id)?;
                     return Ok(true);
                 }
                 if self.product(id)?.is_none() {
                     return Err(format!("product {id} does not exist"));
                 }
-                let added = {
-                    let held = self.products.get_mut(&id).ok_or("product not held")?;
-                    held.dirty = true;
-                    held.state.apply(e).map_err(|r| r.0)?.map(str::to_owned)
-                };
+                let added = self
+                    .touch(id)?
+                    .apply(e)
+                    .map_err(|r| r.0)?
+                    .map(str::to_owned);
                 if let Some(sku) = added {
-                    let in_stock = self.stock_of(&sku)?.in_stock();
+                    let stock = self.adopt_stock(&sku)?;
                     self.owners.insert(sku.clone(), id);
-                    let held = self.products.get_mut(&id).ok_or("product not held")?;
-                    if let Some(s) = held.state.skus.iter_mut().find(|s| s.sku == sku) {
-                        s.in_stock = in_stock;
+                    let state = self.touch(id)?;
+                    if let Some(s) = state.skus.iter_mut().find(|s| s.sku == sku) {
+                        s.stock = stock;
                     }
                 }
                 Ok(true)
             }
             Ok(ShopEvent::Inventory { sku, event: e }) => {
                 let sku = sku.as_str();
-                if event.version == 1 && !self.stock.contains_key(sku) {
-                    // The SKU's first stock event: nothing to look up.
+                if let Some(owner) = self.owner_of(sku)? {
+                    let s = self
+                        .touch(owner)?
+                        .skus
+                        .iter_mut()
+                        .find(|s| s.sku == sku)
+                        .ok_or("SKU not in its product")?;
+                    s.stock.apply(e);
+                    return Ok(true);
+                }
+                if !self.stock.contains_key(sku) {
+                    let (state, indexed) = match self.stock_document(sku)? {
+                        Some(state) => (state, true),
+                        None => (StockState::default(), false),
+                    };
                     self.stock.insert(
                         sku.to_owned(),
                         Held {
-                            state: StockState::default(),
-                            indexed: false,
+                            state,
+                            indexed,
                             dirty: false,
+                            touched: self.batches,
                         },
                     );
                 }
-                self.stock_of(sku)?;
                 let held = self.stock.get_mut(sku).ok_or("stock not held")?;
+                held.state.apply(e);
                 held.dirty = true;
-                let crossed = held.state.apply(e);
-                let in_stock = held.state.in_stock();
-                if !crossed {
-                    return Ok(false);
-                }
-                let Some(owner) = self.owner_of(sku)? else {
-                    return Ok(false);
-                };
-                let held = self.products.get_mut(&owner).ok_or("product not held")?;
-                if let Some(s) = held.state.skus.iter_mut().find(|s| s.sku == sku) {
-                    s.in_stock = in_stock;
-                    held.dirty = true;
-                }
-                Ok(true)
+                Ok(false)
             }
             Ok(ShopEvent::Cart { .. } | ShopEvent::Order { .. }) => Ok(false),
             Err(reason) => Err(reason.clone()),
@@ -339,19 +401,7 @@ impl Indexer {
         if !self.products.contains_key(&id) && !self.missing_products.contains(&id) {
             let term = Term::from_field_text(self.fields.product_id, &id.hyphenated().to_string());
             match self.lookup::<ProductState>(term)? {
-                Some(state) => {
-                    for sku in &state.skus {
-                        self.owners.insert(sku.sku.clone(), id);
-                    }
-                    self.products.insert(
-                        id,
-                        Held {
-                            state,
-                            indexed: true,
-                            dirty: false,
-                        },
-                    );
-                }
+                Some(state) => self.hold(state),
                 None => {
                     self.missing_products.insert(id);
                 }
@@ -360,31 +410,58 @@ impl Indexer {
         Ok(self.products.get(&id).map(|h| &h.state))
     }
 
-    /// A SKU's stock, held from now on (zero if the log has none yet).
-    fn stock_of(&mut self, sku: &str) -> Result<StockState, String> {
-        if let Some(held) = self.stock.get(sku) {
-            return Ok(held.state);
+    /// Holds a product read from the index.
+    fn hold(&mut self, state: ProductState) {
+        let id = state.product_id;
+        for sku in &state.skus {
+            self.owners.insert(sku.sku.clone(), id);
         }
-        let term = Term::from_field_text(self.fields.stock_sku, sku);
-        let (state, indexed) = match self.lookup::<StockState>(term)? {
-            Some(state) => (state, true),
-            None => (StockState::default(), false),
-        };
-        self.stock.insert(
-            sku.to_owned(),
+        self.products.insert(
+            id,
             Held {
                 state,
-                indexed,
+                indexed: true,
                 dirty: false,
+                touched: self.batches,
             },
         );
-        Ok(state)
+    }
+
+    /// The stock a SKU had before a product took it in (zero if the log has none
+    /// yet); its own document goes at the next write.
+    fn adopt_stock(&mut self, sku: &str) -> Result<StockState, String> {
+        if let Some(held) = self.stock.remove(sku) {
+            if held.indexed {
+                self.adopted.push(sku.to_owned());
+            }
+            return Ok(held.state);
+        }
+        match self.stock_document(sku)? {
+            Some(state) => {
+                self.adopted.push(sku.to_owned());
+                Ok(state)
+            }
+            None => Ok(StockState::default()),
+        }
+    }
+
+    /// The SKU's stock document in the index, if it has one.
+    fn stock_document(&self, sku: &str) -> Result<Option<StockState>, String> {
+        if !self.stock_documents.contains(sku) {
+            return Ok(None);
+        }
+        self.lookup::<StockState>(Term::from_field_text(self.fields.stock_sku, sku))
     }
 
     /// The product a SKU belongs to, held from now on.
     fn owner_of(&mut self, sku: &str) -> Result<Option<Uuid>, String> {
         if let Some(owner) = self.owners.get(sku) {
             return Ok(Some(*owner));
+        }
+        if self.stock.contains_key(sku) {
+            // Stock held on its own: no product had the SKU when it was looked up,
+            // and one that adds it since takes the stock over.
+            return Ok(None);
         }
         let term = Term::from_field_text(self.fields.sku, sku);
         let Some(state) = self.lookup::<ProductState>(term)? else {
@@ -395,17 +472,7 @@ impl Indexer {
             // Held already under its id, with newer state than the committed one.
             return Ok(Some(id));
         }
-        for s in &state.skus {
-            self.owners.insert(s.sku.clone(), id);
-        }
-        self.products.insert(
-            id,
-            Held {
-                state,
-                indexed: true,
-                dirty: false,
-            },
-        );
+        self.hold(state);
         Ok(Some(id))
     }
 
@@ -431,18 +498,16 @@ impl Indexer {
 
     /// Replaces the documents of every state changed since the last write.
     fn write_touched(&mut self) -> Result<(), SearchError> {
-        for held in self.products.values_mut().filter(|h| h.dirty) {
-            if held.indexed {
-                let id = held.state.product_id.hyphenated().to_string();
-                self.writer
-                    .delete_term(Term::from_field_text(self.fields.product_id, &id));
-            }
+        for sku in self.adopted.drain(..) {
             self.writer
-                .add_document(held.state.document(&self.fields))
-                .map_err(tantivy_error)?;
-            held.indexed = true;
-            held.dirty = false;
-            self.written += 1;
+                .delete_term(Term::from_field_text(self.fields.stock_sku, &sku));
+            self.stock_documents.remove(&sku);
+        }
+        for id in std::mem::take(&mut self.unwritten) {
+            let Some(held) = self.products.get_mut(&id).filter(|h| h.dirty) else {
+                continue;
+            };
+            write_product(&mut self.writer, &self.fields, held)?;
             self.products_written += 1;
         }
         for (sku, held) in self.stock.iter_mut().filter(|(_, h)| h.dirty) {
@@ -453,16 +518,17 @@ impl Indexer {
             self.writer
                 .add_document(stock_document(&self.fields, sku, held.state))
                 .map_err(tantivy_error)?;
+            self.stock_documents.insert(sku.clone());
             held.indexed = true;
             held.dirty = false;
-            self.written += 1;
         }
         Ok(())
     }
 
-    /// Commits the documents written with the checkpoint (`hash` being that of the
-    /// event at `self.position`), then lets searches see them.
+    /// Writes the changed documents and commits them with the checkpoint (`hash`
+    /// being that of the event at `self.position`), then lets searches see them.
     pub(crate) fn commit(&mut self, hash: [u8; 32]) -> Result<Checkpoint, SearchError> {
+        self.write_touched()?;
         let checkpoint = Checkpoint {
             schema: SCHEMA_VERSION,
             position: self.position,
@@ -475,7 +541,6 @@ impl Indexer {
         prepared.commit().map_err(tantivy_error)?;
         self.reader.reload().map_err(tantivy_error)?;
         self.committed = checkpoint;
-        self.written = 0;
         // The index now holds every state: memory starts over.
         self.products.clear();
         self.stock.clear();
@@ -484,12 +549,63 @@ impl Indexer {
         Ok(checkpoint)
     }
 
+    /// Catching up: no merges while segments come one after another (a few large
+    /// segments, one per commit and writer thread, cost searches less than merging
+    /// them costs the build). Following: tantivy's default merge policy.
+    pub(crate) fn set_catching_up(&self, catching_up: bool) {
+        if catching_up {
+            self.writer.set_merge_policy(Box::new(NoMergePolicy));
+        } else {
+            self.writer
+                .set_merge_policy(Box::new(LogMergePolicy::default()));
+        }
+    }
+
     /// Waits for merges to finish (at shutdown, so no merge is cut off midway).
     pub(crate) fn close(self) {
         if let Err(e) = self.writer.wait_merging_threads() {
             tracing::warn!(error = %e, "search index merges did not finish");
         }
     }
+}
+
+/// Replaces a product's document.
+fn write_product(
+    writer: &mut IndexWriter,
+    fields: &Fields,
+    held: &mut Held<ProductState>,
+) -> Result<(), SearchError> {
+    if held.indexed {
+        let id = held.state.product_id.hyphenated().to_string();
+        writer.delete_term(Term::from_field_text(fields.product_id, &id));
+    }
+    writer
+        .add_document(held.state.document(fields))
+        .map_err(tantivy_error)?;
+    held.indexed = true;
+    held.dirty = false;
+    Ok(())
+}
+
+/// The SKUs with a stock document in the index.
+fn stock_documents(reader: &IndexReader, fields: Fields) -> Result<HashSet<String>, SearchError> {
+    let mut skus = HashSet::new();
+    for segment in reader.searcher().segment_readers() {
+        let inverted = segment
+            .inverted_index(fields.stock_sku)
+            .map_err(tantivy_error)?;
+        let mut terms = inverted
+            .terms()
+            .stream()
+            .map_err(|e| SearchError::Index(e.to_string()))?;
+        while terms.advance() {
+            // A term of deleted documents only costs a look-up that finds nothing.
+            if let Ok(sku) = std::str::from_utf8(terms.key()) {
+                skus.insert(sku.to_owned());
+            }
+        }
+    }
+    Ok(skus)
 }
 
 /// A reader that is reloaded by the writer after each commit.

@@ -110,8 +110,8 @@ pub struct SearchProgress {
     pub position: u64,
     /// The head the catch-up runs to.
     pub head: u64,
-    /// Product documents written since the start of this catch-up (a product
-    /// whose events span batches is written once per batch).
+    /// Product documents written since the start of this catch-up (at commits: a
+    /// product is written once per commit, however many events changed it).
     pub products: u64,
     /// Events applied per second since the start of this catch-up.
     pub events_per_sec: f64,
@@ -129,6 +129,8 @@ pub struct SearchStatus {
     pub catch_up_head: u64,
     /// Events the index could not apply since start-up.
     pub skipped_events: u64,
+    /// Segments of the index searches walk.
+    pub segments: usize,
 }
 
 type ProgressFn = Arc<dyn Fn(SearchProgress) + Send + Sync>;
@@ -206,6 +208,7 @@ impl SearchIndex {
             position: opened.checkpoint.position,
             catch_up_head: 0,
             skipped_events: 0,
+            segments: reader.searcher().segment_readers().len(),
         });
         let shared = Arc::new(Shared {
             reader,
@@ -413,7 +416,7 @@ impl Follower {
             indexer = self.apply(indexer, Arc::new(batch)).await?;
             let idle_due = indexer.committed.position < indexer.position
                 && self.since_commit.elapsed() >= self.config.idle_commit_interval;
-            if indexer.written > 0 || idle_due {
+            if indexer.changed() || idle_due {
                 indexer = self.commit(indexer, Some(hash)).await?;
             }
         }
@@ -443,16 +446,16 @@ impl Follower {
         let mut reader = AbortOnDrop(reader);
         let started = Instant::now();
         let mut reported = Instant::now();
-        let mut products = 0u64;
+        let written_before = indexer.products_written;
+        indexer.set_catching_up(true);
         while let Some(batch) = batches.recv().await {
-            let before = indexer.products_written;
             indexer = self.apply(indexer, batch).await?;
-            products += indexer.products_written - before;
             if indexer.held() >= self.config.catch_up_commit_max_held {
                 indexer = self.commit(indexer, None).await?;
             }
             if reported.elapsed() >= self.config.progress_interval {
                 reported = Instant::now();
+                let products = indexer.products_written - written_before;
                 self.report(indexer.position, head, products, from, started, false);
             }
             if *self.stop.borrow() {
@@ -466,9 +469,11 @@ impl Follower {
             Err(e) if e.is_cancelled() => {}
             Err(e) => return Err(SearchError::Index(e.to_string())),
         }
-        if indexer.position > indexer.committed.position || indexer.written > 0 {
+        if indexer.position > indexer.committed.position || indexer.changed() {
             indexer = self.commit(indexer, None).await?;
         }
+        indexer.set_catching_up(false);
+        let products = indexer.products_written - written_before;
         self.report(indexer.position, head, products, from, started, true);
         Ok(indexer)
     }
@@ -525,6 +530,11 @@ impl Follower {
         Ok(indexer)
     }
 
+    fn publish_segments(&self) {
+        let segments = self.shared.reader.searcher().segment_readers().len();
+        self.shared.status.send_modify(|s| s.segments = segments);
+    }
+
     /// Commits off the async threads; `hash` is that of the event at the indexer's
     /// position, read from the log when not known.
     async fn commit(
@@ -549,6 +559,7 @@ impl Follower {
         .map_err(|e| SearchError::Index(e.to_string()))?;
         let checkpoint = result?;
         self.since_commit = Instant::now();
+        self.publish_segments();
         self.shared
             .status
             .send_modify(|s| s.position = checkpoint.position);

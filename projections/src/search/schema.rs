@@ -15,7 +15,7 @@ use tantivy::Index;
 
 /// Bumped whenever the fields or their analysis change: an index of another version
 /// is rebuilt from the log.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 /// The analyzer of every full-text field: words, lower-cased, accents folded.
 pub(crate) const ANALYZER: &str = "shop";
 /// Longer tokens are dropped (they are not words a shopper types).
