@@ -48,16 +48,48 @@ pub(crate) fn poison(event: &Decoded, reason: impl Into<String>) -> ApplyError {
 }
 
 /// A read model: folds events into rows in memory and writes them in bulk.
+///
+/// The steps of [`ReadModel::apply`] are separate so that a rebuild can fold many
+/// batches before it writes once: rows touched since the last `committed` (or
+/// `forget`) stay in memory, and `write` writes each of them once, however many
+/// events changed it.
 #[async_trait]
 pub(crate) trait ReadModel: Send + Sync {
+    /// Notes the rows `events` touch, taking them from the cache where it has them.
+    fn touch(&mut self, events: &[&Decoded]);
+
+    /// Whether touched rows must be loaded before the fold.
+    fn needs_load(&self) -> bool;
+
+    /// Loads the touched rows that are neither cached nor new.
+    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError>;
+
+    /// Folds `events` into the touched rows, in memory.
+    fn fold(&mut self, events: &[&Decoded]) -> Result<(), ApplyError>;
+
+    /// Writes every row changed since the last `committed` or `forget`. Changes
+    /// nothing in memory, so a write whose transaction failed can be tried again.
+    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError>;
+
+    /// [`ReadModel::write`] into tables that hold no rows yet (a shadow's first
+    /// write), where a model may load its rows in bulk (`crate::bulk`).
+    async fn write_new(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.write(tx).await
+    }
+
     /// Applies `events` (ascending, only categories of this projection) within `tx`.
     /// Nothing is cached until [`ReadModel::committed`].
-    async fn apply(&mut self, tx: &Transaction<'_>, events: &[&Decoded]) -> Result<(), ApplyError>;
+    async fn apply(&mut self, tx: &Transaction<'_>, events: &[&Decoded]) -> Result<(), ApplyError> {
+        self.touch(events);
+        self.load(tx).await?;
+        self.fold(events)?;
+        self.write(tx).await
+    }
 
-    /// The transaction of the last `apply` committed.
+    /// The transaction of the last `write` committed.
     fn committed(&mut self);
 
-    /// The last `apply` did not commit, or another writer moved the checkpoint.
+    /// The last `write` did not commit, or another writer moved the checkpoint.
     fn forget(&mut self);
 }
 
@@ -160,7 +192,10 @@ impl Applier {
         batch: &Batch,
     ) -> Result<Cursor, BatchError> {
         debug_assert!(batch.last_position > cursor.position);
-        let result = self.try_apply_batch(client, cursor, batch).await;
+        let events = self.events_after(batch, cursor.position);
+        let result = self
+            .try_write(client, cursor, batch.last_position, Some(&events))
+            .await;
         match &result {
             Ok(_) => {
                 self.model.committed();
@@ -171,19 +206,77 @@ impl Applier {
         result
     }
 
-    async fn try_apply_batch(
+    /// Folds the events of `batch` after `after` into the model's rows in memory,
+    /// without writing them: a rebuild stages many batches and writes every row once
+    /// ([`Applier::write_staged`]). Rows the model has not got are loaded through
+    /// `client` (only rows a former write stored: a row whose stream starts in what
+    /// was staged is new). On an error, everything staged is forgotten.
+    pub(crate) async fn stage(
+        &mut self,
+        client: &mut Object,
+        batch: &Batch,
+        after: u64,
+    ) -> Result<(), BatchError> {
+        let events = self.events_after(batch, after);
+        self.model.touch(&events);
+        let result = async {
+            if self.model.needs_load() {
+                let database = |e: tokio_postgres::Error| BatchError::Database(db_error(e));
+                let tx = client.transaction().await.map_err(database)?;
+                self.model.load(&tx).await.map_err(batch_error)?;
+                tx.commit().await.map_err(database)?;
+            }
+            self.model.fold(&events).map_err(batch_error)
+        }
+        .await;
+        if result.is_err() {
+            self.model.forget();
+        }
+        result
+    }
+
+    /// Writes what [`Applier::stage`] folded since the last write and moves the
+    /// checkpoint from `cursor` to `upto`, in one transaction. A database error
+    /// keeps what was staged, so the write can be tried again; any other error
+    /// forgets it.
+    pub(crate) async fn write_staged(
         &mut self,
         client: &mut Object,
         cursor: Cursor,
-        batch: &Batch,
+        upto: u64,
     ) -> Result<Cursor, BatchError> {
-        let name = self.projection.name();
+        let result = self.try_write(client, cursor, upto, None).await;
+        match &result {
+            Ok(_) => {
+                self.model.committed();
+                self.rate.record(upto - cursor.position);
+            }
+            Err(BatchError::Database(_)) => {}
+            Err(_) => self.model.forget(),
+        }
+        result
+    }
+
+    /// The events of `batch` after `after` of this projection's categories.
+    fn events_after<'b>(&self, batch: &'b Batch, after: u64) -> Vec<&'b Decoded> {
         let categories = self.projection.categories();
-        let events: Vec<&Decoded> = batch
+        batch
             .events
             .iter()
-            .filter(|e| e.position > cursor.position && categories.contains(e.category))
-            .collect();
+            .filter(|e| e.position > after && categories.contains(e.category))
+            .collect()
+    }
+
+    /// In one transaction: checks the checkpoint is at `cursor`, applies `events`
+    /// (or writes the staged rows when `None`), and moves the checkpoint to `upto`.
+    async fn try_write(
+        &mut self,
+        client: &mut Object,
+        cursor: Cursor,
+        upto: u64,
+        events: Option<&[&Decoded]>,
+    ) -> Result<Cursor, BatchError> {
+        let name = self.projection.name();
         let database = |e: tokio_postgres::Error| BatchError::Database(db_error(e));
         let tx = client.transaction().await.map_err(database)?;
         if let Target::Shadow = self.target {
@@ -207,14 +300,18 @@ impl Applier {
                 ))),
             });
         }
-        self.model.apply(&tx, &events).await.map_err(|e| match e {
-            ApplyError::Poison { position, reason } => BatchError::Poison { position, reason },
-            ApplyError::Database(e) => BatchError::Database(e),
-        })?;
-        let position = batch.last_position as i64;
-        let rate = self
-            .rate
-            .per_sec_after(batch.last_position - cursor.position);
+        match events {
+            Some(events) => self.model.apply(&tx, events).await,
+            // Rows reach a shadow's tables only with a write that moves its checkpoint
+            // past 0: at 0 they are empty.
+            None if matches!(self.target, Target::Shadow) && cursor.position == 0 => {
+                self.model.write_new(&tx).await
+            }
+            None => self.model.write(&tx).await,
+        }
+        .map_err(batch_error)?;
+        let position = upto as i64;
+        let rate = self.rate.per_sec_after(upto - cursor.position);
         match &self.target {
             Target::Live { owner } => {
                 tx.execute(
@@ -240,7 +337,7 @@ impl Applier {
         }
         tx.commit().await.map_err(database)?;
         Ok(Cursor {
-            position: batch.last_position,
+            position: upto,
             generation: cursor.generation,
         })
     }
@@ -255,12 +352,7 @@ impl Applier {
         batch: &Batch,
         after: u64,
     ) -> Result<(), ProjectionError> {
-        let categories = self.projection.categories();
-        let events: Vec<&Decoded> = batch
-            .events
-            .iter()
-            .filter(|e| e.position > after && categories.contains(e.category))
-            .collect();
+        let events = self.events_after(batch, after);
         let result = self.model.apply(tx, &events).await;
         self.model.committed();
         result.map_err(|e| match e {
@@ -276,6 +368,13 @@ impl Applier {
     /// Forgets cached rows (after the checkpoint moved elsewhere).
     pub(crate) fn forget(&mut self) {
         self.model.forget();
+    }
+}
+
+fn batch_error(e: ApplyError) -> BatchError {
+    match e {
+        ApplyError::Poison { position, reason } => BatchError::Poison { position, reason },
+        ApplyError::Database(e) => BatchError::Database(e),
     }
 }
 

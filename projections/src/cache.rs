@@ -97,6 +97,11 @@ impl<K: Eq + Hash + Clone, V> BatchRows<K, V> {
         }
     }
 
+    /// Whether touched rows are waiting to be loaded.
+    pub(crate) fn needs_load(&self) -> bool {
+        !self.missing.is_empty()
+    }
+
     /// The keys to load (each once), emptied by this call.
     pub(crate) fn take_missing(&mut self) -> Vec<K> {
         std::mem::take(&mut self.missing)

@@ -24,6 +24,7 @@
 //! models' tables are this crate's own (`migrations/`).
 
 mod apply;
+mod bulk;
 mod cache;
 pub mod carts;
 pub mod catalog;
@@ -53,7 +54,8 @@ pub use error::ProjectionError;
 pub use page::{Page, PageRequest, PAGE_MAX_ITEMS, PAGE_MAX_OFFSET};
 pub use privacy::erase_customer;
 pub use rebuild::{
-    rebuild, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport, REBUILD_BATCH_MAX_EVENTS,
+    rebuild, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport,
+    REBUILD_BATCH_MAX_EVENTS, REBUILD_WRITE_MAX_EVENTS,
 };
 pub use runner::{Runner, RunnerConfig};
 pub use schema::{migrate, MIGRATION_COMPONENT, PROJECTIONS_MIGRATIONS, READ_MODELS_SCHEMA};

@@ -33,6 +33,12 @@ use crate::Projection;
 /// some tens of MB, and at most three are in memory (read ahead, being applied,
 /// being filled).
 pub const REBUILD_BATCH_MAX_EVENTS: usize = 50_000;
+/// Log events a projection folds in memory before writing: every row is written
+/// once per write however many events change it, and a log of a few million events
+/// folds into a few hundred MB of rows, so a rebuild of such a log writes once, at
+/// the end. The bound keeps a much longer log from holding every row in memory; an
+/// interrupted rebuild resumes from its last write.
+pub const REBUILD_WRITE_MAX_EVENTS: u64 = 5_000_000;
 /// Batches the reader may be ahead of the slowest projection.
 const READ_AHEAD_PAGES: usize = 1;
 /// The build stops catching up and swaps when the head is at most this far ahead;
@@ -51,6 +57,9 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone)]
 pub struct RebuildOptions {
     pub batch_max_events: usize,
+    /// Log events a projection folds in memory before it writes its rows to the
+    /// shadow and moves the shadow's checkpoint.
+    pub write_max_events: u64,
     /// Drop a leftover shadow and start from 0 instead of resuming it.
     pub fresh: bool,
 }
@@ -59,6 +68,7 @@ impl Default for RebuildOptions {
     fn default() -> Self {
         RebuildOptions {
             batch_max_events: REBUILD_BATCH_MAX_EVENTS,
+            write_max_events: REBUILD_WRITE_MAX_EVENTS,
             fresh: false,
         }
     }
@@ -121,7 +131,10 @@ pub async fn rebuild(
     let mut projections = projections.to_vec();
     projections.sort();
     projections.dedup();
-    let batch_max_events = options.batch_max_events.clamp(1, 100_000);
+    let bounds = Bounds {
+        batch_max_events: options.batch_max_events.clamp(1, 100_000),
+        write_max_events: options.write_max_events.max(1),
+    };
 
     // The rebuild locks live on a connection of their own, taken out of the pool so
     // that they end with it, whatever happens.
@@ -183,7 +196,7 @@ pub async fn rebuild(
             workers,
             categories,
             head,
-            batch_max_events,
+            bounds,
             &report,
             &mut progress,
         )
@@ -191,11 +204,15 @@ pub async fn rebuild(
     }
 
     progress(&report.progress(RebuildPhase::Indexing, min_position(&workers)));
-    for &projection in &projections {
-        if !shadow_is_indexed(&*control, projection).await? {
-            index_shadow(&*control, projection).await?;
+    // Each projection's indexes on its worker's connection, all at once.
+    futures::future::try_join_all(workers.iter().map(|worker| async move {
+        let projection = worker.applier.projection;
+        if !shadow_is_indexed(&**worker.client, projection).await? {
+            index_shadow(&**worker.client, projection).await?;
         }
-    }
+        Ok::<_, ProjectionError>(())
+    }))
+    .await?;
     // Indexing took a while: catch up once more before the swap.
     let head = store.head().await?;
     if head > min_position(&workers) + SWAP_GAP_MAX_EVENTS {
@@ -205,7 +222,7 @@ pub async fn rebuild(
             workers,
             categories,
             head,
-            batch_max_events,
+            bounds,
             &report,
             &mut progress,
         )
@@ -262,6 +279,13 @@ async fn prepare_shadow(
     Ok(0)
 }
 
+/// How many events a round reads per batch and folds per write.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    batch_max_events: usize,
+    write_max_events: u64,
+}
+
 struct Worker {
     applier: Applier,
     client: Object,
@@ -303,7 +327,7 @@ async fn build_round(
     workers: Vec<Worker>,
     categories: Categories,
     head: u64,
-    batch_max_events: usize,
+    bounds: Bounds,
     report: &Reporter,
     progress: &mut (impl FnMut(&RebuildProgress) + Send),
 ) -> Result<Vec<Worker>, ProjectionError> {
@@ -321,13 +345,14 @@ async fn build_round(
             worker,
             receiver,
             position.clone(),
+            bounds.write_max_events,
         ))));
     }
     let reader = AbortOnDrop(tokio::spawn(read_log(
         store.clone(),
         from,
         head,
-        batch_max_events,
+        bounds.batch_max_events,
         categories,
         senders,
     )));
@@ -348,7 +373,10 @@ async fn build_round(
                 .map_err(|e| ProjectionError::Database(format!("log reader panicked: {e}")))??;
             reader = None;
         }
-        if reader.is_none() || tasks.iter().any(|t| t.0.is_finished()) {
+        // Once the log is read, the workers write what they folded: wait for all of
+        // them. A worker that ends before that failed, and the rest stop with it.
+        let finished = tasks.iter().filter(|t| t.0.is_finished()).count();
+        if finished == tasks.len() || (reader.is_some() && finished > 0) {
             break;
         }
     }
@@ -366,8 +394,17 @@ async fn build_round(
         }
     }
     if let Some(mut reader) = reader {
-        // A worker ended early: the reader stops when its channel closes.
-        let _ = (&mut reader.0).await;
+        // A worker ended early (the reader stops when its channel closes), or the
+        // reader ended just after it was last looked at.
+        match (&mut reader.0).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => {
+                failure = failure.or(Some(ProjectionError::Database(format!(
+                    "log reader panicked: {e}"
+                ))))
+            }
+        }
     }
     match failure {
         Some(e) => Err(e),
@@ -409,52 +446,76 @@ async fn read_log(
     .await
 }
 
+/// Folds every batch into the worker's rows in memory and writes them to the shadow
+/// (moving its checkpoint) once `write_max_events` events are folded, and when the
+/// batches end. `position` tells progress how far the fold has got.
 async fn apply_batches(
     mut worker: Worker,
     mut batches: mpsc::Receiver<Arc<Batch>>,
     position: Arc<AtomicU64>,
+    write_max_events: u64,
 ) -> Result<Worker, ProjectionError> {
+    let mut staged = worker.cursor.position;
     while let Some(batch) = batches.recv().await {
-        if batch.last_position <= worker.cursor.position {
+        if batch.last_position <= staged {
             continue;
         }
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match worker
-                .applier
-                .apply_batch(&mut worker.client, worker.cursor, &batch)
-                .await
-            {
-                Ok(next) => {
-                    worker.cursor = next;
-                    position.store(next.position, Ordering::Relaxed);
-                    break;
-                }
-                Err(BatchError::Poison { position, reason }) => {
-                    return Err(ProjectionError::Poison {
-                        projection: worker.applier.projection,
-                        position,
-                        reason,
-                    })
-                }
-                Err(BatchError::Moved(found)) => {
-                    return Err(ProjectionError::Database(format!(
-                        "the shadow of {} moved to {} under this rebuild",
-                        worker.applier.projection, found.position
-                    )))
-                }
-                Err(BatchError::Database(e))
-                    if e.is_transient() && attempts < BATCH_ATTEMPTS_MAX =>
-                {
-                    tracing::warn!(projection = %worker.applier.projection, error = %e, "rebuild batch failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempts as u64)).await;
-                }
-                Err(BatchError::Database(e)) => return Err(e),
-            }
+        worker
+            .applier
+            .stage(&mut worker.client, &batch, staged)
+            .await
+            .map_err(|e| worker.error(e))?;
+        staged = batch.last_position;
+        if staged - worker.cursor.position >= write_max_events {
+            write_staged(&mut worker, staged).await?;
         }
+        position.store(staged, Ordering::Relaxed);
+    }
+    if staged > worker.cursor.position {
+        write_staged(&mut worker, staged).await?;
     }
     Ok(worker)
+}
+
+/// Writes what the worker folded up to `upto`, trying again when the database
+/// fails transiently.
+async fn write_staged(worker: &mut Worker, upto: u64) -> Result<(), ProjectionError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match worker
+            .applier
+            .write_staged(&mut worker.client, worker.cursor, upto)
+            .await
+        {
+            Ok(next) => {
+                worker.cursor = next;
+                return Ok(());
+            }
+            Err(BatchError::Database(e)) if e.is_transient() && attempts < BATCH_ATTEMPTS_MAX => {
+                tracing::warn!(projection = %worker.applier.projection, error = %e, "rebuild write failed, retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempts as u64)).await;
+            }
+            Err(e) => return Err(worker.error(e)),
+        }
+    }
+}
+
+impl Worker {
+    fn error(&self, e: BatchError) -> ProjectionError {
+        match e {
+            BatchError::Poison { position, reason } => ProjectionError::Poison {
+                projection: self.applier.projection,
+                position,
+                reason,
+            },
+            BatchError::Moved(found) => ProjectionError::Database(format!(
+                "the shadow of {} moved to {} under this rebuild",
+                self.applier.projection, found.position
+            )),
+            BatchError::Database(e) => e,
+        }
+    }
 }
 
 /// In one transaction: catch every shadow up to its live checkpoint, replace the

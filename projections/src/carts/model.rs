@@ -4,9 +4,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use domain::{CartEvent, CartOwner, CartStatus, LineItem, Quantity};
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::apply::{poison, ApplyError, ReadModel, ROW_CACHE_MAX_ROWS};
+use crate::bulk::{copy_new_rows, Row};
 use crate::cache::BatchRows;
 use crate::decode::{Decoded, ShopEvent};
 
@@ -102,6 +104,7 @@ impl CartRow {
 }
 
 pub(crate) struct CartsModel {
+    schema: String,
     load_carts: String,
     load_lines: String,
     upsert_carts: String,
@@ -114,6 +117,7 @@ impl CartsModel {
     pub(crate) fn new(schema: &str) -> Self {
         let sql = |s: &str| s.replace("{schema}", schema);
         CartsModel {
+            schema: schema.to_owned(),
             load_carts: sql(LOAD_CARTS),
             load_lines: sql(LOAD_LINES),
             upsert_carts: sql(UPSERT_CARTS),
@@ -123,7 +127,7 @@ impl CartsModel {
         }
     }
 
-    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+    async fn load_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let missing = self.carts.take_missing();
         if missing.is_empty() {
             return Ok(());
@@ -171,7 +175,7 @@ impl CartsModel {
         Ok(())
     }
 
-    fn fold(&mut self, event: &Decoded) -> Result<(), ApplyError> {
+    fn fold_event(&mut self, event: &Decoded) -> Result<(), ApplyError> {
         let (id, cart_event) = match &event.event {
             Ok(ShopEvent::Cart { id, event }) => (*id, event),
             Ok(
@@ -280,7 +284,7 @@ impl CartsModel {
         Ok(())
     }
 
-    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+    async fn write_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let mut c = CartColumns::default();
         let mut lines = (
             Vec::new(),
@@ -370,6 +374,101 @@ impl CartsModel {
     }
 }
 
+impl CartsModel {
+    /// [`CartsModel::write_rows`] into empty tables: every cart and line is new.
+    async fn copy_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        // Checked in the fold.
+        let totals: Vec<(i32, i64, i64)> = self
+            .carts
+            .iter()
+            .map(|(_, cart)| cart.totals().unwrap_or_default())
+            .collect();
+        let mut carts: Vec<Row> = Vec::with_capacity(totals.len());
+        for ((id, cart), total) in self.carts.iter().zip(&totals) {
+            carts.push(vec![
+                id,
+                &cart.owner_kind,
+                &cart.customer_id,
+                &cart.guest_token,
+                &cart.currency,
+                &cart.status,
+                &total.0,
+                &total.1,
+                &total.2,
+                &cart.checked_out_total,
+                &cart.order_id,
+                &cart.created_at,
+                &cart.checked_out_at,
+                &cart.ended_at,
+                &cart.updated_at,
+                &cart.position,
+            ]);
+        }
+        copy_new_rows(
+            tx,
+            &format!("{}.carts", self.schema),
+            "cart_id, owner_kind, customer_id, guest_token, currency, status, line_count, \
+             item_count, total_minor, checked_out_total_minor, order_id, created_at, \
+             checked_out_at, ended_at, updated_at, position",
+            &[
+                Type::UUID,
+                Type::TEXT,
+                Type::UUID,
+                Type::UUID,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT4,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::UUID,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::INT8,
+            ],
+            carts,
+        )
+        .await?;
+        let line_totals: Vec<i64> = self
+            .carts
+            .iter()
+            .flat_map(|(_, cart)| cart.lines.iter().map(|l| l.quantity * l.unit_price))
+            .collect();
+        let mut lines: Vec<Row> = Vec::with_capacity(line_totals.len());
+        let mut line_totals = line_totals.iter();
+        for (id, cart) in self.carts.iter() {
+            for (line, total) in cart.lines.iter().zip(line_totals.by_ref()) {
+                lines.push(vec![
+                    id,
+                    &line.sku,
+                    &line.line_no,
+                    &line.quantity,
+                    &line.unit_price,
+                    total,
+                ]);
+            }
+        }
+        copy_new_rows(
+            tx,
+            &format!("{}.cart_lines", self.schema),
+            "cart_id, sku, line_no, quantity, unit_price_minor, line_total_minor",
+            &[
+                Type::UUID,
+                Type::TEXT,
+                Type::INT4,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+            ],
+            lines,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 fn check_currency(event: &Decoded, cart: &str, line: &str) -> Result<(), ApplyError> {
     if cart == line {
         Ok(())
@@ -400,17 +499,32 @@ struct CartColumns<'a> {
 
 #[async_trait]
 impl ReadModel for CartsModel {
-    async fn apply(&mut self, tx: &Transaction<'_>, events: &[&Decoded]) -> Result<(), ApplyError> {
+    fn touch(&mut self, events: &[&Decoded]) {
         for event in events {
             if let Ok(ShopEvent::Cart { id, .. }) = &event.event {
                 self.carts.touch(id.as_uuid(), event.version == 1);
             }
         }
-        self.load(tx).await?;
-        for event in events {
-            self.fold(event)?;
-        }
-        self.write(tx).await
+    }
+
+    fn needs_load(&self) -> bool {
+        self.carts.needs_load()
+    }
+
+    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.load_rows(tx).await
+    }
+
+    fn fold(&mut self, events: &[&Decoded]) -> Result<(), ApplyError> {
+        events.iter().try_for_each(|event| self.fold_event(event))
+    }
+
+    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.write_rows(tx).await
+    }
+
+    async fn write_new(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.copy_rows(tx).await
     }
 
     fn committed(&mut self) {

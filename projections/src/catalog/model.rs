@@ -132,7 +132,7 @@ impl CatalogModel {
         }
     }
 
-    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+    async fn load_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let products = self.products.take_missing();
         if !products.is_empty() {
             let mut loaded: BTreeMap<Uuid, ProductRow> = BTreeMap::new();
@@ -207,7 +207,7 @@ impl CatalogModel {
         Ok(())
     }
 
-    fn fold(&mut self, event: &Decoded) -> Result<(), ApplyError> {
+    fn fold_event(&mut self, event: &Decoded) -> Result<(), ApplyError> {
         match &event.event {
             Ok(ShopEvent::Product { id, event: e }) => self.fold_product(event, *id, e),
             Ok(ShopEvent::Inventory { sku, event: e }) => {
@@ -341,7 +341,7 @@ impl CatalogModel {
         Ok(())
     }
 
-    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+    async fn write_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let mut ids = Vec::new();
         let mut titles = Vec::new();
         let mut descriptions = Vec::new();
@@ -483,7 +483,7 @@ fn corrupt(column: &str, e: serde_json::Error) -> crate::ProjectionError {
 
 #[async_trait]
 impl ReadModel for CatalogModel {
-    async fn apply(&mut self, tx: &Transaction<'_>, events: &[&Decoded]) -> Result<(), ApplyError> {
+    fn touch(&mut self, events: &[&Decoded]) {
         for event in events {
             match &event.event {
                 Ok(ShopEvent::Product { id, .. }) => {
@@ -495,11 +495,22 @@ impl ReadModel for CatalogModel {
                 Ok(ShopEvent::Cart { .. } | ShopEvent::Order { .. }) | Err(_) => {}
             }
         }
-        self.load(tx).await?;
-        for event in events {
-            self.fold(event)?;
-        }
-        self.write(tx).await
+    }
+
+    fn needs_load(&self) -> bool {
+        self.products.needs_load() || self.stock.needs_load()
+    }
+
+    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.load_rows(tx).await
+    }
+
+    fn fold(&mut self, events: &[&Decoded]) -> Result<(), ApplyError> {
+        events.iter().try_for_each(|event| self.fold_event(event))
+    }
+
+    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.write_rows(tx).await
     }
 
     fn committed(&mut self) {

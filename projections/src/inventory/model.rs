@@ -84,7 +84,7 @@ impl InventoryModel {
         }
     }
 
-    fn fold(&mut self, event: &Decoded) -> Result<(), ApplyError> {
+    fn fold_event(&mut self, event: &Decoded) -> Result<(), ApplyError> {
         let (sku, inventory_event) = match &event.event {
             Ok(ShopEvent::Inventory { sku, event }) => (sku, event),
             Ok(ShopEvent::Product { .. } | ShopEvent::Cart { .. } | ShopEvent::Order { .. }) => {
@@ -130,37 +130,50 @@ impl InventoryModel {
 
 #[async_trait]
 impl ReadModel for InventoryModel {
-    async fn apply(&mut self, tx: &Transaction<'_>, events: &[&Decoded]) -> Result<(), ApplyError> {
+    fn touch(&mut self, events: &[&Decoded]) {
         for event in events {
             if let Ok(ShopEvent::Inventory { sku, .. }) = &event.event {
                 self.skus.touch(sku.as_str(), event.version == 1);
             }
         }
+    }
+
+    fn needs_load(&self) -> bool {
+        self.skus.needs_load()
+    }
+
+    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let missing = self.skus.take_missing();
-        if !missing.is_empty() {
-            let statement = tx.prepare_cached(&self.load).await?;
-            for row in tx.query(&statement, &[&missing]).await? {
-                let sku: String = row.get(0);
-                let warehouse: String = row.get(1);
-                let level = Level {
-                    priority: row.get(2),
-                    on_hand: row.get(3),
-                    reserved: row.get(4),
-                    updated_at: row.get(5),
-                    position: row.get(6),
-                    dirty: false,
-                };
-                match self.skus.get_mut(sku.as_str()) {
-                    Some(Some(levels)) => {
-                        levels.insert(warehouse, level);
-                    }
-                    _ => self.skus.loaded(sku, Levels::from([(warehouse, level)])),
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let statement = tx.prepare_cached(&self.load).await?;
+        for row in tx.query(&statement, &[&missing]).await? {
+            let sku: String = row.get(0);
+            let warehouse: String = row.get(1);
+            let level = Level {
+                priority: row.get(2),
+                on_hand: row.get(3),
+                reserved: row.get(4),
+                updated_at: row.get(5),
+                position: row.get(6),
+                dirty: false,
+            };
+            match self.skus.get_mut(sku.as_str()) {
+                Some(Some(levels)) => {
+                    levels.insert(warehouse, level);
                 }
+                _ => self.skus.loaded(sku, Levels::from([(warehouse, level)])),
             }
         }
-        for event in events {
-            self.fold(event)?;
-        }
+        Ok(())
+    }
+
+    fn fold(&mut self, events: &[&Decoded]) -> Result<(), ApplyError> {
+        events.iter().try_for_each(|event| self.fold_event(event))
+    }
+
+    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         if self.skus.is_empty() {
             return Ok(());
         }

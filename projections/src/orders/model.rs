@@ -5,9 +5,11 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use domain::OrderEvent;
 use serde_json::Value;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::apply::{poison, ApplyError, ReadModel, ROW_CACHE_MAX_ROWS};
+use crate::bulk::{copy_new_rows, Row};
 use crate::cache::{BatchRows, FastMap};
 use crate::decode::{Decoded, ShopEvent};
 
@@ -159,6 +161,7 @@ struct CustomerDelta {
 }
 
 pub(crate) struct OrdersModel {
+    schema: String,
     load: String,
     insert_orders: String,
     update_orders: String,
@@ -190,6 +193,7 @@ impl OrdersModel {
     pub(crate) fn new(schema: &str) -> Self {
         let sql = |s: &str| s.replace("{schema}", schema);
         OrdersModel {
+            schema: schema.to_owned(),
             load: sql(LOAD),
             insert_orders: sql(INSERT_ORDERS),
             update_orders: sql(UPDATE_ORDERS),
@@ -200,7 +204,7 @@ impl OrdersModel {
         }
     }
 
-    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+    async fn load_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let missing = self.orders.take_missing();
         if missing.is_empty() {
             return Ok(());
@@ -228,7 +232,7 @@ impl OrdersModel {
         Ok(())
     }
 
-    fn fold(&mut self, event: &Decoded) -> Result<(), ApplyError> {
+    fn fold_event(&mut self, event: &Decoded) -> Result<(), ApplyError> {
         let (id, order_event) = match &event.event {
             Ok(ShopEvent::Order { id, event }) => (*id, event),
             Ok(
@@ -379,7 +383,7 @@ impl OrdersModel {
         Ok(())
     }
 
-    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+    async fn write_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let mut new = NewOrders::default();
         let mut old = ChangedOrders::default();
         for (id, order) in self.orders.iter() {
@@ -545,6 +549,181 @@ impl OrdersModel {
     }
 }
 
+impl OrdersModel {
+    /// [`OrdersModel::write_rows`] into empty tables: every order was placed within
+    /// what is written, and every customer's history starts there.
+    async fn copy_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        let mut orders: Vec<Row> = Vec::new();
+        let mut lines: Vec<Row> = Vec::new();
+        // Line numbers, from 1.
+        let numbers: Vec<i32> = (1..=self
+            .orders
+            .iter()
+            .map(|(_, o)| line_count(o))
+            .max()
+            .unwrap_or(0) as i32)
+            .collect();
+        for (id, order) in self.orders.iter() {
+            let Some((change, placed)) = order
+                .change
+                .as_deref()
+                .and_then(|c| c.placed.as_ref().map(|p| (c, p)))
+            else {
+                return Err(not_new(format!(
+                    "order {id} was not placed in the first write"
+                )));
+            };
+            orders.push(vec![
+                id,
+                &order.customer_id,
+                &placed.cart_id,
+                &order.status,
+                &change.status_reason,
+                &order.currency,
+                &order.total,
+                &placed.line_count,
+                &placed.item_count,
+                &change.payment_id,
+                &change.tracking_number,
+                &placed.ship_country,
+                &placed.shipping_address,
+                &placed.placed_at,
+                &change.stock_reserved_at,
+                &change.payment_authorized_at,
+                &order.confirmed_at,
+                &change.shipped_at,
+                &change.delivered_at,
+                &change.cancelled_at,
+                &change.rejected_at,
+                &change.updated_at,
+                &change.position,
+            ]);
+            for ((sku, quantity, unit_price, total), number) in placed.lines.iter().zip(&numbers) {
+                lines.push(vec![
+                    id,
+                    number,
+                    sku,
+                    quantity,
+                    unit_price,
+                    &order.currency,
+                    total,
+                ]);
+            }
+        }
+        copy_new_rows(
+            tx,
+            &format!("{}.orders", self.schema),
+            "order_id, customer_id, cart_id, status, status_reason, currency, total_minor, \
+             line_count, item_count, payment_id, tracking_number, ship_country, \
+             shipping_address, placed_at, stock_reserved_at, payment_authorized_at, \
+             confirmed_at, shipped_at, delivered_at, cancelled_at, rejected_at, updated_at, \
+             position",
+            &[
+                Type::UUID,
+                Type::UUID,
+                Type::UUID,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT8,
+                Type::INT4,
+                Type::INT8,
+                Type::UUID,
+                Type::TEXT,
+                Type::TEXT,
+                Type::JSONB,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::INT8,
+            ],
+            orders,
+        )
+        .await?;
+        copy_new_rows(
+            tx,
+            &format!("{}.order_lines", self.schema),
+            "order_id, line_no, sku, quantity, unit_price_minor, currency, line_total_minor",
+            &[
+                Type::UUID,
+                Type::INT4,
+                Type::TEXT,
+                Type::INT8,
+                Type::INT8,
+                Type::TEXT,
+                Type::INT8,
+            ],
+            lines,
+        )
+        .await?;
+        let mut customers: Vec<Row> = Vec::with_capacity(self.customers.len());
+        for ((customer, currency), d) in &self.customers {
+            let (Some(first_at), Some(last_at)) = (&d.first_at, &d.last_at) else {
+                return Err(not_new(format!(
+                    "customer {customer} has no order placed in the first write"
+                )));
+            };
+            customers.push(vec![
+                customer,
+                currency,
+                &d.placed,
+                &d.confirmed,
+                &d.delivered,
+                &d.cancelled,
+                &d.rejected,
+                &d.placed_total,
+                &d.confirmed_total,
+                first_at,
+                last_at,
+                &d.position,
+            ]);
+        }
+        copy_new_rows(
+            tx,
+            &format!("{}.customer_orders", self.schema),
+            "customer_id, currency, orders_placed, orders_confirmed, orders_delivered, \
+             orders_cancelled, orders_rejected, placed_total_minor, confirmed_total_minor, \
+             first_order_at, last_order_at, position",
+            &[
+                Type::UUID,
+                Type::TEXT,
+                Type::INT4,
+                Type::INT4,
+                Type::INT4,
+                Type::INT4,
+                Type::INT4,
+                Type::INT8,
+                Type::INT8,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::INT8,
+            ],
+            customers,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn line_count(order: &OrderRow) -> usize {
+    order
+        .change
+        .as_deref()
+        .and_then(|c| c.placed.as_ref())
+        .map_or(0, |p| p.lines.len())
+}
+
+/// A first write found a row that must have been written before: a bug in the fold.
+fn not_new(reason: String) -> ApplyError {
+    ApplyError::Database(crate::ProjectionError::Database(reason))
+}
+
 /// The transition times of the orders a batch writes, one column each.
 #[derive(Default)]
 struct Times {
@@ -611,17 +790,32 @@ struct ChangedOrders<'a> {
 
 #[async_trait]
 impl ReadModel for OrdersModel {
-    async fn apply(&mut self, tx: &Transaction<'_>, events: &[&Decoded]) -> Result<(), ApplyError> {
+    fn touch(&mut self, events: &[&Decoded]) {
         for event in events {
             if let Ok(ShopEvent::Order { id, .. }) = &event.event {
                 self.orders.touch(id.as_uuid(), event.version == 1);
             }
         }
-        self.load(tx).await?;
-        for event in events {
-            self.fold(event)?;
-        }
-        self.write(tx).await
+    }
+
+    fn needs_load(&self) -> bool {
+        self.orders.needs_load()
+    }
+
+    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.load_rows(tx).await
+    }
+
+    fn fold(&mut self, events: &[&Decoded]) -> Result<(), ApplyError> {
+        events.iter().try_for_each(|event| self.fold_event(event))
+    }
+
+    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.write_rows(tx).await
+    }
+
+    async fn write_new(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.copy_rows(tx).await
     }
 
     fn committed(&mut self) {

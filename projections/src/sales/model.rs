@@ -9,9 +9,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::Transaction;
 use domain::OrderEvent;
 use serde::{Deserialize, Serialize};
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::apply::{poison, ApplyError, ReadModel, ROW_CACHE_MAX_ROWS};
+use crate::bulk::{copy_new_rows, Row};
 use crate::cache::{BatchRows, FastMap};
 use crate::decode::{Decoded, ShopEvent};
 
@@ -74,6 +76,7 @@ struct Delta {
 type DeltaKey = (NaiveDate, String, String);
 
 pub(crate) struct SalesModel {
+    schema: String,
     load: String,
     upsert_open: String,
     delete_open: String,
@@ -110,6 +113,7 @@ impl SalesModel {
     pub(crate) fn new(schema: &str) -> Self {
         let sql = |s: &str| s.replace("{schema}", schema);
         SalesModel {
+            schema: schema.to_owned(),
             load: sql(LOAD),
             upsert_open: sql(UPSERT_OPEN),
             delete_open: sql(DELETE_OPEN),
@@ -120,7 +124,7 @@ impl SalesModel {
         }
     }
 
-    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+    async fn load_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let missing = self.open.take_missing();
         if missing.is_empty() {
             return Ok(());
@@ -147,7 +151,7 @@ impl SalesModel {
         Ok(())
     }
 
-    fn fold(&mut self, event: &Decoded) -> Result<(), ApplyError> {
+    fn fold_event(&mut self, event: &Decoded) -> Result<(), ApplyError> {
         let (id, order_event) = match &event.event {
             Ok(ShopEvent::Order { id, event }) => (*id.as_uuid(), event),
             Ok(
@@ -246,7 +250,7 @@ impl SalesModel {
         Ok(())
     }
 
-    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+    async fn write_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
         let mut ids = Vec::new();
         let mut currencies = Vec::new();
         let mut lines = Vec::new();
@@ -309,9 +313,74 @@ impl SalesModel {
     }
 }
 
+impl SalesModel {
+    /// [`SalesModel::write_rows`] into empty tables: every open order and every
+    /// day's figures are new.
+    async fn copy_rows(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        let open: Vec<(&Uuid, &OpenOrder, serde_json::Value)> = self
+            .open
+            .iter()
+            .map(|(id, order)| (id, order, serde_json::json!(order.lines)))
+            .collect();
+        let mut rows: Vec<Row> = Vec::with_capacity(open.len());
+        for (id, order, lines) in &open {
+            rows.push(vec![*id, &order.currency, lines, &order.confirmed]);
+        }
+        copy_new_rows(
+            tx,
+            &format!("{}.sales_open_orders", self.schema),
+            "order_id, currency, lines, confirmed",
+            &[Type::UUID, Type::TEXT, Type::JSONB, Type::BOOL],
+            rows,
+        )
+        .await?;
+        let mut rows: Vec<Row> = Vec::with_capacity(self.deltas.len());
+        for ((day, sku, currency), d) in &self.deltas {
+            rows.push(vec![
+                day,
+                sku,
+                currency,
+                &d.orders_placed,
+                &d.units_ordered,
+                &d.revenue_ordered,
+                &d.units_sold,
+                &d.revenue_sold,
+                &d.cancellations,
+                &d.units_cancelled,
+                &d.revenue_cancelled,
+                &d.position,
+            ]);
+        }
+        copy_new_rows(
+            tx,
+            &format!("{}.sales_daily", self.schema),
+            "day, sku, currency, orders_placed, units_ordered, revenue_ordered_minor, \
+             units_sold, revenue_sold_minor, cancellations, units_cancelled, \
+             revenue_cancelled_minor, position",
+            &[
+                Type::DATE,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT4,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT4,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+            ],
+            rows,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ReadModel for SalesModel {
-    async fn apply(&mut self, tx: &Transaction<'_>, events: &[&Decoded]) -> Result<(), ApplyError> {
+    fn touch(&mut self, events: &[&Decoded]) {
         for event in events {
             if let Ok(ShopEvent::Order { id, event: e }) = &event.event {
                 match e {
@@ -326,11 +395,26 @@ impl ReadModel for SalesModel {
                 }
             }
         }
-        self.load(tx).await?;
-        for event in events {
-            self.fold(event)?;
-        }
-        self.write(tx).await
+    }
+
+    fn needs_load(&self) -> bool {
+        self.open.needs_load()
+    }
+
+    async fn load(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.load_rows(tx).await
+    }
+
+    fn fold(&mut self, events: &[&Decoded]) -> Result<(), ApplyError> {
+        events.iter().try_for_each(|event| self.fold_event(event))
+    }
+
+    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.write_rows(tx).await
+    }
+
+    async fn write_new(&mut self, tx: &Transaction<'_>) -> Result<(), ApplyError> {
+        self.copy_rows(tx).await
     }
 
     fn committed(&mut self) {
