@@ -11,6 +11,10 @@ mod status;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// See `mimalloc` in `api/Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The server the project's scripts start (`scripts/pg.sh`).
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5433/postgres";
 
