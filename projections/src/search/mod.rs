@@ -64,6 +64,8 @@ pub struct SearchConfig {
     pub writer_heap_bytes: usize,
     /// Indexing threads.
     pub writer_threads: usize,
+    /// Threads one search spreads its segments over (1: the caller's thread only).
+    pub search_threads: usize,
     /// Events per batch while catching up (read with `COPY`).
     pub catch_up_batch_max_events: usize,
     /// Events per batch near the head.
@@ -89,6 +91,9 @@ impl SearchConfig {
             dir: dir.into(),
             writer_heap_bytes: 256 * 1024 * 1024,
             writer_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
+            search_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(4),
             catch_up_batch_max_events: crate::REBUILD_BATCH_MAX_EVENTS,
@@ -195,6 +200,14 @@ impl SearchIndex {
                     .map_err(|e| SearchError::Index(e.to_string()))??;
                 opened = fresh;
             }
+        }
+        if config.search_threads > 1 {
+            // Each segment of a search on a thread of its own: one search's latency,
+            // not the throughput of many, is what a shopper waits for.
+            opened
+                .index
+                .set_multithread_executor(config.search_threads)
+                .map_err(indexer::tantivy_error)?;
         }
         let reader = indexer::reader(&opened.index)?;
         let fields = schema::Fields::of(&opened.index.schema()).map_err(indexer::tantivy_error)?;
