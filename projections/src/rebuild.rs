@@ -18,12 +18,12 @@ use eventstore::privacy::KeyVault;
 use eventstore::{EventStore, PostgresStore};
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::apply::{Applier, BatchError, Cursor, Target};
 use crate::decode::{Batch, Categories};
 use crate::error::{db_error, ProjectionError};
 use crate::lease::lock_key;
+use crate::log::AbortOnDrop;
 use crate::schema::{self, create_shadow, index_shadow, shadow_is_indexed, shadow_schema};
 use crate::Projection;
 
@@ -39,6 +39,8 @@ pub const REBUILD_BATCH_MAX_EVENTS: usize = 50_000;
 /// the end. The bound keeps a much longer log from holding every row in memory; an
 /// interrupted rebuild resumes from its last write.
 pub const REBUILD_WRITE_MAX_EVENTS: u64 = 5_000_000;
+/// Connections reading and decoding the log at once, at most (one per core).
+const LOG_READERS_MAX: usize = 4;
 /// Batches the reader may be ahead of the slowest projection.
 const READ_AHEAD_PAGES: usize = 1;
 /// The build stops catching up and swaps when the head is at most this far ahead;
@@ -412,16 +414,6 @@ async fn build_round(
     }
 }
 
-/// A task that ends with its handle: when a rebuild is dropped (interrupted), its
-/// reader and workers stop too instead of writing on into the shadow.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Reads and decodes the log after `from` up to `head`, handing every batch to every
 /// worker.
 async fn read_log(
@@ -432,11 +424,12 @@ async fn read_log(
     categories: Categories,
     senders: Vec<mpsc::Sender<Arc<Batch>>>,
 ) -> Result<(), ProjectionError> {
-    let client = store.connection().await?;
-    let vault = KeyVault::connect(store.pool().clone()).await?;
-    crate::log::copy_opened_batches(
-        &client,
-        Some(&vault),
+    let readers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(LOG_READERS_MAX);
+    crate::log::copy_batches_in_parallel(
+        &store,
+        readers,
         from,
         head,
         batch_max_events,
