@@ -54,7 +54,12 @@ pub async fn run(database_url: &str, events: u64) -> Result<()> {
     );
 
     let mut last_report = Instant::now();
+    // When each phase began, from the start of the rebuild.
+    let mut phases: Vec<(RebuildPhase, f64)> = Vec::new();
     let report = projections::rebuild(&store, &Projection::ALL, &RebuildOptions::default(), |p| {
+        if phases.last().map(|(phase, _)| *phase) != Some(p.phase) {
+            phases.push((p.phase, p.elapsed.as_secs_f64()));
+        }
         if last_report.elapsed().as_secs() >= 5 || p.phase != RebuildPhase::Building {
             last_report = Instant::now();
             eprintln!(
@@ -72,6 +77,27 @@ pub async fn run(database_url: &str, events: u64) -> Result<()> {
         report.events,
         report.elapsed.as_secs_f64(),
         rate / baseline
+    );
+    // Seconds spent in each phase: building (reading, folding and writing the
+    // shadows), indexing, swapping.
+    let phase_secs = |phase: RebuildPhase| {
+        let at = phases.iter().position(|(p, _)| *p == phase)?;
+        let end = phases
+            .get(at + 1)
+            .map_or(report.elapsed.as_secs_f64(), |(_, t)| *t);
+        Some(round2(end - phases[at].1))
+    };
+    let (building, indexing, swapping) = (
+        phase_secs(RebuildPhase::Building),
+        phase_secs(RebuildPhase::Indexing),
+        phase_secs(RebuildPhase::Swapping),
+    );
+    let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.1}s"));
+    println!(
+        "  phases: building {}, indexing {}, swapping {}",
+        secs(building),
+        secs(indexing),
+        secs(swapping)
     );
 
     // Correctness: every projection is at the head, and the models agree with what
@@ -124,6 +150,9 @@ pub async fn run(database_url: &str, events: u64) -> Result<()> {
         "baseline": baseline.round(),
         "ratio": round2(rate / baseline),
         "seconds": round2(report.elapsed.as_secs_f64()),
+        "building_seconds": building,
+        "indexing_seconds": indexing,
+        "swapping_seconds": swapping,
         "projections": report.projections.len(),
         "generate_events_per_sec": (generated as f64 / generate_secs).round(),
         "orders": orders,
