@@ -331,8 +331,9 @@ pub enum CheckoutCommand {
         reason: String,
         at: DateTime<Utc>,
     },
-    /// What one compensation step undid. A payment call that failed is recorded
-    /// with `RecordPaymentFailed` (operation `settle`).
+    /// What one compensation step undid, and the payment call that failed, if one
+    /// did: both are decided (and appended) together, so a step cut off after its
+    /// first record cannot leave a failure unrecorded.
     RecordCompensation {
         checkout_id: CheckoutId,
         released: Vec<Sku>,
@@ -340,8 +341,19 @@ pub enum CheckoutCommand {
         payment: Option<PaymentSettlement>,
         order_closed: bool,
         cart_reopened: bool,
+        settle_failure: Option<SettleFailure>,
         at: DateTime<Utc>,
     },
+}
+
+/// A settling payment call (void or refund) that failed during a compensation step:
+/// recorded as `CheckoutPaymentFailed` with operation `settle`; `retry_at` is when to
+/// try `attempt + 1`, `None` when the saga gives up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleFailure {
+    pub attempt: u32,
+    pub error: String,
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 impl CheckoutCommand {
@@ -1119,12 +1131,32 @@ impl Aggregate for Checkout {
                 payment,
                 order_closed,
                 cart_reopened,
+                settle_failure,
                 at,
                 ..
             } => {
                 if status != S::Compensating {
                     return Ok(vec![]);
                 }
+                // The failed call, as `RecordPaymentFailed` (operation settle) would
+                // record it.
+                let failed = match settle_failure {
+                    Some(failure)
+                        if payment.is_none()
+                            && data.money.needs_settling()
+                            && failure.attempt > data.failed_attempt =>
+                    {
+                        reason("error", &failure.error)?;
+                        Some(CheckoutEvent::CheckoutPaymentFailed {
+                            operation: PaymentOperation::Settle,
+                            attempt: failure.attempt,
+                            error: failure.error.clone(),
+                            retry_at: failure.retry_at,
+                            at: *at,
+                        })
+                    }
+                    _ => None,
+                };
                 let released: Vec<Sku> = released
                     .iter()
                     .filter(|sku| {
@@ -1150,23 +1182,24 @@ impl Aggregate for Checkout {
                 let order_closed = *order_closed
                     && matches!(data.order, OrderStage::Placed | OrderStage::Confirmed);
                 let cart_reopened = *cart_reopened && data.cart == CartStage::CheckedOut;
-                if released.is_empty()
-                    && restocked.is_empty()
-                    && payment.is_none()
-                    && !order_closed
-                    && !cart_reopened
+                let mut facts = Vec::new();
+                if !released.is_empty()
+                    || !restocked.is_empty()
+                    || payment.is_some()
+                    || order_closed
+                    || cart_reopened
                 {
-                    return Ok(finish_if_settled(self, vec![], *at));
+                    facts.push(CheckoutEvent::CheckoutCompensated {
+                        released,
+                        restocked,
+                        payment,
+                        order_closed,
+                        cart_reopened,
+                        at: *at,
+                    });
                 }
-                let fact = CheckoutEvent::CheckoutCompensated {
-                    released,
-                    restocked,
-                    payment,
-                    order_closed,
-                    cart_reopened,
-                    at: *at,
-                };
-                finish_if_settled(self, vec![fact], *at)
+                facts.extend(failed);
+                finish_if_settled(self, facts, *at)
             }
         })
     }

@@ -38,7 +38,7 @@ pub use cart::{Cart, CartCommand, CartEvent, CartOwner, CartStatus, MAX_CART_LIN
 pub use checkout::{
     CartStage, Checkout, CheckoutCommand, CheckoutEvent, CheckoutLine, CheckoutOutcome,
     CheckoutStatus, CheckoutTimer, LineStock, MoneyState, OrderStage, PaymentOperation,
-    PaymentSettlement, ReservedLine, UnavailableLine, MAX_PAYMENT_METHOD_CHARS,
+    PaymentSettlement, ReservedLine, SettleFailure, UnavailableLine, MAX_PAYMENT_METHOD_CHARS,
 };
 pub use codes::{Sku, WarehouseId};
 pub use error::DomainError;

@@ -14,8 +14,8 @@ use commands::{CartAction, CommandContext, CommandError, Commands, PlaceOrder};
 use domain::{
     CartStatus, Checkout, CheckoutCommand, CheckoutId, CheckoutOutcome, DomainError,
     InventoryCommand, InventoryEvent, Order, OrderCommand, OrderStatus, Payment, PaymentCommand,
-    PaymentOperation, PaymentSettlement, PaymentStatus, ReservationOutcome, ReservedLine, Sku,
-    UnavailableLine,
+    PaymentOperation, PaymentSettlement, PaymentStatus, ReservationOutcome, ReservedLine,
+    SettleFailure, Sku, UnavailableLine,
 };
 use futures::future::join_all;
 use uuid::Uuid;
@@ -501,19 +501,32 @@ impl Dispatcher<'_> {
         error: &GatewayError,
         deadline: Option<DateTime<Utc>>,
     ) -> CheckoutCommand {
+        let (error, retry_at) = self.failure(checkout_id, operation, attempt, error, deadline);
+        CheckoutCommand::RecordPaymentFailed {
+            checkout_id,
+            operation,
+            attempt,
+            error,
+            retry_at,
+            at: self.now,
+        }
+    }
+
+    /// A failed payment call's text (bounded) and when to try again, if at all.
+    fn failure(
+        &self,
+        checkout_id: CheckoutId,
+        operation: PaymentOperation,
+        attempt: u32,
+        error: &GatewayError,
+        deadline: Option<DateTime<Utc>>,
+    ) -> (String, Option<DateTime<Utc>>) {
         let retry_at = (error.is_retryable() && attempt < self.config.attempts_max(operation))
             .then(|| self.now + self.config.backoff(checkout_id.as_uuid(), attempt))
             .filter(|at| deadline.is_none_or(|deadline| *at < deadline));
         let mut text = error.to_string();
         text.truncate(400);
-        CheckoutCommand::RecordPaymentFailed {
-            checkout_id,
-            operation,
-            attempt,
-            error: text,
-            retry_at,
-            at: self.now,
-        }
+        (text, retry_at)
     }
 
     /// Records a money movement on the Payment stream. A refusal means the stream
@@ -733,34 +746,41 @@ impl Dispatcher<'_> {
                 }
             }
         }
-        let (payment, failure) = match &c.settle {
+        let (payment, settle_failure) = match &c.settle {
             None => (None, None),
             Some(settle) => match self.settle(checkout_id, causation, settle).await? {
                 Ok(settlement) => (Some(settlement), None),
-                Err(error) => (
-                    None,
-                    Some(self.payment_failed(
+                Err(error) => {
+                    let (error, retry_at) = self.failure(
                         checkout_id,
                         PaymentOperation::Settle,
                         c.attempt,
                         &error,
                         None,
-                    )),
-                ),
+                    );
+                    (
+                        None,
+                        Some(SettleFailure {
+                            attempt: c.attempt,
+                            error,
+                            retry_at,
+                        }),
+                    )
+                }
             },
         };
-        let mut outcome = vec![CheckoutCommand::RecordCompensation {
-            checkout_id,
-            released,
-            restocked,
-            payment,
-            order_closed,
-            cart_reopened,
-            at: self.now,
-        }];
-        outcome.extend(failure);
+        // One command: the undoing and a failed settling call are recorded together.
         Ok(StepResult {
-            record: outcome,
+            record: vec![CheckoutCommand::RecordCompensation {
+                checkout_id,
+                released,
+                restocked,
+                payment,
+                order_closed,
+                cart_reopened,
+                settle_failure,
+                at: self.now,
+            }],
             timers: vec![],
         })
     }

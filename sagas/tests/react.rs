@@ -8,7 +8,7 @@ use domain::{
     Aggregate, Allocation, CartId, Checkout, CheckoutCommand, CheckoutEvent, CheckoutId,
     CheckoutOutcome, CheckoutStatus, CheckoutTimer, Currency, CustomerId, DomainEvent, LineItem,
     LineStock, Money, MoneyState, PaymentOperation, PaymentSettlement, Quantity, ReservedLine,
-    ShippingAddress, Sku, UnavailableLine, WarehouseId,
+    SettleFailure, ShippingAddress, Sku, UnavailableLine, WarehouseId,
 };
 use sagas::react::{Compensation, Settle};
 use sagas::{react, Step};
@@ -176,6 +176,7 @@ impl Flow {
             payment,
             order_closed: c.close_order.is_some(),
             cart_reopened: c.reopen_cart.is_some(),
+            settle_failure: None,
             at: at(50),
         })
     }
@@ -442,6 +443,7 @@ fn the_deadline_cancels_and_a_late_authorization_is_voided() {
             payment: Some(PaymentSettlement::Voided),
             order_closed: true,
             cart_reopened: true,
+            settle_failure: None,
             at: at(700),
         })
         .unwrap()
@@ -596,6 +598,57 @@ fn settling_is_retried_and_then_left_for_a_person() {
     });
     assert_eq!(flow.status(), CheckoutStatus::Cancelled);
     assert_eq!(flow.state.money(), Some(MoneyState::Abandoned));
+}
+
+/// A compensation step whose refund failed records what it undid and the failed call
+/// as one decision (one append): a step cut off between two records, then run again
+/// with another answer from the provider, would otherwise leave the failure (and its
+/// retry) unrecorded and the checkout compensating for ever.
+#[test]
+fn a_failed_refund_is_recorded_with_the_compensation_in_one_decision() {
+    let (mut flow, _) = Flow::completed();
+    let c = only_compensation(flow.record(CheckoutCommand::NoteOrderCancelled {
+        checkout_id: checkout_id(),
+        reason: "changed my mind".into(),
+        at: at(100),
+    }));
+    let before = flow.events.len();
+    let record = CheckoutCommand::RecordCompensation {
+        checkout_id: checkout_id(),
+        released: vec![],
+        restocked: c.restock.iter().map(|l| l.sku.clone()).collect(),
+        payment: None,
+        order_closed: false,
+        cart_reopened: false,
+        settle_failure: Some(SettleFailure {
+            attempt: 1,
+            error: "payment provider timed out".into(),
+            retry_at: Some(at(130)),
+        }),
+        at: at(101),
+    };
+    let steps = flow.record(record.clone());
+    let types: Vec<&str> = flow.events[before..]
+        .iter()
+        .map(|e| e.event_type())
+        .collect();
+    assert_eq!(types, ["CheckoutCompensated", "CheckoutPaymentFailed"]);
+    assert!(matches!(steps.as_slice(), [Step::ScheduleTimer { .. }]));
+    assert_eq!(flow.status(), CheckoutStatus::Compensating);
+    // The same record again (a re-run of the step) changes nothing.
+    assert!(flow.state.decide(&record).unwrap().is_empty());
+    // The retry refunds: the checkout ends cancelled.
+    let c = only_compensation(flow.record(CheckoutCommand::FireTimer {
+        checkout_id: checkout_id(),
+        timer: CheckoutTimer::PaymentRetry {
+            operation: PaymentOperation::Settle,
+            attempt: 2,
+        },
+        at: at(130),
+    }));
+    assert_eq!(c.attempt, 2);
+    flow.compensated(&c, Some(PaymentSettlement::Refunded));
+    assert_eq!(flow.status(), CheckoutStatus::Cancelled);
 }
 
 #[test]
