@@ -398,11 +398,15 @@ async fn lookup_batch(
     ttl_secs: f64,
 ) -> Result<Vec<Prior>, ApiError> {
     let client = client(&pool).await?;
-    let statement = client.prepare_cached(LOOKUP_KEYS).await.map_err(db_error)?;
     let principals: Vec<&str> = batch.iter().map(|l| l.principal.as_str()).collect();
     let keys: Vec<&str> = batch.iter().map(|l| l.key.as_str()).collect();
+    // Planned on every call (an unnamed statement), not cached: a plan cached while
+    // the table was small (a fresh database) joins by scanning every key younger
+    // than the TTL, which is every key, and it stays cached as the table grows (38
+    // ms per lookup at 100,000 keys, against 0.3 ms by primary key). Planned with
+    // the table as it is, the lookup is one primary-key probe per key.
     let rows = client
-        .query(&statement, &[&principals, &keys, &ttl_secs])
+        .query(LOOKUP_KEYS, &[&principals, &keys, &ttl_secs])
         .await
         .map_err(db_error)?;
     let mut answers = vec![Prior::New; batch.len()];
