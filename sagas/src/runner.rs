@@ -4,9 +4,7 @@
 //!
 //! A batch of the log is applied checkout by checkout: the events of one checkout in
 //! log order (one step in flight per checkout), different checkouts side by side (up
-//! to `concurrent_checkouts_max`). Each checkout then follows its own stream past the
-//! batch, reacting to the outcomes its steps recorded, so its next step does not
-//! wait for the next batch. The checkpoint moves past the batch only when every
+//! to `concurrent_checkouts_max`). The checkpoint moves past the batch only when every
 //! step of it ran and its timers are stored; a failure or a crash anywhere leaves the
 //! checkpoint where it was, and the batch runs again. That is harmless because a
 //! step's commands, provider calls and recorded outcome all carry ids derived from
@@ -21,8 +19,8 @@ use std::sync::Arc;
 
 use commands::{CommandContext, Commands};
 use domain::{
-    Aggregate, Checkout, CheckoutCommand, CheckoutEvent, CheckoutId, DomainEvent, Order,
-    OrderEvent, OrderId,
+    Aggregate, Checkout, CheckoutCommand, CheckoutEvent, CheckoutId, CheckoutStatus, DomainEvent,
+    Order, OrderEvent, OrderId,
 };
 use eventstore::{Direction, EventStore, RecordedEvent};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -38,10 +36,6 @@ const STREAM_PAGE_EVENTS: usize = 1_000;
 /// Checkout states kept between batches, so the next event of a checkout needs no
 /// read of its stream.
 const STATE_CACHE_MAX: usize = 100_000;
-/// Most reads of one checkout's stream while following it within a batch (each
-/// reads up to `STREAM_PAGE_EVENTS`); a checkout still busy after that goes on in
-/// the next batch.
-const FOLLOW_READS_MAX: usize = 64;
 
 /// Decides whether the runner "crashes" at a named point (simulation only: a crash
 /// drops everything in flight and leaves the checkpoint where it was).
@@ -236,23 +230,19 @@ impl SagaRunner {
             .states
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Finished checkouts stay too: a later batch then knows their followed
-        // events are applied, rather than running their steps again.
+        let done = matches!(
+            state.status(),
+            Some(CheckoutStatus::Rejected | CheckoutStatus::Cancelled)
+        );
+        if done {
+            states.remove(&id);
+            return;
+        }
         if states.len() >= STATE_CACHE_MAX && !states.contains_key(&id) {
             // A full cache costs a stream read later, never a wrong state.
             states.clear();
         }
         states.insert(id, (version, state.clone()));
-    }
-
-    /// The version of the checkout's stream this runner has applied, if it holds
-    /// the checkout's state.
-    fn applied(&self, id: CheckoutId) -> Option<u64> {
-        self.states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-            .map(|(version, _)| *version)
     }
 
     async fn apply_checkout(
@@ -264,13 +254,36 @@ impl SagaRunner {
         for item in work {
             match item {
                 Work::Checkout(recorded) => {
-                    // Applied already, by following the stream in an earlier batch.
-                    if self.applied(id).is_some_and(|v| v >= recorded.version) {
-                        continue;
+                    let event = match decode_checkout(&recorded) {
+                        Ok(event) => event,
+                        // This build cannot read the event: this checkout stays
+                        // where it is (its status shows where, the log says why)
+                        // rather than every other checkout stopping behind it.
+                        Err(error) => {
+                            tracing::error!(checkout = %id, %error, "checkout event cannot be read; checkout skipped");
+                            return Ok(timers);
+                        }
+                    };
+                    let state = self
+                        .state_before(id, recorded.version)
+                        .await?
+                        .evolve(&event);
+                    for step in react(&state, &event) {
+                        self.crash_point("before-step")?;
+                        let name = step.name();
+                        let result = tokio::time::timeout(
+                            self.config.step_timeout,
+                            self.dispatcher().run(step, recorded.event_id),
+                        )
+                        .await
+                        .map_err(|_| SagaError::Timeout {
+                            step: name,
+                            timeout_ms: self.config.step_timeout.as_millis() as u64,
+                        })??;
+                        self.crash_point("before-record")?;
+                        timers.extend(self.record(id, recorded.event_id, name, result).await?);
                     }
-                    if !self.react_to(id, &recorded, &mut timers).await? {
-                        return Ok(timers);
-                    }
+                    self.remember(id, recorded.version, &state);
                 }
                 Work::OrderCancelled {
                     position,
@@ -303,84 +316,7 @@ impl SagaRunner {
                 }
             }
         }
-        self.follow(id, &mut timers).await?;
         Ok(timers)
-    }
-
-    /// Follows the checkout's own stream past the batch: the outcomes its steps just
-    /// recorded (and whatever else was appended to it) are reacted to now rather
-    /// than in the next batch, so a checkout goes through its steps without waiting
-    /// for a batch of the log per step, and a slow checkout holds up no other
-    /// checkout's next step. The checkpoint does not move past these events until a
-    /// later batch covers them; that batch finds them applied and skips them, and a
-    /// crash before then runs them again from the checkpoint, which is harmless for
-    /// the same reason any re-run is (ids derived from the event).
-    async fn follow(&self, id: CheckoutId, timers: &mut Vec<Timer>) -> Result<(), SagaError> {
-        let stream_id = Checkout::stream_id(&id);
-        for _ in 0..FOLLOW_READS_MAX {
-            // Only a checkout whose state the runner holds (not a finished one).
-            let Some(applied) = self.applied(id) else {
-                return Ok(());
-            };
-            let page = self
-                .store
-                .read_stream(
-                    &stream_id,
-                    applied + 1,
-                    Direction::Forward,
-                    STREAM_PAGE_EVENTS,
-                )
-                .await?;
-            if page.is_empty() {
-                return Ok(());
-            }
-            for recorded in &page {
-                if !self.react_to(id, recorded, timers).await? {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the steps the checkout's event calls for and records their outcomes.
-    /// False if the event cannot be read: this checkout stays where it is (its status
-    /// shows where, the log says why) rather than every other checkout stopping
-    /// behind it.
-    async fn react_to(
-        &self,
-        id: CheckoutId,
-        recorded: &RecordedEvent,
-        timers: &mut Vec<Timer>,
-    ) -> Result<bool, SagaError> {
-        let event = match decode_checkout(recorded) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::error!(checkout = %id, %error, "checkout event cannot be read; checkout skipped");
-                return Ok(false);
-            }
-        };
-        let state = self
-            .state_before(id, recorded.version)
-            .await?
-            .evolve(&event);
-        for step in react(&state, &event) {
-            self.crash_point("before-step")?;
-            let name = step.name();
-            let result = tokio::time::timeout(
-                self.config.step_timeout,
-                self.dispatcher().run(step, recorded.event_id),
-            )
-            .await
-            .map_err(|_| SagaError::Timeout {
-                step: name,
-                timeout_ms: self.config.step_timeout.as_millis() as u64,
-            })??;
-            self.crash_point("before-record")?;
-            timers.extend(self.record(id, recorded.event_id, name, result).await?);
-        }
-        self.remember(id, recorded.version, &state);
-        Ok(true)
     }
 
     fn dispatcher(&self) -> Dispatcher<'_> {
