@@ -1,4 +1,4 @@
-use commands::{CartAction, CommandError};
+use commands::{CartAction, CommandError, Committed};
 use domain::{
     Cart, CartEvent, CartId, CartOwner, CartStatus, DomainError, LineItem, PriceTarget,
     ProductCommand, ProductStatus,
@@ -43,7 +43,13 @@ fn guest() -> CartOwner {
     CartOwner::Guest(Uuid::now_v7().into())
 }
 
-async fn add(env: &Env, cart_id: CartId, product_id: domain::ProductId, code: &str, n: u32) {
+async fn try_add(
+    env: &Env,
+    cart_id: CartId,
+    product_id: domain::ProductId,
+    code: &str,
+    n: u32,
+) -> Result<Committed<CartEvent>, CommandError> {
     env.commands
         .cart(
             CartAction::AddItem {
@@ -55,7 +61,10 @@ async fn add(env: &Env, cart_id: CartId, product_id: domain::ProductId, code: &s
             &ctx(),
         )
         .await
-        .unwrap();
+}
+
+async fn add(env: &Env, cart_id: CartId, product_id: domain::ProductId, code: &str, n: u32) {
+    try_add(env, cart_id, product_id, code, n).await.unwrap();
 }
 
 async fn adding_an_item_takes_the_catalog_price_in_the_cart_currency(backend: Backend) {
@@ -83,17 +92,7 @@ async fn adding_an_item_takes_the_catalog_price_in_the_cart_currency(backend: Ba
     let euro_cart = open_cart(&env, customer(), "EUR").await;
     let dollar_cart = open_cart(&env, customer(), "USD").await;
 
-    let added = env
-        .commands
-        .cart(
-            CartAction::AddItem {
-                cart_id: euro_cart,
-                product_id,
-                sku: sku("SOCK-S"),
-                quantity: qty(2),
-            },
-            &ctx(),
-        )
+    let added = try_add(&env, euro_cart, product_id, "SOCK-S", 2)
         .await
         .unwrap();
     add(&env, euro_cart, product_id, "SOCK-L", 1).await;
@@ -135,18 +134,7 @@ async fn an_item_of_an_unpublished_product_is_refused(backend: Backend) {
         (product_id, "BAG-1", ProductStatus::Unpublished),
         (draft_id, "BAG-2", ProductStatus::Draft),
     ] {
-        let refused = env
-            .commands
-            .cart(
-                CartAction::AddItem {
-                    cart_id,
-                    product_id,
-                    sku: sku(code),
-                    quantity: qty(1),
-                },
-                &ctx(),
-            )
-            .await;
+        let refused = try_add(&env, cart_id, product_id, code, 1).await;
         assert_eq!(
             refused,
             Err(CommandError::ProductNotSellable {
@@ -166,18 +154,7 @@ async fn an_item_without_a_price_in_the_cart_currency_is_refused(backend: Backen
     let product_id = env.published_product(&["BELT"], eur(2_500)).await;
     let cart_id = open_cart(&env, customer(), "GBP").await;
 
-    let refused = env
-        .commands
-        .cart(
-            CartAction::AddItem {
-                cart_id,
-                product_id,
-                sku: sku("BELT"),
-                quantity: qty(1),
-            },
-            &ctx(),
-        )
-        .await;
+    let refused = try_add(&env, cart_id, product_id, "BELT", 1).await;
 
     assert_eq!(
         refused,
@@ -193,18 +170,7 @@ async fn a_sku_that_is_not_part_of_the_product_is_refused(backend: Backend) {
     let product_id = env.published_product(&["SCARF"], eur(1_900)).await;
     let cart_id = open_cart(&env, customer(), "EUR").await;
 
-    let refused = env
-        .commands
-        .cart(
-            CartAction::AddItem {
-                cart_id,
-                product_id,
-                sku: sku("GLOVE"),
-                quantity: qty(1),
-            },
-            &ctx(),
-        )
-        .await;
+    let refused = try_add(&env, cart_id, product_id, "GLOVE", 1).await;
 
     assert_eq!(
         rejection(refused),
@@ -290,18 +256,7 @@ async fn checking_out_locks_the_cart_with_its_total(backend: Backend) {
         checked_out.events,
         [CartEvent::CartCheckedOut { total: eur(6_900) }]
     );
-    let locked = env
-        .commands
-        .cart(
-            CartAction::AddItem {
-                cart_id,
-                product_id,
-                sku: sku("LAMP"),
-                quantity: qty(1),
-            },
-            &ctx(),
-        )
-        .await;
+    let locked = try_add(&env, cart_id, product_id, "LAMP", 1).await;
     assert_eq!(
         rejection(locked),
         DomainError::CartLocked {
@@ -340,17 +295,7 @@ async fn a_price_or_status_changed_by_another_process_is_read_before_the_line_is
         .await
         .unwrap();
     let second_cart = open_cart(&env, customer(), "EUR").await;
-    let added = env
-        .commands
-        .cart(
-            CartAction::AddItem {
-                cart_id: second_cart,
-                product_id,
-                sku: sku("HAT-1"),
-                quantity: qty(1),
-            },
-            &ctx(),
-        )
+    let added = try_add(&env, second_cart, product_id, "HAT-1", 1)
         .await
         .unwrap();
     assert_eq!(
@@ -372,18 +317,7 @@ async fn a_price_or_status_changed_by_another_process_is_read_before_the_line_is
         .execute(ProductCommand::Unpublish { product_id }, &ctx())
         .await
         .unwrap();
-    let refused = env
-        .commands
-        .cart(
-            CartAction::AddItem {
-                cart_id,
-                product_id,
-                sku: sku("HAT-1"),
-                quantity: qty(1),
-            },
-            &ctx(),
-        )
-        .await;
+    let refused = try_add(&env, cart_id, product_id, "HAT-1", 1).await;
     assert_eq!(
         refused,
         Err(CommandError::ProductNotSellable {
