@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// Most checkouts one account has in flight at once; 0 turns it off.
     #[arg(long, env = "COMMERCE_CHECKOUTS_IN_FLIGHT_MAX", default_value_t = http::caps::CHECKOUTS_IN_FLIGHT_MAX)]
     pub checkouts_in_flight_max: u32,
+    /// Longest a read-model query with `?after=` waits for its projection to reach
+    /// that position, in milliseconds; past it the answer is marked stale.
+    #[arg(long, env = "COMMERCE_READ_WAIT_MAX_MS", default_value_t = http::READ_WAIT_MAX_MS)]
+    pub read_wait_max_ms: u64,
     /// How often expired idempotency keys are swept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_PURGE_EVERY_SECS", default_value_t = http::IDEMPOTENCY_PURGE_EVERY_SECS)]
     pub idempotency_purge_every_secs: u64,
@@ -155,6 +159,7 @@ impl ServeArgs {
                 }
             }),
             idempotency_purge_every: Duration::from_secs(self.idempotency_purge_every_secs.max(1)),
+            read_wait_max: Duration::from_millis(self.read_wait_max_ms),
             principal_rate_limit: Some(RateLimit {
                 per_sec: self.rate_limit_principal_per_sec,
                 burst: self.rate_limit_principal_burst,

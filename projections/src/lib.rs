@@ -67,6 +67,7 @@ pub use wait::{CheckpointWatch, CHECKPOINT_POLL_INTERVAL};
 /// The projections this crate keeps, each owning the tables it lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Projection {
     /// Products, SKUs, prices per currency, status, and stock per SKU.
     Catalog,

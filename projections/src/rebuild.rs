@@ -78,6 +78,7 @@ impl Default for RebuildOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RebuildPhase {
     /// Filling the shadow tables from the log.
     Building,

@@ -19,6 +19,7 @@ const RATE_STALE_SECS: i64 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProjectionState {
     /// Applied by some process and near the head.
     Running,
@@ -33,6 +34,7 @@ pub enum ProjectionState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectionStatus {
     pub projection: Projection,
     pub state: ProjectionState,
@@ -56,6 +58,7 @@ pub struct ProjectionStatus {
 
 /// A rebuild in progress or interrupted.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RebuildStatus {
     /// How far the shadow tables are.
     pub position: u64,

@@ -90,3 +90,22 @@ pub fn record_handler_stats(aggregate: &'static str, stats: commands::HandlerSta
     set("commerce_command_events_read_total", stats.events_read);
     set("commerce_command_snapshots_total", stats.snapshots);
 }
+
+/// Sets each projection's gauges before a scrape: lag behind the head, checkpoint,
+/// apply rate, and whether it has stopped at an event it cannot apply.
+pub fn record_projections(statuses: &[projections::ProjectionStatus]) {
+    for s in statuses {
+        let name = s.projection.name();
+        metrics::gauge!("commerce_projection_lag_events", "projection" => name).set(s.lag as f64);
+        metrics::gauge!("commerce_projection_checkpoint", "projection" => name)
+            .set(s.checkpoint as f64);
+        metrics::gauge!("commerce_projection_events_per_second", "projection" => name)
+            .set(s.events_per_sec);
+        let failed = s.state == projections::ProjectionState::Failed;
+        metrics::gauge!("commerce_projection_failed", "projection" => name).set(if failed {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}

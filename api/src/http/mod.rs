@@ -60,6 +60,10 @@ pub const NDJSON_PAGE_EVENTS: usize = 1_000;
 pub const IDEMPOTENCY_KEY_TTL_SECS: u64 = 24 * 60 * 60;
 /// How often expired idempotency keys are purged, in seconds.
 pub const IDEMPOTENCY_PURGE_EVERY_SECS: u64 = 600;
+/// Longest a read-model query waits for its projection to reach the `after`
+/// position it was given, in milliseconds; past it the query answers with what the
+/// read model has, marked stale.
+pub const READ_WAIT_MAX_MS: u64 = 2_000;
 
 /// The server's bounds.
 #[derive(Debug, Clone)]
@@ -71,6 +75,8 @@ pub struct ServerConfig {
     pub idempotency_key_ttl: Duration,
     /// How often the sweep of expired idempotency keys runs.
     pub idempotency_purge_every: Duration,
+    /// Longest a read-model query waits for `?after=` (read-your-writes).
+    pub read_wait_max: Duration,
     /// Bounds of the command side.
     pub command_limits: Limits,
     /// The payment provider's webhook secret and replay window (`None`: callbacks
@@ -105,6 +111,7 @@ impl Default for ServerConfig {
             ndjson_page_events: NDJSON_PAGE_EVENTS,
             idempotency_key_ttl: Duration::from_secs(IDEMPOTENCY_KEY_TTL_SECS),
             idempotency_purge_every: Duration::from_secs(IDEMPOTENCY_PURGE_EVERY_SECS),
+            read_wait_max: Duration::from_millis(READ_WAIT_MAX_MS),
             command_limits: Limits::default(),
             payment_webhooks: None,
             saga: sagas::SagaConfig::default(),
@@ -138,6 +145,10 @@ struct Inner {
     config: ServerConfig,
     /// This process's product search, once started (`commerce serve` starts it).
     search: std::sync::OnceLock<projections::search::SearchIndex>,
+    /// The read models' checkpoints, for queries that wait for a position.
+    checkpoints: projections::CheckpointWatch,
+    /// The rebuild started through the admin API, if any, and how it went.
+    rebuilds: routes::read_side::RebuildJobs,
 }
 
 impl AppState {
@@ -191,6 +202,11 @@ impl AppState {
         let commands = Commands::on_postgres(store.clone(), config.command_limits.clone()).await?;
         // The trail of rebuilds, exports and erasures (`/v1/audit/trail`).
         eventstore::audit::AuditTrail::connect(store.pool().clone()).await?;
+        // The read models the query routes serve (a no-op once applied).
+        {
+            let mut client = store.connection().await?;
+            projections::migrate(&mut client).await?;
+        }
         let idempotency =
             IdempotencyKeys::connect(store.pool().clone(), config.idempotency_key_ttl).await?;
         let payment_webhooks = routes::webhooks::PaymentWebhooks::connect(
@@ -198,6 +214,7 @@ impl AppState {
             config.payment_webhooks.as_ref(),
         )
         .await?;
+        let checkpoints = projections::CheckpointWatch::new(store.pool().clone());
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -212,6 +229,8 @@ impl AppState {
                 metrics: metrics::handle(),
                 config,
                 search: std::sync::OnceLock::new(),
+                checkpoints,
+                rebuilds: routes::read_side::RebuildJobs::default(),
             }),
         })
     }
@@ -273,6 +292,14 @@ impl AppState {
     /// The product search, if this process runs one.
     pub fn search(&self) -> Option<&projections::search::SearchIndex> {
         self.inner.search.get()
+    }
+
+    pub(crate) fn checkpoints(&self) -> &projections::CheckpointWatch {
+        &self.inner.checkpoints
+    }
+
+    pub(crate) fn rebuilds(&self) -> &routes::read_side::RebuildJobs {
+        &self.inner.rebuilds
     }
 }
 

@@ -6,7 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{
-    audit, carts, checkouts, health, inventory, orders, privacy, products, search, webhooks,
+    audit, carts, checkouts, health, inventory, orders, privacy, products, read_side, reads,
+    search, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +31,9 @@ use super::routes::{
         audit::stream_events, audit::log, audit::log_ndjson,
         webhooks::receive,
         audit::aggregate, audit::verify, privacy::trail, privacy::forget,
+        reads::products, reads::stock_levels, reads::carts, reads::orders,
+        reads::customer_history, reads::sales_daily, reads::top_skus,
+        read_side::status, read_side::rebuild,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -42,6 +46,8 @@ use super::routes::{
         (name = "audit", description = "The event log (auditors and admins)"),
         (name = "payments", description = "The payment provider's signed callbacks"),
         (name = "privacy", description = "Erasure of a customer's personal data (admins)"),
+        (name = "analytics", description = "Sales figures from the read models (staff)"),
+        (name = "projections", description = "The read models' status and rebuilds (operators, analysts)"),
     )
 )]
 pub struct ApiDoc;

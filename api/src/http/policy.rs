@@ -34,6 +34,8 @@ const CUSTOMER: Access = Access::Roles(&[Role::Customer]);
 const CART_WRITERS: Access = Access::Roles(&[Role::Customer, Role::Admin]);
 const CART_READERS: Access = Access::Roles(&[Role::Customer, Role::Admin, Role::Auditor]);
 const AUDIT: Access = Access::Roles(&[Role::Auditor, Role::Admin]);
+const STAFF_READERS: Access = Access::Roles(&[Role::Admin, Role::Auditor, Role::Analyst]);
+const REBUILDERS: Access = Access::Roles(&[Role::Admin, Role::Analyst]);
 
 /// Every route's access, by method and path template.
 pub const POLICY: &[(&str, &str, Access)] = &[
@@ -42,23 +44,32 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/metrics", Access::Public),
     ("GET", "/openapi.json", Access::Public),
     ("POST", "/v1/products", ADMIN),
+    ("GET", "/v1/products", ANY_ROLE),
     ("GET", "/v1/products/{product_id}", ANY_ROLE),
     ("POST", "/v1/products/{product_id}/skus", ADMIN),
     ("PUT", "/v1/products/{product_id}/prices", ADMIN),
     ("POST", "/v1/products/{product_id}/publish", ADMIN),
     ("POST", "/v1/products/{product_id}/unpublish", ADMIN),
     ("POST", "/v1/products/{product_id}/discontinue", ADMIN),
+    ("GET", "/v1/inventory", STAFF_READERS),
     ("GET", "/v1/inventory/{sku}", ANY_ROLE),
     ("POST", "/v1/inventory/{sku}/receipts", ADMIN),
     ("POST", "/v1/inventory/{sku}/adjustments", ADMIN),
     ("POST", "/v1/carts", CUSTOMER),
+    ("GET", "/v1/carts", CART_READERS),
     ("GET", "/v1/carts/{cart_id}", CART_READERS),
     ("POST", "/v1/carts/{cart_id}/lines", CART_WRITERS),
     ("PUT", "/v1/carts/{cart_id}/lines/{sku}", CART_WRITERS),
     ("DELETE", "/v1/carts/{cart_id}/lines/{sku}", CART_WRITERS),
     ("POST", "/v1/carts/{cart_id}/merge", CART_WRITERS),
     ("POST", "/v1/carts/{cart_id}/checkout", CART_WRITERS),
+    ("GET", "/v1/orders", CART_READERS),
     ("GET", "/v1/orders/{order_id}", CART_READERS),
+    ("GET", "/v1/customers/{customer_id}/history", CART_READERS),
+    ("GET", "/v1/sales/daily", STAFF_READERS),
+    ("GET", "/v1/sales/top-skus", STAFF_READERS),
+    ("GET", "/v1/admin/projections", STAFF_READERS),
+    ("POST", "/v1/admin/projections/rebuild", REBUILDERS),
     ("GET", "/v1/checkouts/{checkout_id}", CART_READERS),
     ("GET", "/v1/checkouts/{checkout_id}/events", CART_READERS),
     ("POST", "/v1/orders/{order_id}/cancel", CART_WRITERS),

@@ -1,6 +1,7 @@
 //! Every error the API answers with is an RFC 9457 `application/problem+json`
 //! document with a stable `type` URI. This module is the one place where the
-//! engine's errors ([`DomainError`], [`CommandError`], [`StoreError`]) and the HTTP
+//! engine's errors ([`DomainError`], [`CommandError`], [`StoreError`],
+//! [`ProjectionError`]) and the HTTP
 //! layer's own (bad JSON, bad tokens, unknown routes) become problems.
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -8,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use commands::CommandError;
 use domain::DomainError;
 use eventstore::StoreError;
+use projections::ProjectionError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -269,6 +271,28 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Corrupt(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt-log", detail)
+            }
+        }
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(error: ProjectionError) -> Self {
+        let detail = error.to_string();
+        match error {
+            ProjectionError::InvalidQuery { field, .. } => ApiError::bad_parameter(field, detail),
+            ProjectionError::UnknownProjection(_) => ApiError::bad_parameter("projection", detail),
+            // Another process rebuilds it now: try again once that one is done.
+            ProjectionError::RebuildInProgress(_) => {
+                ApiError::new(StatusCode::CONFLICT, "rebuild-in-progress", detail).retry_after(5)
+            }
+            ProjectionError::Store(store) => store.into(),
+            ProjectionError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", detail)
+                    .retry_after(1)
+            }
+            ProjectionError::Poison { .. } | ProjectionError::Database(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "database", detail)
             }
         }
     }

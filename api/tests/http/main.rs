@@ -12,6 +12,7 @@ mod idempotency;
 mod limits;
 mod operations;
 mod privacy;
+mod reads;
 mod roles;
 mod saga_crash;
 mod search;

@@ -28,6 +28,8 @@ const CUSTOMER: May = May::Roles(&[Role::Customer]);
 const SHOPPERS: May = May::Roles(&[Role::Customer, Role::Admin]);
 const READERS: May = May::Roles(&[Role::Customer, Role::Admin, Role::Auditor]);
 const AUDIT: May = May::Roles(&[Role::Auditor, Role::Admin]);
+const STAFF_READERS: May = May::Roles(&[Role::Admin, Role::Auditor, Role::Analyst]);
+const REBUILDERS: May = May::Roles(&[Role::Admin, Role::Analyst]);
 
 /// The expected matrix: every operation and who may call it.
 const EXPECTED: &[(&str, &str, May)] = &[
@@ -36,23 +38,32 @@ const EXPECTED: &[(&str, &str, May)] = &[
     ("GET", "/metrics", May::Anyone),
     ("GET", "/openapi.json", May::Anyone),
     ("POST", "/v1/products", ADMIN),
+    ("GET", "/v1/products", ALL_ROLES),
     ("GET", "/v1/products/{product_id}", ALL_ROLES),
     ("POST", "/v1/products/{product_id}/skus", ADMIN),
     ("PUT", "/v1/products/{product_id}/prices", ADMIN),
     ("POST", "/v1/products/{product_id}/publish", ADMIN),
     ("POST", "/v1/products/{product_id}/unpublish", ADMIN),
     ("POST", "/v1/products/{product_id}/discontinue", ADMIN),
+    ("GET", "/v1/inventory", STAFF_READERS),
     ("GET", "/v1/inventory/{sku}", ALL_ROLES),
     ("POST", "/v1/inventory/{sku}/receipts", ADMIN),
     ("POST", "/v1/inventory/{sku}/adjustments", ADMIN),
     ("POST", "/v1/carts", CUSTOMER),
+    ("GET", "/v1/carts", READERS),
     ("GET", "/v1/carts/{cart_id}", READERS),
     ("POST", "/v1/carts/{cart_id}/lines", SHOPPERS),
     ("PUT", "/v1/carts/{cart_id}/lines/{sku}", SHOPPERS),
     ("DELETE", "/v1/carts/{cart_id}/lines/{sku}", SHOPPERS),
     ("POST", "/v1/carts/{cart_id}/merge", SHOPPERS),
     ("POST", "/v1/carts/{cart_id}/checkout", SHOPPERS),
+    ("GET", "/v1/orders", READERS),
     ("GET", "/v1/orders/{order_id}", READERS),
+    ("GET", "/v1/customers/{customer_id}/history", READERS),
+    ("GET", "/v1/sales/daily", STAFF_READERS),
+    ("GET", "/v1/sales/top-skus", STAFF_READERS),
+    ("GET", "/v1/admin/projections", STAFF_READERS),
+    ("POST", "/v1/admin/projections/rebuild", REBUILDERS),
     ("GET", "/v1/checkouts/{checkout_id}", READERS),
     ("GET", "/v1/checkouts/{checkout_id}/events", READERS),
     ("POST", "/v1/orders/{order_id}/cancel", SHOPPERS),

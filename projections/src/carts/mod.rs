@@ -15,6 +15,7 @@ use crate::{Page, PageRequest, ProjectionError};
 
 /// A cart without its lines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CartSummary {
     pub cart_id: Uuid,
     /// `guest` or `customer`.
@@ -62,6 +63,7 @@ pub struct CartFilter {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CartSort {
     /// Most recently changed first.
     #[default]

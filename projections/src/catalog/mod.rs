@@ -19,6 +19,7 @@ use crate::{Page, PageRequest, ProjectionError};
 
 /// A product in a listing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProductSummary {
     pub product_id: Uuid,
     pub title: String,
@@ -85,6 +86,7 @@ pub struct CatalogFilter {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CatalogSort {
     #[default]
     Title,

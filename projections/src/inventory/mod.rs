@@ -12,6 +12,7 @@ use crate::{Page, PageRequest, ProjectionError};
 
 /// Stock of one SKU in one warehouse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StockLevel {
     pub sku: String,
     pub warehouse: String,
@@ -33,6 +34,7 @@ pub struct LevelFilter {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum LevelSort {
     /// By SKU, then warehouse.
     #[default]

@@ -18,6 +18,7 @@ pub use model::status::ALL as ORDER_STATUSES;
 
 /// An order without its lines and address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderSummary {
     pub order_id: Uuid,
     pub customer_id: Uuid,
@@ -64,6 +65,7 @@ pub struct OrderLine {
 
 /// A customer's order history in one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CustomerHistory {
     pub customer_id: Uuid,
     pub currency: String,
@@ -96,6 +98,7 @@ pub struct OrderFilter {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OrderSort {
     /// Most recently placed first.
     #[default]

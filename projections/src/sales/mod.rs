@@ -12,6 +12,7 @@ use crate::page::Select;
 use crate::{Page, PageRequest, ProjectionError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DailySales {
     pub day: NaiveDate,
     pub sku: String,
@@ -28,6 +29,7 @@ pub struct DailySales {
 
 /// Totals of one SKU over a period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SkuSales {
     pub sku: String,
     pub currency: String,
@@ -51,6 +53,7 @@ pub struct SalesFilter {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SalesSort {
     /// By day, then SKU.
     #[default]

@@ -16,6 +16,9 @@ use crate::http::{json_response, metrics, AppState};
 
 /// How long `/ready` waits for the database.
 const READY_TIMEOUT_MS: u64 = 2_000;
+/// How long a scrape waits for the projections' status before it answers without
+/// fresh projection gauges.
+const PROJECTION_STATUS_TIMEOUT_MS: u64 = 1_000;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -100,6 +103,18 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
     metrics::record_handler_stats("inventory", commands.inventory().stats());
     metrics::record_handler_stats("order", commands.orders().stats());
     metrics::record_handler_stats("payment", commands.payments().stats());
+    let projections = tokio::time::timeout(
+        Duration::from_millis(PROJECTION_STATUS_TIMEOUT_MS),
+        projections::status(state.store()),
+    )
+    .await;
+    match projections {
+        Ok(Ok(statuses)) => metrics::record_projections(&statuses),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the projections' status for /metrics"),
+        Err(_) => tracing::warn!(
+            "the projections' status took over {PROJECTION_STATUS_TIMEOUT_MS} ms; /metrics shows the last"
+        ),
+    }
     let mut response = state.metrics().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

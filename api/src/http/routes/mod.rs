@@ -9,6 +9,8 @@ pub(crate) mod inventory;
 pub(crate) mod orders;
 pub(crate) mod privacy;
 pub(crate) mod products;
+pub(crate) mod read_side;
+pub(crate) mod reads;
 pub(crate) mod search;
 pub(crate) mod webhooks;
 
@@ -22,6 +24,7 @@ pub(super) fn register(table: RouteTable) -> RouteTable {
         .get("/openapi.json", health::openapi)
         // Catalog and stock (admins change them).
         .post("/v1/products", products::create)
+        .get("/v1/products", reads::products)
         .get("/v1/products/{product_id}", products::get)
         .post("/v1/products/{product_id}/skus", products::add_sku)
         .put("/v1/products/{product_id}/prices", products::set_price)
@@ -34,11 +37,13 @@ pub(super) fn register(table: RouteTable) -> RouteTable {
         // Product search (any role).
         .get("/v1/search", search::search)
         .get("/v1/search/suggest", search::suggest)
+        .get("/v1/inventory", reads::stock_levels)
         .get("/v1/inventory/{sku}", inventory::get)
         .post("/v1/inventory/{sku}/receipts", inventory::receive)
         .post("/v1/inventory/{sku}/adjustments", inventory::adjust)
         // Carts and orders (customers, their own).
         .post("/v1/carts", carts::create)
+        .get("/v1/carts", reads::carts)
         .get("/v1/carts/{cart_id}", carts::get)
         .post("/v1/carts/{cart_id}/lines", carts::add_line)
         .put("/v1/carts/{cart_id}/lines/{sku}", carts::change_quantity)
@@ -47,7 +52,18 @@ pub(super) fn register(table: RouteTable) -> RouteTable {
         .post("/v1/carts/{cart_id}/checkout", carts::checkout)
         .get("/v1/checkouts/{checkout_id}", checkouts::get)
         .get("/v1/checkouts/{checkout_id}/events", checkouts::events)
+        .get("/v1/orders", reads::orders)
         .get("/v1/orders/{order_id}", orders::get)
+        .get(
+            "/v1/customers/{customer_id}/history",
+            reads::customer_history,
+        )
+        // Analytics over the read models (staff).
+        .get("/v1/sales/daily", reads::sales_daily)
+        .get("/v1/sales/top-skus", reads::top_skus)
+        // The read side: status and rebuilds (operators, analysts).
+        .get("/v1/admin/projections", read_side::status)
+        .post("/v1/admin/projections/rebuild", read_side::rebuild)
         .post("/v1/orders/{order_id}/cancel", orders::cancel)
         // Audit reads of the log (auditors, admins).
         .get("/v1/streams/{stream_id}/events", audit::stream_events)
