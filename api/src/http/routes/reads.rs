@@ -83,33 +83,55 @@ impl<T> ReadPage<T> {
     }
 }
 
-/// Waits until `projection` has applied `after` (at most the configured bound),
-/// then opens a connection and reads the checkpoint the answer will reflect. The
-/// checkpoint is read before the query, so the answer holds at least every event up
-/// to it.
-async fn read_model(
-    state: &AppState,
-    projection: Projection,
-    after: Option<u64>,
-) -> Result<(deadpool_postgres::Object, Freshness), ApiError> {
-    if let Some(after) = after {
-        state
-            .checkpoints()
-            .wait_until(projection, after, state.config().read_wait_max)
-            .await;
+/// A connection to the read models, and the position the answer will reflect.
+struct ReadModel {
+    client: deadpool_postgres::Object,
+    freshness: Freshness,
+}
+
+impl ReadModel {
+    /// Waits until `projection` has applied `after` (at most the configured bound),
+    /// then opens a connection and reads the checkpoint the answer will reflect.
+    /// The checkpoint is read before the query, so the answer holds at least every
+    /// event up to it.
+    async fn open(
+        state: &AppState,
+        projection: Projection,
+        after: Option<u64>,
+    ) -> Result<Self, ApiError> {
+        if let Some(after) = after {
+            state
+                .checkpoints()
+                .wait_until(projection, after, state.config().read_wait_max)
+                .await;
+        }
+        let client = state.store().connection().await?;
+        let position: i64 = client
+            .query_opt(
+                "SELECT position FROM projection_checkpoints WHERE name = $1",
+                &[&projection.name()],
+            )
+            .await
+            .map_err(|e| ApiError::from(eventstore::StoreError::Unavailable(e.to_string())))?
+            .map_or(0, |row| row.get(0));
+        let position = position as u64;
+        let stale = after.is_some_and(|after| position < after);
+        Ok(ReadModel {
+            client,
+            freshness: Freshness { position, stale },
+        })
     }
-    let client = state.store().connection().await?;
-    let position: i64 = client
-        .query_opt(
-            "SELECT position FROM projection_checkpoints WHERE name = $1",
-            &[&projection.name()],
-        )
-        .await
-        .map_err(|e| ApiError::from(eventstore::StoreError::Unavailable(e.to_string())))?
-        .map_or(0, |row| row.get(0));
-    let position = position as u64;
-    let stale = after.is_some_and(|after| position < after);
-    Ok((client, Freshness { position, stale }))
+
+    /// The 200 answer with a page the read model gave.
+    fn answer<T: Serialize>(
+        self,
+        found: Result<Page<T>, projections::ProjectionError>,
+    ) -> Result<Response, ApiError> {
+        Ok(json_response(
+            StatusCode::OK,
+            &ReadPage::of(found?, self.freshness),
+        ))
+    }
 }
 
 fn page(offset: Option<u64>, limit: Option<u32>) -> PageRequest {
@@ -189,18 +211,15 @@ pub async fn products(
         currency: query.currency,
         in_stock: query.in_stock.unwrap_or(false),
     };
-    let (client, freshness) = read_model(&state, Projection::Catalog, query.after).await?;
+    let read = ReadModel::open(&state, Projection::Catalog, query.after).await?;
     let found = projections::catalog::list(
-        &client,
+        &read.client,
         &filter,
         query.sort.unwrap_or_default(),
         page(query.offset, query.limit),
     )
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ReadPage::of(found, freshness),
-    ))
+    .await;
+    read.answer(found)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -237,18 +256,15 @@ pub async fn stock_levels(
         warehouse: query.warehouse,
         available_below: query.available_below,
     };
-    let (client, freshness) = read_model(&state, Projection::Inventory, query.after).await?;
+    let read = ReadModel::open(&state, Projection::Inventory, query.after).await?;
     let found = projections::inventory::levels(
-        &client,
+        &read.client,
         &filter,
         query.sort.unwrap_or_default(),
         page(query.offset, query.limit),
     )
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ReadPage::of(found, freshness),
-    ))
+    .await;
+    read.answer(found)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -291,18 +307,15 @@ pub async fn carts(
         currency: query.currency,
         updated_before: query.updated_before,
     };
-    let (client, freshness) = read_model(&state, Projection::Carts, query.after).await?;
+    let read = ReadModel::open(&state, Projection::Carts, query.after).await?;
     let found = projections::carts::list(
-        &client,
+        &read.client,
         &filter,
         query.sort.unwrap_or_default(),
         page(query.offset, query.limit),
     )
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ReadPage::of(found, freshness),
-    ))
+    .await;
+    read.answer(found)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -351,18 +364,15 @@ pub async fn orders(
         placed_before: query.placed_before,
         sku: query.sku,
     };
-    let (client, freshness) = read_model(&state, Projection::Orders, query.after).await?;
+    let read = ReadModel::open(&state, Projection::Orders, query.after).await?;
     let found = projections::orders::list(
-        &client,
+        &read.client,
         &filter,
         query.sort.unwrap_or_default(),
         page(query.offset, query.limit),
     )
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ReadPage::of(found, freshness),
-    ))
+    .await;
+    read.answer(found)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -393,8 +403,9 @@ pub async fn customer_history(
     if !principal.may_see_customer(Some(domain::CustomerId::from_uuid(customer_id))) {
         return Err(ApiError::not_found("customer"));
     }
-    let (client, freshness) = read_model(&state, Projection::Orders, query.after).await?;
-    let currencies = projections::orders::customer_history(&client, customer_id).await?;
+    let read = ReadModel::open(&state, Projection::Orders, query.after).await?;
+    let currencies = projections::orders::customer_history(&read.client, customer_id).await?;
+    let freshness = read.freshness;
     Ok(json_response(
         StatusCode::OK,
         &CustomerHistoryResponse {
@@ -459,18 +470,15 @@ pub async fn sales_daily(
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin, Role::Auditor, Role::Analyst])?;
     let filter = query.filter()?;
-    let (client, freshness) = read_model(&state, Projection::Sales, query.after).await?;
+    let read = ReadModel::open(&state, Projection::Sales, query.after).await?;
     let found = projections::sales::daily(
-        &client,
+        &read.client,
         &filter,
         query.sort.unwrap_or_default(),
         page(query.offset, query.limit),
     )
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ReadPage::of(found, freshness),
-    ))
+    .await;
+    read.answer(found)
 }
 
 /// The SKUs with the highest sold revenue over the filtered days, per currency.
@@ -492,11 +500,8 @@ pub async fn top_skus(
         ));
     }
     let filter = query.filter()?;
-    let (client, freshness) = read_model(&state, Projection::Sales, query.after).await?;
+    let read = ReadModel::open(&state, Projection::Sales, query.after).await?;
     let found =
-        projections::sales::top_skus(&client, &filter, page(query.offset, query.limit)).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ReadPage::of(found, freshness),
-    ))
+        projections::sales::top_skus(&read.client, &filter, page(query.offset, query.limit)).await;
+    read.answer(found)
 }
