@@ -198,6 +198,9 @@ async fn drive(
     let lag = settle_projections(&store).await?;
     let figures = report::from_log(&store).await?;
     let (chain_verified, chain_events) = report::chain_verified(&store).await?;
+    let head = eventstore::EventStore::head(&store).await?;
+    let auditor = client.token(crate::http::Role::Auditor, "demo-report")?;
+    let read_model = report::orders_read_model(&client, &auditor, head).await?;
     let (flash_stocked, flash_sold) = figures
         .sku
         .get(&catalog.flash.sku)
@@ -257,6 +260,29 @@ async fn drive(
         println!("shopper errors: {client_errors} (first: {error})");
     }
     println!("projections: lag {lag} events after the run");
+    // The orders read model, over HTTP, against the log's final states.
+    let read_models_agree = match &read_model {
+        Some(statuses) => {
+            let count = |status: &str| statuses.get(status).copied().unwrap_or(0);
+            let read_placed: u64 = statuses.values().sum();
+            let agree = read_placed == figures.orders_placed
+                && count("confirmed") == figures.orders_confirmed
+                && count("cancelled") == figures.orders_cancelled
+                && count("rejected") == figures.orders_rejected;
+            println!(
+                "orders read model (GET /v1/orders?after={head}): {read_placed} orders, {} confirmed, {} cancelled, {} rejected: {}",
+                count("confirmed"),
+                count("cancelled"),
+                count("rejected"),
+                if agree { "equal to the log" } else { "DIFFERS FROM THE LOG" }
+            );
+            agree
+        }
+        None => {
+            println!("orders read model: not compared (stale, or too many orders to page through)");
+            false
+        }
+    };
     println!(
         "hash chain: {} over {chain_events} events",
         if chain_verified { "verified" } else { "BROKEN" }
@@ -270,6 +296,11 @@ async fn drive(
         "  curl -H \"Authorization: Bearer $TOKEN\" '{base}/v1/streams/inventory-{}/events'",
         catalog.flash.sku
     );
+    println!("  curl -H \"Authorization: Bearer $TOKEN\" '{base}/v1/sales/top-skus?limit=5'");
+    println!(
+        "  curl -H \"Authorization: Bearer $TOKEN\" '{base}/v1/orders?status=cancelled&limit=5'"
+    );
+    println!("  curl -H \"Authorization: Bearer $TOKEN\" '{base}/v1/admin/projections'");
     println!("and on the demo's database (DATABASE_URL={url}):");
     println!("  commerce audit verify");
     println!("  commerce projections rebuild --all");
@@ -290,6 +321,7 @@ async fn drive(
         "checkout_p99_ms": percentile(0.99),
         "client_errors": client_errors,
         "projection_lag": lag,
+        "read_models_agree": read_models_agree,
         "events": figures.events,
         "chain_verified": chain_verified,
         "seconds": (began.elapsed().as_secs_f64() * 10.0).round() / 10.0,

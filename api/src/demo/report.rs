@@ -1,6 +1,7 @@
 //! The demo's report, taken from the event log rather than from what the shoppers
 //! saw: orders by final state, units sold against units received per SKU (oversell),
-//! the hash chain, the projections' lag.
+//! the hash chain, the projections' lag; and the orders read model, read over HTTP,
+//! held against the log.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use eventstore::{EventStore, PostgresStore};
 
 /// Events per read while going through the log.
 const READ_PAGE_EVENTS: usize = 10_000;
+/// Orders per page while counting the orders read model over HTTP (the API's most).
+const ORDERS_PAGE_ITEMS: u64 = 500;
 
 /// Orders by their final state, and stock by SKU, as the log tells them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -121,4 +124,46 @@ pub async fn chain_verified(store: &PostgresStore) -> Result<(bool, u64)> {
         .await
         .context("verifying the hash chain")?;
     Ok((report.first_break.is_none(), report.checked))
+}
+
+/// Orders per status in the orders read model, counted page by page through
+/// `GET /v1/orders` as `token` (staff), once the read model has applied `after`.
+/// `None` if the read model answered stale or holds more orders than a page offset
+/// reaches.
+pub async fn orders_read_model(
+    client: &super::client::Client,
+    token: &str,
+    after: u64,
+) -> Result<Option<HashMap<String, u64>>> {
+    let mut statuses: HashMap<String, u64> = HashMap::new();
+    let mut offset: u64 = 0;
+    loop {
+        if offset > projections::PAGE_MAX_OFFSET {
+            return Ok(None);
+        }
+        let path = format!(
+            "/v1/orders?sort=oldest&limit={ORDERS_PAGE_ITEMS}&offset={offset}&after={after}"
+        );
+        let answer = client.get(token, &path).await?;
+        anyhow::ensure!(
+            answer.is_success(),
+            "GET {path}: {} {}",
+            answer.status,
+            answer.body
+        );
+        if answer.body["stale"] != false {
+            return Ok(None);
+        }
+        let items = answer.body["items"]
+            .as_array()
+            .context("an orders page without items")?;
+        for order in items {
+            let status = order["status"].as_str().unwrap_or("unknown").to_owned();
+            *statuses.entry(status).or_default() += 1;
+        }
+        if answer.body["has_more"] != true {
+            return Ok(Some(statuses));
+        }
+        offset += items.len() as u64;
+    }
 }

@@ -74,6 +74,8 @@ async fn a_short_demo_reports_what_the_event_log_holds() {
         .unwrap();
     let log = Log::read(&store).await;
     assert_eq!(report["events"], log.events, "{out}");
+    // The orders read model, counted over HTTP by the demo, equals the log.
+    assert_eq!(report["read_models_agree"], true, "{out}");
     assert_eq!(report["orders_placed"], log.final_states.len(), "{out}");
     for (field, state) in [
         ("orders_confirmed", "OrderConfirmed"),
