@@ -179,6 +179,15 @@ async fn customers_read_their_own_carts_orders_and_history_and_staff_read_all() 
             &ann,
         )
         .await;
+    // `me` is the caller's own history; staff must name the customer.
+    let own = app
+        .get(&format!("/v1/customers/me/history?after={head}"), &ann)
+        .await;
+    assert_eq!(own.ok(200)["customer_id"], ann_id.as_str());
+    assert_eq!(own.body["currencies"], history.body["currencies"]);
+    app.get("/v1/customers/me/history", &admin())
+        .await
+        .problem(400, "invalid-parameter");
     let currencies = history.ok(200)["currencies"]
         .as_array()
         .expect("currencies")

@@ -384,9 +384,10 @@ pub struct AfterQuery {
 }
 
 /// A customer's order history per currency: orders placed, confirmed, delivered,
-/// cancelled, rejected, and totals. The customer, or staff (admin, auditor).
+/// cancelled, rejected, and totals. The customer (`me` names their own), or staff
+/// (admin, auditor).
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/history", tag = "orders",
-    params(("customer_id" = Uuid, Path), AfterQuery),
+    params(("customer_id" = String, Path, description = "The customer's id, or `me`"), AfterQuery),
     responses((status = 200, body = CustomerHistoryResponse),
         (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -397,8 +398,18 @@ pub async fn customer_history(
     QueryParams(query): QueryParams<AfterQuery>,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Customer, Role::Admin, Role::Auditor])?;
-    let customer_id = Uuid::parse_str(&raw_id)
-        .map_err(|e| ApiError::bad_parameter("customer_id", e.to_string()))?;
+    let customer_id = match (raw_id.as_str(), principal.customer_id()) {
+        // A customer's own history, without knowing the id derived from their `sub`.
+        ("me", Some(own)) => *own.as_uuid(),
+        ("me", None) => {
+            return Err(ApiError::bad_parameter(
+                "customer_id",
+                "`me` names a signed-in customer; give the customer's id",
+            ))
+        }
+        _ => Uuid::parse_str(&raw_id)
+            .map_err(|e| ApiError::bad_parameter("customer_id", e.to_string()))?,
+    };
     // Another customer's history is a 404, as their orders are.
     if !principal.may_see_customer(Some(domain::CustomerId::from_uuid(customer_id))) {
         return Err(ApiError::not_found("customer"));
