@@ -66,6 +66,11 @@ pub const PROJECTIONS_MIGRATIONS: &[Migration] = &[
         name: "sales",
         sql: read_model_migration!("0006_sales.sql"),
     },
+    Migration {
+        version: 7,
+        name: "cart_owners",
+        sql: read_model_migration!("0007_cart_owners.sql"),
+    },
 ];
 
 /// The read-model files of each projection, in version order, without the
@@ -95,6 +100,11 @@ const READ_MODEL_FILES: &[(Projection, i32, &str)] = &[
         Projection::Sales,
         6,
         include_str!("../migrations/0006_sales.sql"),
+    ),
+    (
+        Projection::Carts,
+        7,
+        include_str!("../migrations/0007_cart_owners.sql"),
     ),
 ];
 

@@ -54,19 +54,21 @@ impl Default for AccountCaps {
     }
 }
 
+// An owner is `coalesce(customer_id, guest_token)` (a cart has exactly one of them),
+// the expression of the index these counts use (`carts_owner_status_idx`).
 const OPEN_CARTS: &str = "SELECT count(*) FROM read_models.carts \
-     WHERE status = 'open' AND (customer_id = $1 OR guest_token = $1)";
+     WHERE coalesce(customer_id, guest_token) = $1 AND status = 'open'";
 /// A checked-out cart is a checkout in flight until the saga closes it (order
 /// placed) or reopens it (checkout failed).
 const CHECKOUTS_IN_FLIGHT: &str = "SELECT count(*) FROM read_models.carts \
-     WHERE status = 'checked_out' AND (customer_id = $1 OR guest_token = $1)";
+     WHERE coalesce(customer_id, guest_token) = $1 AND status = 'checked_out'";
 /// Units of a SKU in the account's open carts and those being checked out (held in
 /// reservations), except the cart being changed when
 /// its line's quantity is set (`$3`; a nil id excludes nothing).
 const SKU_UNITS: &str = "SELECT coalesce(sum(l.quantity), 0)::bigint \
      FROM read_models.cart_lines l JOIN read_models.carts c ON c.cart_id = l.cart_id \
-     WHERE c.status IN ('open', 'checked_out') \
-       AND (c.customer_id = $1 OR c.guest_token = $1) \
+     WHERE coalesce(c.customer_id, c.guest_token) = $1 \
+       AND c.status IN ('open', 'checked_out') \
        AND l.sku = $2 AND c.cart_id <> $3";
 
 /// The part of an add-line or set-quantity body the caps read, as the domain's
