@@ -342,18 +342,19 @@ impl EventStore for PostgresStore {
                 // `{category}.` ('.' follows '-'), which the (stream_id, version) index
                 // serves; the planner picks it or the position order, whichever is
                 // cheaper for the category's size. A stream id without '-' is its own
-                // category.
+                // category. Planned on every call (a statement of its own, not the
+                // cached one): a cached generic plan cannot know the category's size,
+                // and categories range from a handful of streams to most of the log.
                 let sql = format!(
                     "{SELECT_EVENT} WHERE position > $1 \
                      AND ((stream_id >= $3 AND stream_id < $4) OR stream_id = $5) \
                      ORDER BY position LIMIT $2"
                 );
-                let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
                 let low = format!("{category}-");
                 let high = format!("{category}.");
                 client
                     .query(
-                        &statement,
+                        sql.as_str(),
                         &[&after, &sql_limit(limit), &low, &high, &category],
                     )
                     .await
