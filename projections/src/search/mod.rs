@@ -16,6 +16,7 @@
 //! its command. An event the index cannot apply (a product unknown to it) is skipped
 //! with a warning and counted, not a reason to stop serving search.
 
+mod collector;
 mod document;
 mod indexer;
 mod query;
@@ -143,6 +144,7 @@ type ProgressFn = Arc<dyn Fn(SearchProgress) + Send + Sync>;
 struct Shared {
     reader: IndexReader,
     fields: schema::Fields,
+    visible: collector::VisibleSets,
     status: watch::Sender<SearchStatus>,
     skipped: AtomicU64,
 }
@@ -226,6 +228,7 @@ impl SearchIndex {
         let shared = Arc::new(Shared {
             reader,
             fields,
+            visible: collector::VisibleSets::default(),
             status,
             skipped: AtomicU64::new(0),
         });
@@ -275,7 +278,12 @@ impl SearchIndex {
     /// `spawn_blocking`).
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResults, SearchError> {
         self.ready()?;
-        query::search(&self.shared.reader.searcher(), &self.shared.fields, request)
+        query::search(
+            &self.shared.reader.searcher(),
+            &self.shared.fields,
+            &self.shared.visible,
+            request,
+        )
     }
 
     /// Suggestions for what the shopper has typed so far (CPU-bound, like

@@ -5,21 +5,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
-use tantivy::collector::{Collector, Count, FacetCollector, SegmentCollector, TopDocs};
-use tantivy::columnar::{Column, StrColumn};
+use tantivy::collector::TopDocs;
 use tantivy::query::{
-    BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, EnableScoring, Explanation,
-    FuzzyTermQuery, Occur, Query, RangeQuery, Scorer, TermQuery, Weight,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, DfaWrapper, EmptyQuery, EnableScoring,
+    Explanation, FuzzyTermQuery, Occur, Query, RangeQuery, Scorer, TermQuery, Weight,
 };
-use tantivy::schema::{Facet, Field, IndexRecordOption, Value};
-use tantivy::{
-    DocAddress, DocId, DocSet, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument,
-    Term,
-};
+use tantivy::schema::{Field, IndexRecordOption, Value};
+use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, SegmentReader, TantivyDocument, Term};
 use uuid::Uuid;
 
+use super::collector::{SearchCollector, VisibleSets};
 use super::document::{attribute_term, category_facet, ProductState};
-use super::schema::{currency_code, price_in, price_range, words, Fields, PRICE_MAX_MINOR};
+use super::schema::{currency_code, price_range, words, Fields, PRICE_MAX_MINOR};
 use super::SearchError;
 
 /// Most hits per page.
@@ -308,6 +305,15 @@ fn text_query(
     for (i, word) in words.iter().enumerate() {
         let distance = typo_distance(word);
         let prefix = complete_last && i == last && word.chars().count() >= PREFIX_MIN_CHARS;
+        // One automaton per word and kind, walked over every field's dictionary:
+        // it depends on the word alone.
+        let any_field = Term::from_field_text(fields.title, word);
+        let typos = (distance > 0)
+            .then(|| Neighbours::of(FuzzyTermQuery::new(any_field.clone(), distance, true)))
+            .transpose()?;
+        let completions = prefix
+            .then(|| Neighbours::of(FuzzyTermQuery::new_prefix(any_field.clone(), 0, true)))
+            .transpose()?;
         let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for (text_field, weight) in TEXT_FIELDS {
             let term = Term::from_field_text(text_field.field(fields), word);
@@ -315,16 +321,19 @@ fn text_query(
             // scores its BM25 and both bonuses, in one clause, and the word is left
             // out of the neighbours.
             let mut bonus = 0.0;
-            if distance > 0 {
-                let typo = FuzzyTermQuery::new(term.clone(), distance, true);
-                if let Some(query) = expanded(searcher, &term, typo, weight * TYPO_WEIGHT)? {
+            if let Some(typos) = &typos {
+                let automaton = || FuzzyTermQuery::new(term.clone(), distance, true);
+                if let Some(query) =
+                    typos.expanded(searcher, &term, automaton, weight * TYPO_WEIGHT)?
+                {
                     alternatives.push((Occur::Should, query));
                 }
                 bonus += weight * TYPO_WEIGHT;
             }
-            if prefix {
-                let completion = FuzzyTermQuery::new_prefix(term.clone(), 0, true);
-                if let Some(query) = expanded(searcher, &term, completion, weight * PREFIX_WEIGHT)?
+            if let Some(completions) = &completions {
+                let automaton = || FuzzyTermQuery::new_prefix(term.clone(), 0, true);
+                if let Some(query) =
+                    completions.expanded(searcher, &term, automaton, weight * PREFIX_WEIGHT)?
                 {
                     alternatives.push((Occur::Should, query));
                 }
@@ -355,64 +364,78 @@ fn text_query(
     Ok(Some(Box::new(BooleanQuery::new(per_word))))
 }
 
-/// The terms other than `word` that `automaton` (made from it) accepts, as one
-/// constant-scoring query: `None` when the index holds none.
-fn expanded(
-    searcher: &Searcher,
-    word: &Term,
-    automaton: FuzzyTermQuery,
-    score: Score,
-) -> Result<Option<Box<dyn Query>>, SearchError> {
-    let field = word.field();
-    let dfa = automaton.automaton().map_err(index_error)?;
-    let mut terms = BTreeSet::new();
-    for segment in searcher.segment_readers() {
-        let inverted = segment.inverted_index(field).map_err(index_error)?;
-        let mut stream = inverted
-            .terms()
-            .search(&dfa)
-            .into_stream()
-            .map_err(|e| SearchError::Index(e.to_string()))?;
-        while stream.advance() {
-            let Ok(neighbour) = std::str::from_utf8(stream.key()) else {
-                continue;
-            };
-            if neighbour.as_bytes() == word.serialized_value_bytes() {
-                continue;
-            }
-            if terms.len() == EXPANSION_MAX_TERMS && !terms.contains(neighbour) {
-                // Too many to list: the automaton itself, less the word.
-                let neighbours = BooleanQuery::new(vec![
-                    (Occur::Must, Box::new(automaton) as Box<dyn Query>),
-                    (
-                        Occur::MustNot,
-                        Box::new(TermQuery::new(word.clone(), IndexRecordOption::Basic)),
-                    ),
-                ]);
-                return Ok(Some(Box::new(ConstScoreQuery::new(
-                    Box::new(neighbours),
-                    score,
-                ))));
-            }
-            terms.insert(neighbour.to_owned());
-        }
-    }
-    let mut queries: Vec<(Occur, Box<dyn Query>)> = terms
-        .into_iter()
-        .map(|neighbour| {
-            let term = Term::from_field_text(field, &neighbour);
-            (
-                Occur::Should,
-                Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>,
-            )
+/// The automaton of a word's typos or completions, built once for every field.
+struct Neighbours {
+    dfa: DfaWrapper,
+}
+
+impl Neighbours {
+    fn of(query: FuzzyTermQuery) -> Result<Neighbours, SearchError> {
+        Ok(Neighbours {
+            dfa: query.automaton().map_err(index_error)?,
         })
-        .collect();
-    let matched: Box<dyn Query> = match queries.len() {
-        0 => return Ok(None),
-        1 => queries.remove(0).1,
-        _ => Box::new(BooleanQuery::new(queries)),
-    };
-    Ok(Some(Box::new(ConstScoreQuery::new(matched, score))))
+    }
+
+    /// The terms of `word`'s field other than `word` that the automaton accepts, as
+    /// one constant-scoring query: `None` when the index holds none. Past
+    /// [`EXPANSION_MAX_TERMS`] the automaton query of that field (`automaton`).
+    fn expanded(
+        &self,
+        searcher: &Searcher,
+        word: &Term,
+        automaton: impl FnOnce() -> FuzzyTermQuery,
+        score: Score,
+    ) -> Result<Option<Box<dyn Query>>, SearchError> {
+        let field = word.field();
+        let mut terms = BTreeSet::new();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field).map_err(index_error)?;
+            let mut stream = inverted
+                .terms()
+                .search(&self.dfa)
+                .into_stream()
+                .map_err(index_error)?;
+            while stream.advance() {
+                let Ok(neighbour) = std::str::from_utf8(stream.key()) else {
+                    continue;
+                };
+                if neighbour.as_bytes() == word.serialized_value_bytes() {
+                    continue;
+                }
+                if terms.len() == EXPANSION_MAX_TERMS && !terms.contains(neighbour) {
+                    // Too many to list: the automaton itself, less the word.
+                    let neighbours = BooleanQuery::new(vec![
+                        (Occur::Must, Box::new(automaton()) as Box<dyn Query>),
+                        (
+                            Occur::MustNot,
+                            Box::new(TermQuery::new(word.clone(), IndexRecordOption::Basic)),
+                        ),
+                    ]);
+                    return Ok(Some(Box::new(ConstScoreQuery::new(
+                        Box::new(neighbours),
+                        score,
+                    ))));
+                }
+                terms.insert(neighbour.to_owned());
+            }
+        }
+        let mut queries: Vec<(Occur, Box<dyn Query>)> = terms
+            .into_iter()
+            .map(|neighbour| {
+                let term = Term::from_field_text(field, &neighbour);
+                (
+                    Occur::Should,
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>,
+                )
+            })
+            .collect();
+        let matched: Box<dyn Query> = match queries.len() {
+            0 => return Ok(None),
+            1 => queries.remove(0).1,
+            _ => Box::new(BooleanQuery::new(queries)),
+        };
+        Ok(Some(Box::new(ConstScoreQuery::new(matched, score))))
+    }
 }
 
 /// A query whose matches score `bonus` more: an exact word with the constant
@@ -520,7 +543,8 @@ fn build_query(
     fields: &Fields,
     request: &SearchRequest,
 ) -> Result<Box<dyn Query>, SearchError> {
-    let mut clauses = vec![term_filter(Term::from_field_u64(fields.visible, 1))];
+    // Visibility is not a clause: the collector checks it (see `collector`).
+    let mut clauses = Vec::new();
     if let Some(text) = text_query(searcher, fields, &request.text, true)? {
         clauses.push((Occur::Must, text));
     }
@@ -553,60 +577,43 @@ fn build_query(
             &attribute_term(name, value),
         )));
     }
+    if clauses.is_empty() {
+        // No words, no filters: every product (the visible ones, by the collector).
+        return Ok(Box::new(ConstScoreQuery::new(Box::new(AllQuery), 0.0)));
+    }
     Ok(Box::new(BooleanQuery::new(clauses)))
 }
-
-/// The sort key of a hit: greater first. The last part, the creation position
-/// reversed, is unique, so pages never overlap or skip.
-type SortKey = (Score, u64, u64);
 
 pub(crate) fn search(
     searcher: &Searcher,
     fields: &Fields,
+    visible: &VisibleSets,
     request: &SearchRequest,
 ) -> Result<SearchResults, SearchError> {
     request.validate()?;
     let query = build_query(searcher, fields, request)?;
     let currency = request.currency.as_deref().and_then(currency_code);
     let sort = request.sort;
-    let top = TopDocs::with_limit(request.limit)
-        .and_offset(request.offset)
-        .tweak_score(move |segment: &SegmentReader| {
-            let seq = segment.fast_fields().u64("seq").ok();
-            let price = segment.fast_fields().u64("price").ok();
-            move |doc: DocId, score: Score| -> SortKey {
-                let tie = u64::MAX - seq.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
-                let price_of = || {
-                    let currency = currency?;
-                    price
-                        .as_ref()?
-                        .values_for_doc(doc)
-                        .find_map(|k| price_in(k, currency))
-                };
-                match sort {
-                    SearchSort::Relevance => (score, 0, tie),
-                    // Products without a price in the currency come last either way.
-                    SearchSort::PriceAscending => {
-                        (0.0, price_of().map_or(0, |p| u64::MAX - p), tie)
-                    }
-                    SearchSort::PriceDescending => (0.0, price_of().map_or(0, |p| p + 1), tie),
-                    SearchSort::Newest => (0.0, u64::MAX - tie, 0),
-                }
-            }
-        });
-    let mut categories = FacetCollector::for_field("category");
     let category_root = if request.category.is_empty() {
-        Facet::root()
+        Vec::new()
     } else {
         category_facet(&request.category)
+            .encoded_str()
+            .as_bytes()
+            .to_vec()
     };
-    categories.add_facet(category_root.clone());
-    let counter = FacetCounter { currency };
-    let (top, total, categories, counted) = searcher
-        .search(&query, &(top, Count, categories, counter))
-        .map_err(|e| SearchError::Index(e.to_string()))?;
-    let hits = top
+    let collector = SearchCollector {
+        sort,
+        currency,
+        top: request.offset + request.limit,
+        category_root,
+        visible: visible.of(searcher, fields)?,
+    };
+    let collected = searcher.search(&query, &collector).map_err(index_error)?;
+    let hits = collected
+        .top
         .into_iter()
+        .skip(request.offset)
         .map(|((score, _, _), address)| {
             let state = product_state(searcher, fields, address)?;
             Ok(SearchHit {
@@ -624,24 +631,14 @@ pub(crate) fn search(
             })
         })
         .collect::<Result<Vec<_>, SearchError>>()?;
-    let mut category_counts: Vec<FacetCount> = categories
-        .get(category_root)
-        .map(|(facet, count)| FacetCount {
-            value: facet
-                .to_path()
-                .last()
-                .map(|s| (*s).to_owned())
-                .unwrap_or_default(),
-            count,
-        })
-        .collect();
-    sort_counts(&mut category_counts);
-    let mut brands: Vec<FacetCount> = counted
-        .brands
-        .into_iter()
-        .map(|(value, count)| FacetCount { value, count })
-        .collect();
-    sort_counts(&mut brands);
+    let counts = |counted: HashMap<String, u64>| {
+        let mut counts: Vec<FacetCount> = counted
+            .into_iter()
+            .map(|(value, count)| FacetCount { value, count })
+            .collect();
+        sort_counts(&mut counts);
+        counts
+    };
     let price_buckets = if currency.is_some() {
         PRICE_BUCKET_EDGES
             .iter()
@@ -649,20 +646,20 @@ pub(crate) fn search(
             .map(|(i, &min)| PriceBucket {
                 min,
                 max: PRICE_BUCKET_EDGES.get(i + 1).copied(),
-                count: counted.buckets[i],
+                count: collected.buckets[i],
             })
             .collect()
     } else {
         Vec::new()
     };
     Ok(SearchResults {
-        total: total as u64,
+        total: collected.total,
         hits,
         facets: Facets {
-            brands,
-            categories: category_counts,
+            brands: counts(collected.brands),
+            categories: counts(collected.categories),
             price_buckets,
-            in_stock: counted.in_stock,
+            in_stock: collected.in_stock,
         },
     })
 }
@@ -736,112 +733,4 @@ fn product_state(
         .ok_or_else(|| SearchError::Index("a product document without state".to_owned()))?;
     serde_json::from_slice(bytes)
         .map_err(|e| SearchError::Index(format!("a product's state does not parse: {e}")))
-}
-
-/// Counts brands, price buckets and in-stock products of the matches in one pass
-/// over the fast fields.
-struct FacetCounter {
-    currency: Option<u64>,
-}
-
-#[derive(Default)]
-struct Counted {
-    brands: HashMap<String, u64>,
-    buckets: [u64; PRICE_BUCKET_EDGES.len()],
-    in_stock: u64,
-}
-
-struct SegmentCounter {
-    currency: Option<u64>,
-    brand: Option<StrColumn>,
-    brand_counts: Vec<u64>,
-    price: Option<Column<u64>>,
-    in_stock: Option<Column<u64>>,
-    buckets: [u64; PRICE_BUCKET_EDGES.len()],
-    in_stock_count: u64,
-}
-
-impl Collector for FacetCounter {
-    type Fruit = Counted;
-    type Child = SegmentCounter;
-
-    fn for_segment(
-        &self,
-        _segment: SegmentOrdinal,
-        reader: &SegmentReader,
-    ) -> tantivy::Result<SegmentCounter> {
-        let fast = reader.fast_fields();
-        let brand = fast.str("brand")?;
-        let terms = brand.as_ref().map_or(0, |c| c.num_terms());
-        Ok(SegmentCounter {
-            currency: self.currency,
-            brand,
-            brand_counts: vec![0; terms],
-            price: fast.column_opt::<u64>("price")?,
-            in_stock: fast.column_opt::<u64>("in_stock")?,
-            buckets: [0; PRICE_BUCKET_EDGES.len()],
-            in_stock_count: 0,
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Counted>) -> tantivy::Result<Counted> {
-        let mut merged = Counted::default();
-        for fruit in fruits {
-            for (brand, count) in fruit.brands {
-                *merged.brands.entry(brand).or_default() += count;
-            }
-            for (total, count) in merged.buckets.iter_mut().zip(fruit.buckets) {
-                *total += count;
-            }
-            merged.in_stock += fruit.in_stock;
-        }
-        Ok(merged)
-    }
-}
-
-impl SegmentCollector for SegmentCounter {
-    type Fruit = Counted;
-
-    fn collect(&mut self, doc: DocId, _score: Score) {
-        if let Some(brand) = &self.brand {
-            for ord in brand.term_ords(doc) {
-                self.brand_counts[ord as usize] += 1;
-            }
-        }
-        if let (Some(currency), Some(price)) = (self.currency, &self.price) {
-            if let Some(minor) = price
-                .values_for_doc(doc)
-                .find_map(|k| price_in(k, currency))
-            {
-                let bucket = PRICE_BUCKET_EDGES.partition_point(|&edge| edge <= minor) - 1;
-                self.buckets[bucket] += 1;
-            }
-        }
-        if let Some(in_stock) = &self.in_stock {
-            if in_stock.first(doc) == Some(1) {
-                self.in_stock_count += 1;
-            }
-        }
-    }
-
-    fn harvest(self) -> Counted {
-        let mut brands = HashMap::new();
-        if let Some(column) = &self.brand {
-            let mut name = String::new();
-            for (ord, &count) in self.brand_counts.iter().enumerate() {
-                if count > 0 && column.ord_to_str(ord as u64, &mut name).unwrap_or(false) {
-                    brands.insert(name.clone(), count);
-                }
-            }
-        }
-        Counted {
-            brands,
-            buckets: self.buckets,
-            in_stock: self.in_stock_count,
-        }
-    }
 }
