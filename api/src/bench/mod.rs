@@ -116,6 +116,11 @@ pub enum Bench {
         /// Timed queries (after a warm-up).
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
+        /// Keep the generated log in the database `bench_search_log_{products}` and,
+        /// when it is there from an earlier run, use it instead of appending again
+        /// (the index is still built from the log, and checked against it).
+        #[arg(long)]
+        keep_log: bool,
     },
     /// Verify the hash chain and export NDJSON over a log of `events` events,
     /// against reading the log alone.
@@ -167,7 +172,11 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
             lost_share,
         } => psp::run(Duration::from_secs(seconds), clients, fail_rate, lost_share).await,
         Bench::Rebuild { events } => rebuild::run(database_url, events).await,
-        Bench::Search { products, queries } => search::run(database_url, products, queries).await,
+        Bench::Search {
+            products,
+            queries,
+            keep_log,
+        } => search::run(database_url, products, queries, keep_log).await,
         Bench::Verify { events } => verify::run(database_url, events).await,
     }
 }

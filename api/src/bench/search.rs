@@ -69,19 +69,39 @@ const TYPOS: [&str; 12] = [
 ];
 const CATEGORIES: [&str; 4] = ["Shoes", "Shirts", "Bags", "Hats"];
 
-pub async fn run(database_url: &str, products: usize, queries: usize) -> Result<()> {
-    let db = ScratchDatabase::create(database_url, "bench_search").await?;
-    let store = PostgresStore::connect(PostgresConfig::new(db.url.clone())).await?;
+pub async fn run(
+    database_url: &str,
+    products: usize,
+    queries: usize,
+    keep_log: bool,
+) -> Result<()> {
+    let (url, _scratch) = if keep_log {
+        (kept_log_database(database_url, products).await?, None)
+    } else {
+        let db = ScratchDatabase::create(database_url, "bench_search").await?;
+        (db.url.clone(), Some(db))
+    };
+    let store = PostgresStore::connect(PostgresConfig::new(url)).await?;
     println!("search benchmark: {products} products in the log, indexed, then queried");
 
     let started = Instant::now();
-    let published = generate(&store, products).await?;
+    let kept = store.head().await?;
+    let published = if kept > 0 {
+        // The log of an earlier run with this many products: the same seeded
+        // catalog, checked below against what the index finds published.
+        println!("  log: kept from an earlier run ({kept} events), not appended again");
+        published_of(products)
+    } else {
+        let published = generate(&store, products).await?;
+        let head = store.head().await?;
+        let generate_secs = started.elapsed().as_secs_f64();
+        println!(
+            "  log: {products} products ({published} published) in {head} events, appended \
+             in {generate_secs:.1}s"
+        );
+        published
+    };
     let head = store.head().await?;
-    let generate_secs = started.elapsed().as_secs_f64();
-    println!(
-        "  log: {products} products ({published} published) in {head} events, appended in \
-         {generate_secs:.1}s"
-    );
 
     let dir = std::env::temp_dir().join(format!("commerce-bench-search-{}", uuid::Uuid::new_v4()));
     let _cleanup = RemoveOnDrop(dir.clone());
@@ -173,15 +193,55 @@ pub async fn run(database_url: &str, products: usize, queries: usize) -> Result<
     Ok(())
 }
 
+/// The URL of the database `bench_search_log_{products}` on the server of
+/// `admin_url`, created (empty) when missing.
+async fn kept_log_database(admin_url: &str, products: usize) -> Result<String> {
+    let name = format!("bench_search_log_{products}");
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    drop(client);
+    let _ = driver.await;
+    if !exists {
+        return Ok(eventstore::recreate_database(admin_url, &name).await?);
+    }
+    let (server, _) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+    let (server, _) = server
+        .rsplit_once('/')
+        .filter(|(server, _)| server.contains("://") && !server.ends_with('/'))
+        .with_context(|| format!("{admin_url:?} names no database to replace"))?;
+    Ok(format!("{server}/{name}"))
+}
+
+/// The products of shop `shard` when `products` are spread over `SHOPS`.
+fn shop_products(products: usize, shard: u32) -> usize {
+    let per_shop = products.div_ceil(SHOPS as usize);
+    per_shop.min(products - (shard as usize * per_shop).min(products))
+}
+
+/// How many of `products` generated products are published (the workload leaves
+/// one product in ten a draft: numbers ending in 9, counted per shop).
+fn published_of(products: usize) -> u64 {
+    (0..SHOPS)
+        .map(|shard| {
+            (0..shop_products(products, shard))
+                .filter(|p| p % 10 != 9)
+                .count() as u64
+        })
+        .sum()
+}
+
 /// Appends `products` products from `SHOPS` shops at once; returns how many are
 /// published.
 async fn generate(store: &PostgresStore, products: usize) -> Result<u64> {
     let store: Arc<dyn EventStore> = Arc::new(store.clone());
-    let per_shop = products.div_ceil(SHOPS as usize);
     let mut tasks = Vec::new();
     for shard in 0..SHOPS {
         let store = store.clone();
-        let count = per_shop.min(products - (shard as usize * per_shop).min(products));
+        let count = shop_products(products, shard);
         tasks.push(tokio::spawn(async move {
             let mut shop = Shop::new(ShopConfig {
                 seed: 7,
@@ -215,6 +275,11 @@ async fn generate(store: &PostgresStore, products: usize) -> Result<u64> {
     for task in tasks {
         published += task.await??;
     }
+    ensure!(
+        published == published_of(products),
+        "{published} products published, {} expected",
+        published_of(products)
+    );
     Ok(published)
 }
 
