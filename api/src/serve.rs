@@ -121,6 +121,13 @@ pub struct ServeArgs {
     /// that position, in milliseconds; past it the answer is marked stale.
     #[arg(long, env = "COMMERCE_READ_WAIT_MAX_MS", default_value_t = http::READ_WAIT_MAX_MS)]
     pub read_wait_max_ms: u64,
+    /// Longest one read-model query (lists, histories, sales) may run, in
+    /// milliseconds, before PostgreSQL cancels it and the answer is 503 query-timeout.
+    #[arg(long, env = "COMMERCE_READ_STATEMENT_TIMEOUT_MS", default_value_t = http::READ_STATEMENT_TIMEOUT_MS)]
+    pub read_statement_timeout_ms: u64,
+    /// Most connections the read-model queries hold at once (their own pool).
+    #[arg(long, env = "COMMERCE_READ_POOL_MAX_CONNECTIONS", default_value_t = http::READ_POOL_MAX_CONNECTIONS)]
+    pub read_pool_max_connections: usize,
     /// How often expired idempotency keys are swept, in seconds.
     #[arg(long, env = "COMMERCE_IDEMPOTENCY_PURGE_EVERY_SECS", default_value_t = http::IDEMPOTENCY_PURGE_EVERY_SECS)]
     pub idempotency_purge_every_secs: u64,
@@ -160,6 +167,8 @@ impl ServeArgs {
             }),
             idempotency_purge_every: Duration::from_secs(self.idempotency_purge_every_secs.max(1)),
             read_wait_max: Duration::from_millis(self.read_wait_max_ms),
+            read_statement_timeout: Duration::from_millis(self.read_statement_timeout_ms.max(1)),
+            read_pool_max_connections: self.read_pool_max_connections.max(1),
             principal_rate_limit: Some(RateLimit {
                 per_sec: self.rate_limit_principal_per_sec,
                 burst: self.rate_limit_principal_burst,

@@ -25,6 +25,10 @@ pub enum ProjectionError {
     /// PostgreSQL could not be reached or the connection broke; retrying is safe.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// PostgreSQL cancelled the query: it ran past the session's statement timeout
+    /// (or was cancelled by an operator). The same query will do so again.
+    #[error("query cancelled: {0}")]
+    Cancelled(String),
     #[error("database error: {0}")]
     Database(String),
 }
@@ -39,6 +43,7 @@ impl ProjectionError {
             | ProjectionError::RebuildInProgress(_)
             | ProjectionError::Poison { .. }
             | ProjectionError::InvalidQuery { .. }
+            | ProjectionError::Cancelled(_)
             | ProjectionError::Database(_) => false,
         }
     }
@@ -48,11 +53,17 @@ impl ProjectionError {
 /// failures, deadlocks, and the server shutting down or refusing connections.
 const TRANSIENT_SQLSTATES: &[&str] = &["40001", "40P01", "57P01", "57P02", "57P03", "53300"];
 
+/// SQLSTATE of a statement cancelled by its timeout or by a cancel request.
+const QUERY_CANCELED: &str = "57014";
+
 /// Maps a driver error: no SQLSTATE means the connection itself failed.
 pub(crate) fn db_error(e: tokio_postgres::Error) -> ProjectionError {
     match e.as_db_error() {
         Some(db) if TRANSIENT_SQLSTATES.contains(&db.code().code()) => {
             ProjectionError::Unavailable(format!("{} ({})", db.message(), db.code().code()))
+        }
+        Some(db) if db.code().code() == QUERY_CANCELED => {
+            ProjectionError::Cancelled(db.message().to_owned())
         }
         Some(db) => ProjectionError::Database(format!("{} ({})", db.message(), db.code().code())),
         None => ProjectionError::Unavailable(e.to_string()),

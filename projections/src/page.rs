@@ -140,10 +140,26 @@ impl Select {
     /// One page, in `order_by` order (which must end with a unique key, so pages
     /// neither overlap nor skip rows).
     pub(crate) async fn page<T>(
+        self,
+        client: &Client,
+        order_by: &str,
+        page: PageRequest,
+        map: impl Fn(&Row) -> Result<T, ProjectionError>,
+    ) -> Result<Page<T>, ProjectionError> {
+        self.page_around(client, order_by, page, None, map).await
+    }
+
+    /// One page as [`page`](Self::page) takes it, then `outer` (`(select_list,
+    /// alias)`: `SELECT select_list FROM (page) alias ORDER BY order_by`) computed for
+    /// the page's rows alone. For select lists that cost more than the filter (a
+    /// subquery per row): a plain page computes them for every row its offset skips
+    /// too.
+    pub(crate) async fn page_around<T>(
         mut self,
         client: &Client,
         order_by: &str,
         page: PageRequest,
+        outer: Option<(&str, &str)>,
         map: impl Fn(&Row) -> Result<T, ProjectionError>,
     ) -> Result<Page<T>, ProjectionError> {
         page.check()?;
@@ -156,6 +172,12 @@ impl Select {
             self.sql,
             n - 1
         );
+        if let Some((select_list, alias)) = outer {
+            self.sql = format!(
+                "SELECT {select_list} FROM ({}) {alias} ORDER BY {order_by}",
+                self.sql
+            );
+        }
         let params: Vec<&(dyn ToSql + Sync)> = self
             .params
             .iter()

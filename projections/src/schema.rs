@@ -71,6 +71,11 @@ pub const PROJECTIONS_MIGRATIONS: &[Migration] = &[
         name: "cart_owners",
         sql: read_model_migration!("0007_cart_owners.sql"),
     },
+    Migration {
+        version: 8,
+        name: "catalog_categories",
+        sql: read_model_migration!("0008_catalog_categories.sql"),
+    },
 ];
 
 /// The read-model files of each projection, in version order, without the
@@ -105,6 +110,11 @@ const READ_MODEL_FILES: &[(Projection, i32, &str)] = &[
         Projection::Carts,
         7,
         include_str!("../migrations/0007_cart_owners.sql"),
+    ),
+    (
+        Projection::Catalog,
+        8,
+        include_str!("../migrations/0008_catalog_categories.sql"),
     ),
 ];
 

@@ -64,6 +64,12 @@ pub const IDEMPOTENCY_PURGE_EVERY_SECS: u64 = 600;
 /// position it was given, in milliseconds; past it the query answers with what the
 /// read model has, marked stale.
 pub const READ_WAIT_MAX_MS: u64 = 2_000;
+/// Longest one read-model query may run, in milliseconds, before PostgreSQL cancels
+/// it (`503 query-timeout`).
+pub const READ_STATEMENT_TIMEOUT_MS: u64 = 3_000;
+/// Most connections the read-model queries hold at once: a pool of their own, so a
+/// burst of broad queries waits for its own connections, not the command side's.
+pub const READ_POOL_MAX_CONNECTIONS: usize = 8;
 
 /// The server's bounds.
 #[derive(Debug, Clone)]
@@ -77,6 +83,10 @@ pub struct ServerConfig {
     pub idempotency_purge_every: Duration,
     /// Longest a read-model query waits for `?after=` (read-your-writes).
     pub read_wait_max: Duration,
+    /// Longest one read-model query may run before PostgreSQL cancels it.
+    pub read_statement_timeout: Duration,
+    /// Connections of the read-model queries' own pool.
+    pub read_pool_max_connections: usize,
     /// Bounds of the command side.
     pub command_limits: Limits,
     /// The payment provider's webhook secret and replay window (`None`: callbacks
@@ -112,6 +122,8 @@ impl Default for ServerConfig {
             idempotency_key_ttl: Duration::from_secs(IDEMPOTENCY_KEY_TTL_SECS),
             idempotency_purge_every: Duration::from_secs(IDEMPOTENCY_PURGE_EVERY_SECS),
             read_wait_max: Duration::from_millis(READ_WAIT_MAX_MS),
+            read_statement_timeout: Duration::from_millis(READ_STATEMENT_TIMEOUT_MS),
+            read_pool_max_connections: READ_POOL_MAX_CONNECTIONS,
             command_limits: Limits::default(),
             payment_webhooks: None,
             saga: sagas::SagaConfig::default(),
@@ -147,6 +159,8 @@ struct Inner {
     search: std::sync::OnceLock<projections::search::SearchIndex>,
     /// The read models' checkpoints, for queries that wait for a position.
     checkpoints: projections::CheckpointWatch,
+    /// Read-only sessions with a statement timeout, for the read-model queries.
+    read_pool: deadpool_postgres::Pool,
     /// The rebuild started through the admin API, if any, and how it went.
     rebuilds: routes::read_side::RebuildJobs,
 }
@@ -215,6 +229,7 @@ impl AppState {
         )
         .await?;
         let checkpoints = projections::CheckpointWatch::new(store.pool().clone());
+        let read_pool = routes::reads::pool(database_url, &config)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -230,6 +245,7 @@ impl AppState {
                 config,
                 search: std::sync::OnceLock::new(),
                 checkpoints,
+                read_pool,
                 rebuilds: routes::read_side::RebuildJobs::default(),
             }),
         })
@@ -296,6 +312,10 @@ impl AppState {
 
     pub(crate) fn checkpoints(&self) -> &projections::CheckpointWatch {
         &self.inner.checkpoints
+    }
+
+    pub(crate) fn read_pool(&self) -> &deadpool_postgres::Pool {
+        &self.inner.read_pool
     }
 
     pub(crate) fn rebuilds(&self) -> &routes::read_side::RebuildJobs {

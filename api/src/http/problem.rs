@@ -291,6 +291,17 @@ impl From<ProjectionError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", detail)
                     .retry_after(1)
             }
+            // The read model's statement timeout: the same query would run as long
+            // again, so no Retry-After; narrower filters answer.
+            ProjectionError::Cancelled(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "query-timeout",
+                format!(
+                    "{detail}: the query reads too much of the read model; narrow its \
+                     filters (status, brand, category, customer, SKU, dates), page less deep, \
+                     or search (/v1/search)"
+                ),
+            ),
             ProjectionError::Poison { .. } | ProjectionError::Database(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "database", detail)
             }

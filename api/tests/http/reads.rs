@@ -379,3 +379,38 @@ async fn a_rebuild_started_over_http_swaps_in_read_models_equal_to_the_live_ones
     );
     projections.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_the_read_statement_timeout_is_cancelled_and_answered_503() {
+    let app = spawn_app_with(ServerConfig {
+        read_statement_timeout: Duration::from_millis(50),
+        ..ServerConfig::default()
+    })
+    .await;
+    // 300,000 products written straight into the catalog's table (no log behind
+    // them: this is about the query alone). A title substring that no product has
+    // reads every one of them.
+    let client = app.store.connection().await.expect("a connection");
+    client
+        .batch_execute(
+            "INSERT INTO read_models.catalog_products SELECT gen_random_uuid(), \
+             'Product ' || i, '', 'Brand ' || (i % 50), ARRAY['Shoes'], 'published', \
+             '{}', 1, now(), now(), i FROM generate_series(1, 300000) i; \
+             ANALYZE read_models.catalog_products",
+        )
+        .await
+        .expect("the products");
+    let broad = app.get("/v1/products?text=no-such-title", &admin()).await;
+    let problem = broad.problem(503, "query-timeout");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("narrow")),
+        "{problem}"
+    );
+    // A query an index serves answers within the same bound.
+    let narrow = app
+        .get("/v1/products?brand=Brand%207&limit=5", &admin())
+        .await;
+    assert_eq!(items(&narrow).len(), 5, "{}", narrow.body);
+}

@@ -96,15 +96,16 @@ pub enum CatalogSort {
     Newest,
 }
 
-const SELECT_SUMMARY: &str = "SELECT p.product_id, p.title, p.brand, p.category, p.status, \
+/// A listed product's columns, with its prices and stock summed from the other
+/// tables: computed for the page's rows only (`Select::page_around`).
+const SUMMARY_COLUMNS: &str = "p.product_id, p.title, p.brand, p.category, p.status, \
      p.sku_count, p.updated_at, \
      (SELECT jsonb_object_agg(currency, price_minor) FROM ( \
          SELECT c.currency, min(c.price_minor) AS price_minor \
          FROM read_models.catalog_prices c WHERE c.product_id = p.product_id \
          GROUP BY c.currency) m), \
      (SELECT COALESCE(sum(s.available), 0)::bigint FROM read_models.catalog_skus k \
-      JOIN read_models.catalog_stock s ON s.sku = k.sku WHERE k.product_id = p.product_id) \
-     FROM read_models.catalog_products p";
+      JOIN read_models.catalog_stock s ON s.sku = k.sku WHERE k.product_id = p.product_id)";
 
 fn summary_from(row: &Row) -> Result<ProductSummary, ProjectionError> {
     let prices: Option<Value> = row.get(7);
@@ -142,13 +143,17 @@ pub async fn list(
     sort: CatalogSort,
     page: PageRequest,
 ) -> Result<Page<ProductSummary>, ProjectionError> {
-    let mut select = Select::new(SELECT_SUMMARY);
+    let mut select = Select::new("SELECT p.* FROM read_models.catalog_products p");
     select.and_some(
         "p.status = $?",
         filter.status.map(|s| s.as_str().to_owned()),
     );
     select.and_some("p.brand = $?", filter.brand.clone());
-    select.and_some("$? = ANY(p.category)", filter.category.clone());
+    // `@>` rather than `= ANY`: the form the category's GIN index serves.
+    select.and_some(
+        "p.category @> ARRAY[$?]::text[]",
+        filter.category.clone(),
+    );
     select.and_some("p.title ILIKE $?", filter.text.as_deref().map(like_pattern));
     select.and_some(
         "EXISTS (SELECT 1 FROM read_models.catalog_prices c \
@@ -168,7 +173,9 @@ pub async fn list(
         CatalogSort::RecentlyUpdated => "p.updated_at DESC, p.product_id",
         CatalogSort::Newest => "p.created_at DESC, p.product_id",
     };
-    select.page(client, order, page, summary_from).await
+    select
+        .page_around(client, order, page, Some((SUMMARY_COLUMNS, "p")), summary_from)
+        .await
 }
 
 /// One product with its SKUs, prices and stock; `None` if the catalog has no such

@@ -13,7 +13,15 @@
 //! Customers see their own carts, orders and history only, and only published
 //! products; staff see everything their role may read (`policy`).
 //!
+//! The queries run on a pool of their own ([`pool`]): read-only sessions whose
+//! statements PostgreSQL cancels past [`ServerConfig::read_statement_timeout`]
+//! (`503 query-timeout`). A filter no index serves (a title substring, a category
+//! no product has) reads the whole table; the timeout bounds what one request can
+//! cost, and the pool's size how many of them run at once, beside a command side
+//! whose connections they never take.
+//!
 //! [`ServerConfig::read_wait_max`]: crate::http::ServerConfig::read_wait_max
+//! [`ServerConfig::read_statement_timeout`]: crate::http::ServerConfig::read_statement_timeout
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -36,6 +44,41 @@ use crate::http::{json_response, AppState, Principal, Role};
 
 /// Items per page unless `limit` says otherwise.
 const PAGE_DEFAULT_ITEMS: u32 = 50;
+/// Longest a query waits for a connection of the read pool, and for one to open.
+const READ_POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The read-model queries' pool on `database_url`: read-only sessions with the
+/// configured statement timeout (added to the URL's own session options, such as
+/// the engine's role).
+pub(crate) fn pool(
+    database_url: &str,
+    config: &crate::http::ServerConfig,
+) -> anyhow::Result<deadpool_postgres::Pool> {
+    let mut pg: tokio_postgres::Config = database_url.parse()?;
+    let options = format!(
+        "{} -c statement_timeout={} -c default_transaction_read_only=on",
+        pg.get_options().unwrap_or(""),
+        config.read_statement_timeout.as_millis()
+    );
+    pg.options(options.trim_start());
+    pg.connect_timeout(READ_POOL_WAIT);
+    if pg.get_application_name().is_none() {
+        pg.application_name("commerce-reads");
+    }
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    Ok(deadpool_postgres::Pool::builder(manager)
+        .max_size(config.read_pool_max_connections.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(READ_POOL_WAIT))
+        .create_timeout(Some(READ_POOL_WAIT))
+        .build()?)
+}
 
 /// One page of a read model, and how fresh it is.
 #[derive(Debug, Serialize, ToSchema)]
@@ -105,7 +148,11 @@ impl ReadModel {
                 .wait_until(projection, after, state.config().read_wait_max)
                 .await;
         }
-        let client = state.store().connection().await?;
+        let client = state.read_pool().get().await.map_err(|e| {
+            ApiError::from(eventstore::StoreError::Unavailable(format!(
+                "no connection for the read models: {e}"
+            )))
+        })?;
         let position: i64 = client
             .query_opt(
                 "SELECT position FROM projection_checkpoints WHERE name = $1",
@@ -515,4 +562,50 @@ pub async fn top_skus(
     let found =
         projections::sales::top_skus(&read.client, &filter, page(query.offset, query.limit)).await;
     read.answer(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use eventstore::testing::test_database;
+
+    use crate::http::ServerConfig;
+
+    #[tokio::test]
+    async fn read_sessions_are_read_only_and_cancel_a_statement_past_the_timeout() {
+        let db = test_database().await.expect("a test database");
+        let config = ServerConfig {
+            read_statement_timeout: Duration::from_millis(200),
+            ..ServerConfig::default()
+        };
+        let pool = super::pool(&db.url, &config).expect("a pool");
+        let client = pool.get().await.expect("a connection");
+        let show = |name: &'static str| {
+            let client = &client;
+            async move {
+                let row = client.query_one(&format!("SHOW {name}"), &[]).await;
+                row.expect("a setting").get::<_, String>(0)
+            }
+        };
+        assert_eq!(show("statement_timeout").await, "200ms");
+        assert_eq!(show("default_transaction_read_only").await, "on");
+
+        let write = client
+            .batch_execute("CREATE TABLE read_sessions_write (x int)")
+            .await
+            .expect_err("a read session cannot write");
+        assert_eq!(
+            write.code(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+        );
+        let slow = client
+            .query("SELECT pg_sleep(5)", &[])
+            .await
+            .expect_err("cancelled by the statement timeout");
+        assert_eq!(
+            slow.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+        );
+    }
 }
