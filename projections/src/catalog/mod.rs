@@ -150,10 +150,7 @@ pub async fn list(
     );
     select.and_some("p.brand = $?", filter.brand.clone());
     // `@>` rather than `= ANY`: the form the category's GIN index serves.
-    select.and_some(
-        "p.category @> ARRAY[$?]::text[]",
-        filter.category.clone(),
-    );
+    select.and_some("p.category @> ARRAY[$?]::text[]", filter.category.clone());
     select.and_some("p.title ILIKE $?", filter.text.as_deref().map(like_pattern));
     select.and_some(
         "EXISTS (SELECT 1 FROM read_models.catalog_prices c \
@@ -174,7 +171,13 @@ pub async fn list(
         CatalogSort::Newest => "p.created_at DESC, p.product_id",
     };
     select
-        .page_around(client, order, page, Some((SUMMARY_COLUMNS, "p")), summary_from)
+        .page_around(
+            client,
+            order,
+            page,
+            Some((SUMMARY_COLUMNS, "p")),
+            summary_from,
+        )
         .await
 }
 
