@@ -1,9 +1,11 @@
 //! One pass over a search's matches: the count, the top page in the request's
 //! order, and every facet (brands, the categories below the filter, price buckets,
-//! in stock), reading each fast field once per match.
+//! in stock).
 //!
-//! Visibility is checked here, against a bitset per segment of the published
-//! products ([`VisibleSets`]), instead of intersecting every query with the
+//! What a match needs is read from a [`SegmentTable`] per segment, plain arrays by
+//! document decoded once from the fast fields, rather than from the bitpacked
+//! columns on every match. Visibility is checked here too, against the table's
+//! bitset of published products, instead of intersecting every query with the
 //! visibility term's postings (nine documents in ten): a bit test per match rather
 //! than a posting list walked alongside the matches.
 
@@ -17,8 +19,7 @@ use tantivy::fastfield::FacetReader;
 use tantivy::index::SegmentId;
 use tantivy::schema::IndexRecordOption;
 use tantivy::{
-    BitSet, DocAddress, DocId, DocSet, Score, Searcher, SegmentOrdinal, SegmentReader, Term,
-    TERMINATED,
+    DocAddress, DocId, DocSet, Score, Searcher, SegmentOrdinal, SegmentReader, Term, TERMINATED,
 };
 
 use super::query::{SearchSort, PRICE_BUCKET_EDGES};
@@ -29,61 +30,154 @@ use super::SearchError;
 /// reversed, is unique, so pages never overlap or skip.
 pub(crate) type SortKey = (Score, u64, u64);
 
-/// The bitsets of the published products, one per segment, built the first time a
-/// search meets the segment (a segment never changes; deletions are tantivy's
-/// alive bitset, applied before any collector sees a match).
-#[derive(Default)]
-pub(crate) struct VisibleSets {
-    sets: Mutex<HashMap<SegmentId, Arc<BitSet>>>,
+/// A price a product does not have in the currency.
+const NO_PRICE: u64 = u64::MAX;
+/// A table row's bit of a published product (the only documents a search returns).
+const PUBLISHED: u64 = 1 << 63;
+/// A table row's bit of a product with a unit available.
+const IN_STOCK: u64 = 1 << 62;
+/// A table row holds the brand's and the category's ordinal, each plus one (0:
+/// none), in this many bits each.
+const ORD_BITS: u32 = 31;
+const ORD_MASK: u64 = (1 << ORD_BITS) - 1;
+
+/// The ordinal in the low [`ORD_BITS`] of `bits`, if there is one.
+fn ordinal(bits: u64) -> Option<usize> {
+    ((bits & ORD_MASK) as usize).checked_sub(1)
 }
 
-impl VisibleSets {
-    /// The sets of `searcher`'s segments, by segment ordinal. Sets of segments the
-    /// searcher no longer has (merged away) are dropped.
+/// What a search reads of every match in a segment, decoded once from the index
+/// into plain arrays by document: one row of whether it is a published product,
+/// whether it is in stock, its brand and its category (ordinals of the segment's
+/// columns: a product has one brand and at most one category, see `document`), so
+/// a match costs one memory access where the fast fields cost one each; its
+/// creation position; and per currency asked for so far its lowest price. A
+/// segment never changes (deletions are tantivy's alive bitset, applied before any
+/// collector sees a match), so the table lives as long as the segment: 16 bytes a
+/// document, and 8 more per currency.
+pub(crate) struct SegmentTable {
+    rows: Vec<u64>,
+    seq: Vec<u64>,
+    prices: Mutex<HashMap<u64, Arc<Vec<u64>>>>,
+    price_column: Option<Column<u64>>,
+}
+
+impl SegmentTable {
+    fn build(segment: &SegmentReader, fields: &Fields) -> Result<SegmentTable, SearchError> {
+        let max_doc = segment.max_doc();
+        let fast = segment.fast_fields();
+        let mut rows = vec![0u64; max_doc as usize];
+        let inverted = segment
+            .inverted_index(fields.visible)
+            .map_err(index_error)?;
+        let term = Term::from_field_u64(fields.visible, 1);
+        if let Some(mut postings) = inverted
+            .read_postings(&term, IndexRecordOption::Basic)
+            .map_err(index_error)?
+        {
+            let mut doc = postings.doc();
+            while doc != TERMINATED {
+                rows[doc as usize] |= PUBLISHED;
+                doc = postings.advance();
+            }
+        }
+        if let Some(column) = fast.column_opt::<u64>("in_stock").map_err(index_error)? {
+            for (doc, row) in (0..max_doc).zip(rows.iter_mut()) {
+                if column.first(doc) == Some(1) {
+                    *row |= IN_STOCK;
+                }
+            }
+        }
+        let plus_one = |ord: u64| (ord + 1).min(ORD_MASK);
+        if let Some(column) = fast.str("brand").map_err(index_error)? {
+            for (doc, row) in (0..max_doc).zip(rows.iter_mut()) {
+                if let Some(ord) = column.term_ords(doc).next() {
+                    *row |= plus_one(ord) << ORD_BITS;
+                }
+            }
+        }
+        if let Ok(facets) = segment.facet_reader("category") {
+            for (doc, row) in (0..max_doc).zip(rows.iter_mut()) {
+                if let Some(ord) = facets.facet_ords(doc).next() {
+                    *row |= plus_one(ord);
+                }
+            }
+        }
+        let seq = match fast.column_opt::<u64>("seq").map_err(index_error)? {
+            Some(column) => (0..max_doc)
+                .map(|doc| column.first(doc).unwrap_or(0))
+                .collect(),
+            None => vec![0; max_doc as usize],
+        };
+        Ok(SegmentTable {
+            rows,
+            seq,
+            prices: Mutex::new(HashMap::new()),
+            price_column: fast.column_opt::<u64>("price").map_err(index_error)?,
+        })
+    }
+
+    /// The lowest price in `currency` by document ([`NO_PRICE`] where none).
+    fn prices(&self, currency: u64) -> Arc<Vec<u64>> {
+        let mut prices = self.prices.lock().unwrap_or_else(PoisonError::into_inner);
+        prices
+            .entry(currency)
+            .or_insert_with(|| {
+                let max_doc = self.rows.len() as DocId;
+                Arc::new(match &self.price_column {
+                    Some(column) => (0..max_doc)
+                        .map(|doc| {
+                            column
+                                .values_for_doc(doc)
+                                .find_map(|key| price_in(key, currency))
+                                .unwrap_or(NO_PRICE)
+                        })
+                        .collect(),
+                    None => vec![NO_PRICE; max_doc as usize],
+                })
+            })
+            .clone()
+    }
+}
+
+fn index_error(e: impl std::fmt::Display) -> SearchError {
+    SearchError::Index(e.to_string())
+}
+
+/// The [`SegmentTable`]s of the segments searches meet, each built the first time
+/// a search meets its segment.
+#[derive(Default)]
+pub(crate) struct SegmentTables {
+    tables: Mutex<HashMap<SegmentId, Arc<SegmentTable>>>,
+}
+
+impl SegmentTables {
+    /// The tables of `searcher`'s segments, by segment ordinal. Tables of segments
+    /// the searcher no longer has (merged away) are dropped.
     pub(crate) fn of(
         &self,
         searcher: &Searcher,
         fields: &Fields,
-    ) -> Result<Vec<Arc<BitSet>>, SearchError> {
+    ) -> Result<Vec<Arc<SegmentTable>>, SearchError> {
         let segments = searcher.segment_readers();
-        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         let mut found = Vec::with_capacity(segments.len());
         for segment in segments {
-            let set = match sets.get(&segment.segment_id()) {
-                Some(set) => set.clone(),
+            let table = match tables.get(&segment.segment_id()) {
+                Some(table) => table.clone(),
                 None => {
-                    let set = Arc::new(visible_set(segment, fields)?);
-                    sets.insert(segment.segment_id(), set.clone());
-                    set
+                    let table = Arc::new(SegmentTable::build(segment, fields)?);
+                    tables.insert(segment.segment_id(), table.clone());
+                    table
                 }
             };
-            found.push(set);
+            found.push(table);
         }
-        if sets.len() > segments.len() {
-            sets.retain(|id, _| segments.iter().any(|s| s.segment_id() == *id));
+        if tables.len() > segments.len() {
+            tables.retain(|id, _| segments.iter().any(|s| s.segment_id() == *id));
         }
         Ok(found)
     }
-}
-
-fn visible_set(segment: &SegmentReader, fields: &Fields) -> Result<BitSet, SearchError> {
-    let index_error = |e: &dyn std::fmt::Display| SearchError::Index(e.to_string());
-    let mut set = BitSet::with_max_value(segment.max_doc());
-    let inverted = segment
-        .inverted_index(fields.visible)
-        .map_err(|e| index_error(&e))?;
-    let term = Term::from_field_u64(fields.visible, 1);
-    if let Some(mut postings) = inverted
-        .read_postings(&term, IndexRecordOption::Basic)
-        .map_err(|e| index_error(&e))?
-    {
-        let mut doc = postings.doc();
-        while doc != TERMINATED {
-            set.insert(doc);
-            doc = postings.advance();
-        }
-    }
-    Ok(set)
 }
 
 /// What one search asks of its matches.
@@ -93,10 +187,15 @@ pub(crate) struct SearchCollector {
     pub currency: Option<u64>,
     /// Hits kept: the page's offset plus its limit.
     pub top: usize,
+    /// Only products in stock match.
+    pub in_stock_only: bool,
+    /// Only products whose lowest price in the currency lies in this range
+    /// (inclusive, minor units) match.
+    pub price_range: Option<(u64, u64)>,
     /// The encoded category facet whose children are counted (empty: the root).
     pub category_root: Vec<u8>,
-    /// By segment ordinal, from [`VisibleSets::of`] for the same searcher.
-    pub visible: Vec<Arc<BitSet>>,
+    /// By segment ordinal, from [`SegmentTables::of`] for the same searcher.
+    pub tables: Vec<Arc<SegmentTable>>,
 }
 
 /// The matches of a search, counted.
@@ -117,14 +216,14 @@ const NOT_COUNTED: u32 = u32::MAX;
 pub(crate) struct SegmentSearchCollector {
     segment: SegmentOrdinal,
     sort: SearchSort,
-    currency: Option<u64>,
-    visible: Arc<BitSet>,
-    seq: Option<Column<u64>>,
-    price: Option<Column<u64>>,
-    in_stock: Option<Column<u64>>,
+    in_stock_only: bool,
+    price_range: Option<(u64, u64)>,
+    table: Arc<SegmentTable>,
+    /// The lowest price in the request's currency by document, when it has one.
+    prices: Option<Arc<Vec<u64>>>,
+    /// To name the brands counted.
     brand: Option<StrColumn>,
     brand_counts: Vec<u64>,
-    category: Option<FacetReader>,
     /// The counted child of each category ordinal, or [`NOT_COUNTED`].
     category_child: Vec<u32>,
     category_names: Vec<String>,
@@ -144,28 +243,24 @@ impl Collector for SearchCollector {
         segment: SegmentOrdinal,
         reader: &SegmentReader,
     ) -> tantivy::Result<SegmentSearchCollector> {
-        let visible = self.visible.get(segment as usize).cloned().ok_or_else(|| {
-            tantivy::TantivyError::InternalError(format!("no visibility set for segment {segment}"))
+        let table = self.tables.get(segment as usize).cloned().ok_or_else(|| {
+            tantivy::TantivyError::InternalError(format!("no table for segment {segment}"))
         })?;
-        let fast = reader.fast_fields();
-        let brand = fast.str("brand")?;
+        let brand = reader.fast_fields().str("brand")?;
         let brand_terms = brand.as_ref().map_or(0, |c| c.num_terms());
-        let category = reader.facet_reader("category").ok();
-        let (category_child, category_names) = match &category {
-            Some(facets) => children_of(facets, &self.category_root)?,
-            None => (Vec::new(), Vec::new()),
+        let (category_child, category_names) = match reader.facet_reader("category") {
+            Ok(facets) => children_of(&facets, &self.category_root)?,
+            Err(_) => (Vec::new(), Vec::new()),
         };
         Ok(SegmentSearchCollector {
             segment,
             sort: self.sort,
-            currency: self.currency,
-            visible,
-            seq: fast.column_opt::<u64>("seq")?,
-            price: fast.column_opt::<u64>("price")?,
-            in_stock: fast.column_opt::<u64>("in_stock")?,
+            in_stock_only: self.in_stock_only,
+            price_range: self.price_range,
+            prices: self.currency.map(|currency| table.prices(currency)),
+            table,
             brand,
             brand_counts: vec![0; brand_terms],
-            category,
             category_counts: vec![0; category_names.len()],
             category_child,
             category_names,
@@ -240,7 +335,7 @@ fn children_of(facets: &FacetReader, root: &[u8]) -> tantivy::Result<(Vec<u32>, 
 
 impl SegmentSearchCollector {
     fn tie(&self, doc: DocId) -> u64 {
-        u64::MAX - self.seq.as_ref().and_then(|c| c.first(doc)).unwrap_or(0)
+        u64::MAX - self.table.seq[doc as usize]
     }
 }
 
@@ -248,40 +343,37 @@ impl SegmentCollector for SegmentSearchCollector {
     type Fruit = Collected;
 
     fn collect(&mut self, doc: DocId, score: Score) {
-        if !self.visible.contains(doc) {
+        let at = doc as usize;
+        let row = self.table.rows[at];
+        if row & PUBLISHED == 0 || (self.in_stock_only && row & IN_STOCK == 0) {
             return;
         }
+        let price = self
+            .prices
+            .as_ref()
+            .map(|prices| prices[at])
+            .filter(|&p| p != NO_PRICE);
+        if let Some((min, max)) = self.price_range {
+            if !price.is_some_and(|p| min <= p && p <= max) {
+                return;
+            }
+        }
         self.total += 1;
-        if let Some(brand) = &self.brand {
-            for ord in brand.term_ords(doc) {
-                self.brand_counts[ord as usize] += 1;
+        if let Some(brand) = ordinal(row >> ORD_BITS) {
+            self.brand_counts[brand] += 1;
+        }
+        if let Some(category) = ordinal(row) {
+            let child = self.category_child[category];
+            if child != NOT_COUNTED {
+                self.category_counts[child as usize] += 1;
             }
         }
-        if let Some(category) = &self.category {
-            // A product counts once under a child, however many of its paths lie there.
-            let mut previous = NOT_COUNTED;
-            for ord in category.facet_ords(doc) {
-                let child = self.category_child[ord as usize];
-                if child != NOT_COUNTED && child != previous {
-                    self.category_counts[child as usize] += 1;
-                }
-                previous = child;
-            }
-        }
-        let price = match (self.currency, &self.price) {
-            (Some(currency), Some(price)) => price
-                .values_for_doc(doc)
-                .find_map(|k| price_in(k, currency)),
-            _ => None,
-        };
         if let Some(minor) = price {
             let bucket = PRICE_BUCKET_EDGES.partition_point(|&edge| edge <= minor) - 1;
             self.buckets[bucket] += 1;
         }
-        if let Some(in_stock) = &self.in_stock {
-            if in_stock.first(doc) == Some(1) {
-                self.in_stock_count += 1;
-            }
+        if row & IN_STOCK != 0 {
+            self.in_stock_count += 1;
         }
         // The creation position is read only for a match that may make the page.
         let head = match self.sort {

@@ -144,7 +144,7 @@ type ProgressFn = Arc<dyn Fn(SearchProgress) + Send + Sync>;
 struct Shared {
     reader: IndexReader,
     fields: schema::Fields,
-    visible: collector::VisibleSets,
+    tables: collector::SegmentTables,
     status: watch::Sender<SearchStatus>,
     skipped: AtomicU64,
 }
@@ -228,7 +228,7 @@ impl SearchIndex {
         let shared = Arc::new(Shared {
             reader,
             fields,
-            visible: collector::VisibleSets::default(),
+            tables: collector::SegmentTables::default(),
             status,
             skipped: AtomicU64::new(0),
         });
@@ -281,7 +281,7 @@ impl SearchIndex {
         query::search(
             &self.shared.reader.searcher(),
             &self.shared.fields,
-            &self.shared.visible,
+            &self.shared.tables,
             request,
         )
     }

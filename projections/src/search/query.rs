@@ -8,15 +8,15 @@ use serde::Serialize;
 use tantivy::collector::TopDocs;
 use tantivy::query::{
     AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, DfaWrapper, EmptyQuery, EnableScoring,
-    Explanation, FuzzyTermQuery, Occur, Query, RangeQuery, Scorer, TermQuery, Weight,
+    Explanation, FuzzyTermQuery, Occur, Query, Scorer, TermQuery, Weight,
 };
 use tantivy::schema::{Field, IndexRecordOption, Value};
 use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, SegmentReader, TantivyDocument, Term};
 use uuid::Uuid;
 
-use super::collector::{SearchCollector, VisibleSets};
+use super::collector::{SearchCollector, SegmentTables};
 use super::document::{attribute_term, category_facet, ProductState};
-use super::schema::{currency_code, price_range, words, Fields, PRICE_MAX_MINOR};
+use super::schema::{currency_code, words, Fields, PRICE_MAX_MINOR};
 use super::SearchError;
 
 /// Most hits per page.
@@ -555,22 +555,7 @@ fn build_query(
         let facet = category_facet(&request.category);
         clauses.push(term_filter(Term::from_facet(fields.category, &facet)));
     }
-    if let Some(currency) = request.currency.as_deref().and_then(currency_code) {
-        if request.price_min.is_some() || request.price_max.is_some() {
-            let (low, high) = price_range(
-                currency,
-                request.price_min.unwrap_or(0),
-                request.price_max.unwrap_or(PRICE_MAX_MINOR),
-            );
-            clauses.push(filter(RangeQuery::new(
-                std::ops::Bound::Included(Term::from_field_u64(fields.price, low)),
-                std::ops::Bound::Included(Term::from_field_u64(fields.price, high)),
-            )));
-        }
-    }
-    if request.in_stock_only {
-        clauses.push(term_filter(Term::from_field_u64(fields.in_stock, 1)));
-    }
+    // The price range and in-stock filters are the collector's (see `collector`).
     for (name, value) in &request.attributes {
         clauses.push(term_filter(Term::from_field_text(
             fields.attribute,
@@ -587,7 +572,7 @@ fn build_query(
 pub(crate) fn search(
     searcher: &Searcher,
     fields: &Fields,
-    visible: &VisibleSets,
+    tables: &SegmentTables,
     request: &SearchRequest,
 ) -> Result<SearchResults, SearchError> {
     request.validate()?;
@@ -606,8 +591,15 @@ pub(crate) fn search(
         sort,
         currency,
         top: request.offset + request.limit,
+        in_stock_only: request.in_stock_only,
+        price_range: (request.price_min.is_some() || request.price_max.is_some()).then(|| {
+            (
+                request.price_min.unwrap_or(0),
+                request.price_max.unwrap_or(PRICE_MAX_MINOR),
+            )
+        }),
         category_root,
-        visible: visible.of(searcher, fields)?,
+        tables: tables.of(searcher, fields)?,
     };
     let collected = searcher.search(&query, &collector).map_err(index_error)?;
     let hits = collected

@@ -155,14 +155,6 @@ pub(crate) fn currency_code(currency: &str) -> Option<u64> {
     )
 }
 
-/// The key range of prices in `currency` from `min` to `max` minor units.
-pub(crate) fn price_range(currency: u64, min: u64, max: u64) -> (u64, u64) {
-    (
-        (currency << PRICE_BITS) | min.min(PRICE_MAX_MINOR),
-        (currency << PRICE_BITS) | max.min(PRICE_MAX_MINOR),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,8 +168,6 @@ mod tests {
         assert!(a < b);
         assert_eq!(price_in(a, eur), Some(1_999));
         assert_eq!(price_in(a, usd), None);
-        let (low, high) = price_range(eur, 1_000, 1_999);
-        assert!(low <= a && a <= high && b > high);
         assert_eq!(price_key("eur", 1), None);
         assert_eq!(price_key("EUR", -1), None);
     }
