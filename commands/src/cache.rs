@@ -5,11 +5,18 @@
 //! cache and a retiring one puts it back. So a cached state is never shared, and a
 //! big one (a flash-sale SKU's reservations) is never cloned on the command path.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use uuid::Uuid;
 
 use crate::Positions;
+
+/// Maps and sets keyed by command ids, looked up for every command a stream task
+/// decides. Their size is bounded (a round, or `recent_commands_per_stream`), so a
+/// fast seeded hash is enough even for ids a client chose; SipHash showed up in the
+/// flash-sale profile.
+pub(crate) type IdMap<V> = HashMap<Uuid, V, foldhash::fast::RandomState>;
+pub(crate) type IdSet = HashSet<Uuid, foldhash::fast::RandomState>;
 
 /// One stream's state as the command side knows it.
 pub(crate) struct Held<A> {
@@ -46,7 +53,7 @@ pub(crate) struct Recorded {
 pub(crate) struct RecentCommands {
     max: usize,
     order: VecDeque<Uuid>,
-    by_id: HashMap<Uuid, Recorded>,
+    by_id: IdMap<Recorded>,
 }
 
 impl RecentCommands {
@@ -54,7 +61,7 @@ impl RecentCommands {
         RecentCommands {
             max,
             order: VecDeque::new(),
-            by_id: HashMap::new(),
+            by_id: IdMap::default(),
         }
     }
 

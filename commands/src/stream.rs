@@ -22,7 +22,9 @@
 //! Refusals and reads are answered only once the state they were decided against is
 //! known to be current: by the round's append (its expected version held), or, for a
 //! round that writes nothing, by reading the stream's version. Otherwise a process
-//! holding a stale state (another node received stock) would keep refusing.
+//! holding a stale state (another node received stock) would keep refusing. That read
+//! may start before the round is decided (a sold-out SKU's rounds of refusals): what
+//! matters is that it starts after every command of the round was queued.
 //!
 //! A conflict (another process wrote the stream) drops the state, reloads it and
 //! decides the round again, at most `conflict_attempts_max` times. If an append of
@@ -30,7 +32,7 @@
 //! rest of the batch is appended one command at a time, so only the faulty command
 //! fails.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use domain::DomainError;
@@ -38,10 +40,11 @@ use eventstore::{
     AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Precondition, StoreError,
 };
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::aggregate::{decode, to_new_event};
-use crate::cache::{Held, Recorded};
+use crate::cache::{Held, IdSet, Recorded};
 use crate::handler::{Counters, Job, Shared};
 use crate::snapshot::Snapshot;
 use crate::{CommandError, Committed, Loaded, Positions, StreamAggregate};
@@ -61,7 +64,10 @@ pub(crate) async fn run<A: StreamAggregate>(
         shared,
         stream_id,
         held,
-        round_command_ids: HashSet::new(),
+        round_command_ids: IdSet::default(),
+        pending: VecDeque::new(),
+        decisions: Vec::new(),
+        last_round_wrote: true,
     };
     loop {
         let first = match tokio::time::timeout(idle, jobs.recv()).await {
@@ -72,8 +78,8 @@ pub(crate) async fn run<A: StreamAggregate>(
                 break;
             }
         };
-        let batch = task.fill_batch(first, &mut jobs).await;
-        task.process(batch).await;
+        task.fill_batch(first, &mut jobs).await;
+        task.process().await;
     }
     task.park();
 }
@@ -84,7 +90,16 @@ struct StreamTask<A: StreamAggregate> {
     /// `None` until loaded, and after anything that made it doubtful.
     held: Option<Held<A>>,
     /// The command ids of the round being decided (kept to reuse its allocation).
-    round_command_ids: HashSet<Uuid>,
+    round_command_ids: IdSet,
+    /// The jobs taken from the queue and not answered yet, and the decisions of the
+    /// round being decided: kept between rounds to reuse their allocations (at most a
+    /// round's worth, until the task retires). A hot stream's rounds hold hundreds of
+    /// jobs, and buffers grown afresh each round cost more copying (and fresh pages)
+    /// than the decisions themselves.
+    pending: VecDeque<Job<A>>,
+    decisions: Vec<(Job<A>, Decided<A::Event>)>,
+    /// Whether the last round appended anything; see `process`.
+    last_round_wrote: bool,
 }
 
 /// How one command (or read) of a round was decided.
@@ -120,22 +135,23 @@ impl<A: StreamAggregate> StreamTask<A> {
     /// burst the queue fills a little after the first command, and a round that
     /// waits microseconds for them saves a whole append later. A lone command costs
     /// one yield.
-    async fn fill_batch(&self, first: Job<A>, jobs: &mut mpsc::Receiver<Job<A>>) -> Vec<Job<A>> {
+    async fn fill_batch(&mut self, first: Job<A>, jobs: &mut mpsc::Receiver<Job<A>>) {
         let max = self.shared.limits.stream_batch_max_commands.max(1);
-        let mut batch = Vec::with_capacity(max.min(jobs.len() + 1));
-        batch.push(first);
+        let batch = &mut self.pending;
+        debug_assert!(batch.is_empty(), "every job of the last batch was answered");
+        batch.push_back(first);
         let mut yields = 0;
         loop {
             let before = batch.len();
             while batch.len() < max {
                 match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => batch.push_back(job),
                     Err(_) => break,
                 }
             }
             let arriving = yields == 0 || batch.len() > before;
             if batch.len() >= max || !arriving || yields >= STREAM_LINGER_YIELDS_MAX {
-                return batch;
+                return;
             }
             tokio::task::yield_now().await;
             yields += 1;
@@ -154,8 +170,8 @@ impl<A: StreamAggregate> StreamTask<A> {
         }
         jobs.close();
         while let Some(first) = jobs.recv().await {
-            let batch = self.fill_batch(first, jobs).await;
-            self.process(batch).await;
+            self.fill_batch(first, jobs).await;
+            self.process().await;
         }
     }
 
@@ -165,10 +181,17 @@ impl<A: StreamAggregate> StreamTask<A> {
         }
     }
 
-    async fn process(&mut self, batch: Vec<Job<A>>) {
+    /// Decides and answers every job of `self.pending`.
+    async fn process(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        self.process_pending(&mut pending).await;
+        debug_assert!(pending.is_empty(), "every job was answered");
+        self.pending = pending;
+    }
+
+    async fn process_pending(&mut self, pending: &mut VecDeque<Job<A>>) {
         let shared = self.shared.clone();
         let limits = &shared.limits;
-        let mut pending: VecDeque<Job<A>> = batch.into();
         let mut attempts = 0u32;
         let mut solo = false;
         while !pending.is_empty() {
@@ -176,38 +199,60 @@ impl<A: StreamAggregate> StreamTask<A> {
                 Some(held) => held,
                 None => match self.load().await {
                     Ok(held) => held,
-                    Err(e) => return fail_all(pending, &e),
+                    Err(e) => return fail_all(pending.drain(..), &e),
                 },
             };
             let base_version = held.version;
-            let round = self.decide_round(&mut held, &mut pending, solo);
+            // A round that writes nothing is answered once a read of the stream's
+            // version confirms the state it was decided on. After a round that wrote
+            // nothing (a sold-out SKU refusing a burst), the next one most likely
+            // writes nothing either: its read then starts before the round is decided
+            // and runs on a task of its own meanwhile. It confirms the round's answers
+            // as well as a read started after deciding, because every job of the
+            // round was queued before it started.
+            let early_read = (!self.last_round_wrote).then(|| self.read_version_in_background());
+            if early_read.is_some() {
+                // The new task waits in this worker's next-task slot, which no other
+                // worker steals: one yield lets it send the query (and the connection
+                // task write it) before this task is busy deciding.
+                tokio::task::yield_now().await;
+            }
+            let mut round = self.decide_round(&mut held, pending, solo);
 
             if round.jobs.is_empty() {
                 // Only peeks, answered while deciding.
+                if let Some(read) = early_read {
+                    read.abort();
+                }
                 self.held = Some(held);
                 continue;
             }
             if round.accepted == 0 {
                 // Nothing to write: the answers stand if the state was current.
-                match self
-                    .within(shared.store.stream_version(&self.stream_id))
-                    .await
-                {
+                let version = match early_read {
+                    Some(read) => read.await.unwrap_or_else(|_| Err(self.stopped())),
+                    None => {
+                        self.within(shared.store.stream_version(&self.stream_id))
+                            .await
+                    }
+                };
+                match version {
                     Ok(version) if version == held.version => {
-                        settle(&self.stream_id, round, &mut held, None);
+                        self.decisions = settle(&self.stream_id, round, &mut held, None);
                         self.held = Some(held);
+                        self.last_round_wrote = false;
                     }
                     Ok(_) => {
                         attempts += 1;
                         Counters::add(&shared.counters.conflicts, 1);
-                        requeue(round, &mut pending);
+                        requeue(round, pending);
                         if attempts >= limits.conflict_attempts_max {
-                            return fail_all(pending, &self.conflict(attempts));
+                            return fail_all(pending.drain(..), &self.conflict(attempts));
                         }
                         // The state was not changed by the round: reading the events
                         // after it brings it up to date.
                         if let Err(e) = self.catch_up(&mut held).await {
-                            return fail_all(pending, &e);
+                            return fail_all(pending.drain(..), &e);
                         }
                         self.held = Some(held);
                     }
@@ -218,18 +263,21 @@ impl<A: StreamAggregate> StreamTask<A> {
                 }
                 continue;
             }
+            if let Some(read) = early_read {
+                read.abort();
+            }
 
             let written = round.events.len() as u64;
             let request = AppendRequest {
                 stream_id: self.stream_id.clone(),
                 expected: ExpectedVersion::Exact(base_version),
-                events: round.events.clone(),
+                events: std::mem::take(&mut round.events),
                 command_id: if round.accepted == 1 {
                     round.first_command_id
                 } else {
                     None
                 },
-                preconditions: round.preconditions.clone(),
+                preconditions: std::mem::take(&mut round.preconditions),
             };
             let limit = shared.limits.store_call_timeout;
             let Ok(appended) = tokio::time::timeout(limit, shared.store.append(request)).await
@@ -243,7 +291,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                     Counters::add(&shared.counters.appends, 1);
                     Counters::add(&shared.counters.appended_commands, round.accepted as u64);
                     held.version = result.stream_version;
-                    settle(
+                    self.decisions = settle(
                         &self.stream_id,
                         round,
                         &mut held,
@@ -251,13 +299,14 @@ impl<A: StreamAggregate> StreamTask<A> {
                     );
                     self.snapshot_if_due(&mut held);
                     self.held = Some(held);
+                    self.last_round_wrote = true;
                 }
                 Ok(first_result) => {
                     // The store answered a repeat of the (single) command id with the
                     // first outcome and wrote nothing, so the state folded in events
                     // that are not in the log: drop it.
                     tracing::debug!(stream = %self.stream_id, "repeated command answered by the store");
-                    answer_store_replay(&self.stream_id, round, first_result, &mut pending);
+                    answer_store_replay(&self.stream_id, round, first_result, pending);
                 }
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     attempts += 1;
@@ -266,9 +315,9 @@ impl<A: StreamAggregate> StreamTask<A> {
                         stream = %self.stream_id, expected = base_version, actual, attempts,
                         "stream moved under the round; reloading"
                     );
-                    requeue(round, &mut pending);
+                    requeue(round, pending);
                     if attempts >= limits.conflict_attempts_max {
-                        return fail_all(pending, &self.conflict(attempts));
+                        return fail_all(pending.drain(..), &self.conflict(attempts));
                     }
                 }
                 Err(StoreError::StreamMoved {
@@ -289,7 +338,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                         read,
                         actual,
                     };
-                    answer_stream_moved(round, &moved, &mut pending);
+                    answer_stream_moved(round, &moved, pending);
                 }
                 Err(e) if e.is_transient() => {
                     // The outcome may be unknown. Callers retry with the same command
@@ -303,9 +352,9 @@ impl<A: StreamAggregate> StreamTask<A> {
                         "batched append refused; appending its commands one by one"
                     );
                     solo = true;
-                    requeue(round, &mut pending);
+                    requeue(round, pending);
                 }
-                Err(e) => answer_store_error(round, e, &mut pending),
+                Err(e) => answer_store_error(round, e, pending),
             }
         }
     }
@@ -316,6 +365,27 @@ impl<A: StreamAggregate> StreamTask<A> {
             timeout_ms: u64::try_from(self.shared.limits.store_call_timeout.as_millis())
                 .unwrap_or(u64::MAX),
         }
+    }
+
+    fn stopped(&self) -> CommandError {
+        CommandError::Stopped {
+            stream: self.stream_id.clone(),
+        }
+    }
+
+    /// The stream's version read by a task of its own (bounded by
+    /// `store_call_timeout`), so the caller can go on meanwhile.
+    fn read_version_in_background(&self) -> JoinHandle<Result<u64, CommandError>> {
+        let shared = self.shared.clone();
+        let stream_id = self.stream_id.clone();
+        let timeout = self.timeout();
+        tokio::spawn(async move {
+            let limit = shared.limits.store_call_timeout;
+            match tokio::time::timeout(limit, shared.store.stream_version(&stream_id)).await {
+                Ok(outcome) => outcome.map_err(CommandError::from),
+                Err(_) => Err(timeout),
+            }
+        })
     }
 
     /// A store call, bounded by `store_call_timeout`.
@@ -346,8 +416,11 @@ impl<A: StreamAggregate> StreamTask<A> {
         solo: bool,
     ) -> Round<A> {
         let limits = &self.shared.limits;
+        let mut jobs = std::mem::take(&mut self.decisions);
+        jobs.clear();
+        jobs.reserve(pending.len());
         let mut round = Round {
-            jobs: Vec::with_capacity(pending.len()),
+            jobs,
             events: Vec::new(),
             preconditions: Vec::new(),
             accepted: 0,
@@ -404,6 +477,16 @@ impl<A: StreamAggregate> StreamTask<A> {
                                 if full {
                                     None
                                 } else {
+                                    if round.events.capacity() == 0 {
+                                        // Room for the rest of the queue deciding like
+                                        // this command: a burst's append is built
+                                        // without growing (and copying) the buffer.
+                                        let expected =
+                                            events.len().saturating_mul(pending.len() + 1);
+                                        round
+                                            .events
+                                            .reserve(expected.min(limits.stream_batch_max_events));
+                                    }
                                     let first_event = round.events.len();
                                     for event in &events {
                                         round.events.push(to_new_event(event, context));
@@ -544,13 +627,15 @@ impl<A: StreamAggregate> StreamTask<A> {
 
 /// Answers every job of a round whose state is confirmed current: `written` is the
 /// append's result and the version the round started from, if it wrote anything.
+/// Gives the round's emptied buffer back for the next round.
 fn settle<A: StreamAggregate>(
     stream_id: &str,
     round: Round<A>,
     held: &mut Held<A>,
     written: Option<(AppendResult, u64)>,
-) {
-    for (job, decided) in round.jobs {
+) -> Vec<(Job<A>, Decided<A::Event>)> {
+    let mut jobs = round.jobs;
+    for (job, decided) in jobs.drain(..) {
         let (context, reply) = match job {
             Job::Load { reply } | Job::Peek { reply } => {
                 let _ = reply.send(Ok(Loaded {
@@ -610,6 +695,7 @@ fn settle<A: StreamAggregate>(
         };
         let _ = reply.send(outcome);
     }
+    jobs
 }
 
 fn replayed<E>(stream_id: &str, recorded: Recorded) -> Committed<E> {
