@@ -148,35 +148,58 @@ fn index_error(e: impl std::fmt::Display) -> SearchError {
 /// a search meets its segment.
 #[derive(Default)]
 pub(crate) struct SegmentTables {
-    tables: Mutex<HashMap<SegmentId, Arc<SegmentTable>>>,
+    held: Mutex<HeldTables>,
+}
+
+#[derive(Default)]
+struct HeldTables {
+    /// The newest searcher generation seen: only its searches drop tables.
+    generation: u64,
+    tables: HashMap<SegmentId, Arc<SegmentTable>>,
 }
 
 impl SegmentTables {
-    /// The tables of `searcher`'s segments, by segment ordinal. Tables of segments
-    /// the searcher no longer has (merged away) are dropped.
+    /// The tables of `searcher`'s segments, by segment ordinal. A missing table is
+    /// built without holding the lock, so searches of other segments do not wait
+    /// for it (two searches meeting a new segment at once may both build it).
+    /// Tables of segments the newest searcher no longer has (merged away) are
+    /// dropped; a search on an older searcher drops nothing, so it cannot throw
+    /// away the tables of the segments that replaced its own.
     pub(crate) fn of(
         &self,
         searcher: &Searcher,
         fields: &Fields,
     ) -> Result<Vec<Arc<SegmentTable>>, SearchError> {
         let segments = searcher.segment_readers();
-        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut found = Vec::with_capacity(segments.len());
-        for segment in segments {
-            let table = match tables.get(&segment.segment_id()) {
-                Some(table) => table.clone(),
-                None => {
-                    let table = Arc::new(SegmentTable::build(segment, fields)?);
-                    tables.insert(segment.segment_id(), table.clone());
-                    table
-                }
-            };
-            found.push(table);
+        let lock = || self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut found: Vec<Option<Arc<SegmentTable>>> = {
+            let held = lock();
+            segments
+                .iter()
+                .map(|segment| held.tables.get(&segment.segment_id()).cloned())
+                .collect()
+        };
+        let mut built = Vec::new();
+        for (segment, table) in segments.iter().zip(found.iter_mut()) {
+            if table.is_none() {
+                let fresh = Arc::new(SegmentTable::build(segment, fields)?);
+                built.push((segment.segment_id(), fresh.clone()));
+                *table = Some(fresh);
+            }
         }
-        if tables.len() > segments.len() {
-            tables.retain(|id, _| segments.iter().any(|s| s.segment_id() == *id));
+        let generation = searcher.generation().generation_id();
+        let mut held = lock();
+        for (id, table) in built {
+            held.tables.entry(id).or_insert(table);
         }
-        Ok(found)
+        if generation >= held.generation {
+            held.generation = generation;
+            if held.tables.len() > segments.len() {
+                held.tables
+                    .retain(|id, _| segments.iter().any(|s| s.segment_id() == *id));
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
     }
 }
 
