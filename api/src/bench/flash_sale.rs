@@ -39,6 +39,9 @@ struct Trial {
     rate: f64,
     seconds: f64,
     latency: Percentiles,
+    /// CPU time of this process per command (all its threads), where the system
+    /// tells it; the pipeline's only, as the baseline's work is the server's.
+    cpu_us_per_command: Option<f64>,
 }
 
 pub async fn run(database_url: &str, clients: usize, trials: usize) -> Result<()> {
@@ -88,10 +91,12 @@ pub async fn run(database_url: &str, clients: usize, trials: usize) -> Result<()
             replayed.reservations
         );
         println!(
-            "  trial {trial}: pipeline {:>8.0} reservations/s ({:.3} s, {appends} appends, \
-             {conflicts} conflicts, p50 {:.2} ms, p99 {:.2} ms; log: reserved {}, available {})",
+            "  trial {trial}: pipeline {:>8.0} reservations/s ({:.3} s, {:.2} us CPU each, \
+             {appends} appends, {conflicts} conflicts, p50 {:.2} ms, p99 {:.2} ms; log: \
+             reserved {}, available {})",
             outcome.rate,
             outcome.seconds,
+            outcome.cpu_us_per_command.unwrap_or(f64::NAN),
             outcome.latency.p50_ms,
             outcome.latency.p99_ms,
             replayed.reserved,
@@ -119,6 +124,12 @@ pub async fn run(database_url: &str, clients: usize, trials: usize) -> Result<()
 
     let value = median(&pipeline);
     let base = median(&baseline);
+    let mut cpu: Vec<f64> = pipeline
+        .iter()
+        .filter_map(|t| t.cpu_us_per_command)
+        .collect();
+    cpu.sort_by(f64::total_cmp);
+    let cpu_us_per_reservation = cpu.get(cpu.len() / 2).map(|us| round2(*us));
     let ratio = value.rate / base.rate.max(1.0);
     println!(
         "  median pipeline {:.0} reservations/s vs median baseline ({BASELINE_CONNECTIONS} \
@@ -144,6 +155,7 @@ pub async fn run(database_url: &str, clients: usize, trials: usize) -> Result<()
         "baselines": baseline.iter().map(|t| t.rate.round()).collect::<Vec<_>>(),
         "p50_ms": round2(value.latency.p50_ms),
         "p99_ms": round2(value.latency.p99_ms),
+        "cpu_us_per_reservation": cpu_us_per_reservation,
         "appends_last_trial": appends,
         "conflicts_last_trial": conflicts,
         "baseline_sold": base.sold,
@@ -232,6 +244,7 @@ async fn run_pipeline(commands: &Commands, sku: &Sku, clients: usize) -> Result<
         }));
     }
     tokio::task::yield_now().await;
+    let cpu_before = process_cpu_ns();
     let started = Instant::now();
     go.send(true).context("open the gate")?;
     let mut sold = 0u64;
@@ -251,6 +264,9 @@ async fn run_pipeline(commands: &Commands, sku: &Sku, clients: usize) -> Result<
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_us_per_command = cpu_before
+        .zip(process_cpu_ns())
+        .map(|(before, after)| after.saturating_sub(before) as f64 / 1_000.0 / DEMAND as f64);
     drop(go);
     if let Some(e) = first_error {
         anyhow::bail!("a reservation failed unexpectedly: {e}");
@@ -261,7 +277,25 @@ async fn run_pipeline(commands: &Commands, sku: &Sku, clients: usize) -> Result<
         rate: DEMAND as f64 / seconds,
         seconds,
         latency: Percentiles::of(&mut latencies),
+        cpu_us_per_command,
     })
+}
+
+/// Nanoseconds of CPU this process's threads have run, from Linux's per-thread
+/// scheduler statistics (`getrusage` has no nanoseconds and the tick-based counters
+/// are too coarse for a trial of a tenth of a second); `None` elsewhere. The tokio
+/// workers live through the whole run, so a difference covers what they did.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for thread in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(thread) = thread else { continue };
+        // A thread that ended meanwhile has no file any more: skip it.
+        let Ok(stats) = std::fs::read_to_string(thread.path().join("schedstat")) else {
+            continue;
+        };
+        total += stats.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 fn micros_since(start: Instant) -> u32 {
@@ -347,6 +381,7 @@ impl BaselineTable {
             rate: DEMAND as f64 / seconds,
             seconds,
             latency: Percentiles::of(&mut latencies),
+            cpu_us_per_command: None,
         })
     }
 }
