@@ -15,7 +15,7 @@ use tantivy::Index;
 
 /// Bumped whenever the fields or their analysis change: an index of another version
 /// is rebuilt from the log.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 /// The analyzer of every full-text field: words, lower-cased, accents folded.
 pub(crate) const ANALYZER: &str = "shop";
 /// Longer tokens are dropped (they are not words a shopper types).
@@ -93,8 +93,9 @@ pub(crate) fn schema() -> Schema {
     builder.add_facet_field("category", INDEXED);
     builder.add_text_field("sku", STRING);
     builder.add_text_field("attribute", STRING);
-    builder.add_u64_field("price", INDEXED | FAST);
-    builder.add_u64_field("in_stock", INDEXED | FAST);
+    // Columns only: the collector reads them per match; no query looks them up.
+    builder.add_u64_field("price", FAST);
+    builder.add_u64_field("in_stock", FAST);
     builder.add_u64_field("seq", FAST);
     builder.add_bytes_field("state", STORED);
     builder.build()
