@@ -13,6 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
+use tantivy::index::SegmentId;
 use tantivy::merge_policy::{LogMergePolicy, NoMergePolicy};
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, Value};
@@ -559,6 +560,41 @@ impl Indexer {
             self.writer
                 .set_merge_policy(Box::new(LogMergePolicy::default()));
         }
+    }
+
+    /// Merges the committed segments into `parts` of about equal size (one per
+    /// search thread): a search then walks `parts` term dictionaries and sets of
+    /// scorers instead of one per commit and writer thread, and its threads get
+    /// equal shares. Blocks until the merges end (call it off the async threads).
+    pub(crate) fn balance_segments(&mut self, parts: usize) -> Result<(), SearchError> {
+        let parts = parts.max(1);
+        let mut metas = self
+            .writer
+            .index()
+            .searchable_segment_metas()
+            .map_err(tantivy_error)?;
+        if metas.len() <= parts {
+            return Ok(());
+        }
+        // Largest first, each to the lightest group so far.
+        metas.sort_by_key(|meta| std::cmp::Reverse(meta.num_docs()));
+        let mut groups: Vec<(u64, Vec<SegmentId>)> = vec![(0, Vec::new()); parts];
+        for meta in metas {
+            if let Some(lightest) = groups.iter_mut().min_by_key(|(docs, _)| *docs) {
+                lightest.0 += u64::from(meta.num_docs());
+                lightest.1.push(meta.id());
+            }
+        }
+        let merges: Vec<_> = groups
+            .iter()
+            .filter(|(_, ids)| ids.len() > 1)
+            .map(|(_, ids)| self.writer.merge(ids))
+            .collect();
+        for merge in merges {
+            merge.wait().map_err(tantivy_error)?;
+        }
+        self.reader.reload().map_err(tantivy_error)?;
+        Ok(())
     }
 
     /// Waits for merges to finish (at shutdown, so no merge is cut off midway).

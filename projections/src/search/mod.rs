@@ -493,6 +493,21 @@ impl Follower {
         if indexer.position > indexer.committed.position || indexer.changed() {
             indexer = self.commit(indexer, None).await?;
         }
+        if from == 0 {
+            // A build from the empty index: its segments, one per commit and writer
+            // thread, merged into one per search thread. Not after a catch-up onto
+            // an index that exists, which would rewrite all of it on every start.
+            let parts = self.config.search_threads;
+            let (balanced, result) = tokio::task::spawn_blocking(move || {
+                let result = indexer.balance_segments(parts);
+                (indexer, result)
+            })
+            .await
+            .map_err(|e| SearchError::Index(e.to_string()))?;
+            indexer = balanced;
+            result?;
+            self.publish_segments();
+        }
         indexer.set_catching_up(false);
         let products = indexer.products_written - written_before;
         self.report(indexer.position, head, products, from, started, true);
