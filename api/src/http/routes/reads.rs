@@ -192,9 +192,9 @@ fn confine(principal: &Principal, asked: Option<Uuid>) -> Result<Option<Uuid>, A
     if principal.role != Role::Customer {
         return Ok(asked);
     }
-    let own = principal
-        .customer_id()
-        .ok_or_else(|| ApiError::forbidden("a guest has no order history; sign in"))?;
+    let own = principal.customer_id().ok_or_else(|| {
+        ApiError::forbidden("a guest reads its cart by id; sign in to list carts and orders")
+    })?;
     let own = *own.as_uuid();
     match asked {
         Some(other) if other != own => Err(ApiError::forbidden(
