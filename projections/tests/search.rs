@@ -491,6 +491,18 @@ async fn pages_follow_one_stable_order() -> TestResult {
     let db = TestDb::new().await?;
     let mut shop = support::shop(5);
     db.append_workload(&mut shop, 1_000).await?;
+    // More products than the relevance window, all with the word "model" (a shop
+    // of its own: other SKUs).
+    let mut catalog = projections::workload::Shop::new(projections::workload::ShopConfig {
+        seed: 5,
+        shard: 1,
+        products: 0,
+        ..projections::workload::ShopConfig::default()
+    });
+    let appends = catalog.catalog_appends(150);
+    for result in eventstore::EventStore::append_batch(&db.store, appends).await {
+        result?;
+    }
     let dir = TempDir::new();
     let (index, task) = start(&db, dir.path()).await?;
     for sort in [
@@ -506,8 +518,11 @@ async fn pages_follow_one_stable_order() -> TestResult {
             limit,
             ..SearchRequest::new("model")
         };
-        let whole = index.search(&request(0, 100))?;
-        assert!(whole.hits.len() > 10);
+        // Two pages of 100: by relevance, the first is the window ranked again by
+        // field (see `RESCORE_WINDOW`), and pages of 7 cross its end.
+        let mut whole = index.search(&request(0, 100))?;
+        whole.hits.extend(index.search(&request(100, 100))?.hits);
+        assert!(whole.hits.len() > 100);
         let mut paged = Vec::new();
         for page in 0..whole.hits.len().div_ceil(7) {
             paged.extend(index.search(&request(page * 7, 7))?.hits);
@@ -631,6 +646,43 @@ async fn an_index_resumes_from_its_commit_and_is_rebuilt_when_unusable() -> Test
     assert_eq!(
         top(&index, "trail running").as_deref(),
         Some("Trail Running Shoe")
+    );
+    task.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_word_in_the_title_outranks_the_same_word_repeated_in_the_description() -> TestResult {
+    let db = TestDb::new().await?;
+    // Over all the text the cable says "lamp" five times and the lamp once; by
+    // field, the title weighs three times the description.
+    for (n, (title, description)) in [
+        ("Desk Lamp", "Bright and adjustable."),
+        ("Power Cable", "For a lamp: lamp, lamp, lamp or lamp."),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = ProductId::from_uuid(Uuid::new_v4());
+        let sku = Sku::parse(format!("L-{n}")).unwrap();
+        let mut events = listed(id, title, &sku);
+        if let ProductEvent::ProductCreated {
+            description: text, ..
+        } = &mut events[0]
+        {
+            *text = description.to_owned();
+        }
+        db.append(&format!("product-{id}"), &events).await?;
+    }
+    let dir = TempDir::new();
+    let (index, task) = start(&db, dir.path()).await?;
+    let found = index.search(&SearchRequest::new("lamp"))?;
+    let titles: Vec<&str> = found.hits.iter().map(|h| h.title.as_str()).collect();
+    assert_eq!(titles, ["Desk Lamp", "Power Cable"]);
+    assert!(
+        found.hits[0].score > found.hits[1].score,
+        "{:?}",
+        found.hits
     );
     task.stop().await;
     Ok(())

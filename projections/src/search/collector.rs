@@ -449,7 +449,8 @@ impl SegmentCollector for SegmentSearchCollector {
     }
 }
 
-fn descending(a: &SortKey, b: &SortKey) -> Ordering {
+/// Greater keys first.
+pub(crate) fn descending(a: &SortKey, b: &SortKey) -> Ordering {
     b.0.total_cmp(&a.0)
         .then_with(|| b.1.cmp(&a.1))
         .then_with(|| b.2.cmp(&a.2))

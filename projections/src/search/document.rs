@@ -190,7 +190,11 @@ impl ProductState {
         doc.add_text(fields.title, &self.title);
         doc.add_text(fields.brand_text, &self.brand);
         doc.add_text(fields.description, &self.description);
-        doc.add_text(fields.category_text, self.category.join(" "));
+        let category = self.category.join(" ");
+        for text in [&self.title, &self.brand, &self.description, &category] {
+            doc.add_text(fields.text, text);
+        }
+        doc.add_text(fields.category_text, category);
         doc.add_text(fields.brand, &self.brand);
         if !self.category.is_empty() {
             doc.add_facet(fields.category, category_facet(&self.category));

@@ -14,7 +14,7 @@ use tantivy::schema::{Field, IndexRecordOption, Value};
 use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, SegmentReader, TantivyDocument, Term};
 use uuid::Uuid;
 
-use super::collector::{SearchCollector, SegmentTables};
+use super::collector::{descending, SearchCollector, SegmentTables, SortKey};
 use super::document::{attribute_term, category_facet, ProductState};
 use super::schema::{currency_code, words, Fields, PRICE_MAX_MINOR};
 use super::SearchError;
@@ -49,12 +49,18 @@ const TEXT_FIELDS: [(TextField, Score); 4] = [
 /// A match with a typo weighs this much of an exact one.
 const TYPO_WEIGHT: Score = 0.3;
 /// A word's typo or prefix neighbours in one field are matched as terms up to this
-/// many; beyond, by an automaton query (see [`text_query`]).
+/// many; beyond, by an automaton query (see [`plan_words`]).
 const EXPANSION_MAX_TERMS: usize = 64;
 /// A prefix match of the last word weighs this much of an exact one.
 const PREFIX_WEIGHT: Score = 0.5;
 /// Shorter last words are not completed (too many words start with them).
 const PREFIX_MIN_CHARS: usize = 2;
+/// Ranked by relevance, this many of the best matches by BM25 over all the text
+/// are ranked again with the per-field weights (title over brand over category over
+/// description) and come first in that order; the rest follow by the first score.
+/// Pages within it (the first five of twenty) are ranked by field, and as the window
+/// does not depend on the page, pages never overlap or skip.
+const RESCORE_WINDOW: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 enum TextField {
@@ -273,20 +279,55 @@ pub struct Suggestion {
     pub title: String,
 }
 
-/// The query of the shopper's words, or `None` when there are none.
+/// A word of the query, with the neighbours its typos and (for the last word)
+/// its completions reach in the index: looked up once in the term dictionaries of
+/// the `text` field, which holds every word of every searchable field, so the
+/// other fields' dictionaries are not walked.
+struct WordPlan {
+    word: String,
+    /// The edit distance of its typos (0: none allowed).
+    distance: u8,
+    typos: Option<Expansion>,
+    completions: Option<Expansion>,
+}
+
+/// The terms other than the word itself that an automaton accepts.
+enum Expansion {
+    /// At most [`EXPANSION_MAX_TERMS`], matched as plain terms.
+    Terms(Vec<String>),
+    /// More: matched by the automaton query (a two-digit prefix of model numbers).
+    Automaton,
+}
+
+impl WordPlan {
+    fn typo_automaton(&self, field: Field) -> FuzzyTermQuery {
+        FuzzyTermQuery::new(
+            Term::from_field_text(field, &self.word),
+            self.distance,
+            true,
+        )
+    }
+
+    fn completion_automaton(&self, field: Field) -> FuzzyTermQuery {
+        FuzzyTermQuery::new_prefix(Term::from_field_text(field, &self.word), 0, true)
+    }
+}
+
+/// The words of `text` that are matched, each with its neighbours in the index;
+/// empty when there are none.
 ///
 /// Typo and prefix alternatives are looked up in the term dictionaries first and
 /// become plain term queries of the words the index holds (usually none or a
 /// few), rather than automaton queries that mark every match of every neighbour in
 /// a bitset per segment on each search. A word with more neighbours than
-/// [`EXPANSION_MAX_TERMS`] in a field (a two-digit prefix of model numbers) keeps
-/// the automaton query there. Either way a document matches and scores the same.
-fn text_query(
+/// [`EXPANSION_MAX_TERMS`] keeps the automaton query. Either way a document matches
+/// and scores the same.
+fn plan_words(
     searcher: &Searcher,
     fields: &Fields,
     text: &str,
     complete_last: bool,
-) -> Result<Option<Box<dyn Query>>, SearchError> {
+) -> Result<Vec<WordPlan>, SearchError> {
     let mut words = words(text);
     words.truncate(SEARCH_QUERY_MAX_WORDS);
     // A last word too short to complete ("yoga m") says nothing yet.
@@ -298,46 +339,130 @@ fn text_query(
     {
         words.pop();
     }
-    let Some(last) = words.len().checked_sub(1) else {
-        return Ok(None);
-    };
-    let mut per_word: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(words.len());
-    for (i, word) in words.iter().enumerate() {
-        let distance = typo_distance(word);
+    let last = words.len().saturating_sub(1);
+    let mut plans = Vec::with_capacity(words.len());
+    for (i, word) in words.into_iter().enumerate() {
+        let distance = typo_distance(&word);
         let prefix = complete_last && i == last && word.chars().count() >= PREFIX_MIN_CHARS;
-        // One automaton per word and kind, walked over every field's dictionary:
-        // it depends on the word alone.
-        let any_field = Term::from_field_text(fields.title, word);
-        let typos = (distance > 0)
-            .then(|| Neighbours::of(FuzzyTermQuery::new(any_field.clone(), distance, true)))
-            .transpose()?;
-        let completions = prefix
-            .then(|| Neighbours::of(FuzzyTermQuery::new_prefix(any_field.clone(), 0, true)))
-            .transpose()?;
+        let mut plan = WordPlan {
+            word,
+            distance,
+            typos: None,
+            completions: None,
+        };
+        if distance > 0 {
+            let dfa = plan
+                .typo_automaton(fields.text)
+                .automaton()
+                .map_err(index_error)?;
+            plan.typos = Some(expand(searcher, fields.text, &plan.word, &dfa)?);
+        }
+        if prefix {
+            let dfa = plan
+                .completion_automaton(fields.text)
+                .automaton()
+                .map_err(index_error)?;
+            plan.completions = Some(expand(searcher, fields.text, &plan.word, &dfa)?);
+        }
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// The terms of `field` other than `word` that `dfa` accepts, over every segment.
+fn expand(
+    searcher: &Searcher,
+    field: Field,
+    word: &str,
+    dfa: &DfaWrapper,
+) -> Result<Expansion, SearchError> {
+    let mut terms = BTreeSet::new();
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(field).map_err(index_error)?;
+        let mut stream = inverted
+            .terms()
+            .search(dfa)
+            .into_stream()
+            .map_err(index_error)?;
+        while stream.advance() {
+            let Ok(neighbour) = std::str::from_utf8(stream.key()) else {
+                continue;
+            };
+            if neighbour == word || terms.contains(neighbour) {
+                continue;
+            }
+            if terms.len() == EXPANSION_MAX_TERMS {
+                return Ok(Expansion::Automaton);
+            }
+            terms.insert(neighbour.to_owned());
+        }
+    }
+    Ok(Expansion::Terms(terms.into_iter().collect()))
+}
+
+/// The query that finds the matches: every word, exactly or by a neighbour, in the
+/// `text` field, so a word costs one posting list (and its neighbours') rather
+/// than one per field. It scores by BM25 over all the text, not by field: the best
+/// of its matches are ranked again by [`ranking_query`] (see [`RESCORE_WINDOW`]).
+fn matching_query(
+    searcher: &Searcher,
+    fields: &Fields,
+    plans: &[WordPlan],
+) -> Result<Option<Box<dyn Query>>, SearchError> {
+    words_query(searcher, plans, &[(fields.text, 1.0)])
+}
+
+/// The query that ranks: every word in each field with its weight.
+fn ranking_query(
+    searcher: &Searcher,
+    fields: &Fields,
+    plans: &[WordPlan],
+) -> Result<Option<Box<dyn Query>>, SearchError> {
+    let weighted = TEXT_FIELDS.map(|(field, weight)| (field.field(fields), weight));
+    words_query(searcher, plans, &weighted)
+}
+
+/// Every word must match in one of `fields`: exactly (BM25 times the field's
+/// weight), or by a neighbour (a constant share of that weight).
+fn words_query(
+    searcher: &Searcher,
+    plans: &[WordPlan],
+    fields: &[(Field, Score)],
+) -> Result<Option<Box<dyn Query>>, SearchError> {
+    if plans.is_empty() {
+        return Ok(None);
+    }
+    let mut per_word: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(plans.len());
+    for plan in plans {
         let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for (text_field, weight) in TEXT_FIELDS {
-            let term = Term::from_field_text(text_field.field(fields), word);
+        for &(field, weight) in fields {
+            let term = Term::from_field_text(field, &plan.word);
             // The word itself is a typo and a prefix of itself: an exact match
             // scores its BM25 and both bonuses, in one clause, and the word is left
             // out of the neighbours.
             let mut bonus = 0.0;
-            if let Some(typos) = &typos {
-                let automaton = || FuzzyTermQuery::new(term.clone(), distance, true);
-                if let Some(query) =
-                    typos.expanded(searcher, &term, automaton, weight * TYPO_WEIGHT)?
-                {
+            let before = alternatives.len();
+            if let Some(typos) = &plan.typos {
+                let score = weight * TYPO_WEIGHT;
+                let automaton = || plan.typo_automaton(field);
+                if let Some(query) = neighbours(searcher, &term, typos, automaton, score)? {
                     alternatives.push((Occur::Should, query));
                 }
-                bonus += weight * TYPO_WEIGHT;
+                bonus += score;
             }
-            if let Some(completions) = &completions {
-                let automaton = || FuzzyTermQuery::new_prefix(term.clone(), 0, true);
-                if let Some(query) =
-                    completions.expanded(searcher, &term, automaton, weight * PREFIX_WEIGHT)?
-                {
+            if let Some(completions) = &plan.completions {
+                let score = weight * PREFIX_WEIGHT;
+                let automaton = || plan.completion_automaton(field);
+                if let Some(query) = neighbours(searcher, &term, completions, automaton, score)? {
                     alternatives.push((Occur::Should, query));
                 }
-                bonus += weight * PREFIX_WEIGHT;
+                bonus += score;
+            }
+            // In one field without neighbours every match of the word is exact: the
+            // bonus would add the same to each, and the plain term scorer lets
+            // tantivy intersect posting lists directly.
+            if fields.len() == 1 && alternatives.len() == before {
+                bonus = 0.0;
             }
             if searcher.doc_freq(&term).map_err(index_error)? > 0 {
                 let exact = TermQuery::new(term, IndexRecordOption::WithFreqs);
@@ -353,89 +478,106 @@ fn text_query(
                 alternatives.push((Occur::Should, query));
             }
         }
-        let query: Box<dyn Query> = if alternatives.is_empty() {
+        let query: Box<dyn Query> = match alternatives.len() {
             // A word the index does not hold, nor anything near it: nothing matches.
-            Box::new(EmptyQuery)
-        } else {
-            Box::new(BooleanQuery::new(alternatives))
+            0 => Box::new(EmptyQuery),
+            1 => alternatives.remove(0).1,
+            _ => Box::new(BooleanQuery::new(alternatives)),
         };
         per_word.push((Occur::Must, query));
     }
-    Ok(Some(Box::new(BooleanQuery::new(per_word))))
+    Ok(Some(match per_word.len() {
+        1 => per_word.remove(0).1,
+        _ => Box::new(BooleanQuery::new(per_word)),
+    }))
 }
 
-/// The automaton of a word's typos or completions, built once for every field.
-struct Neighbours {
-    dfa: DfaWrapper,
-}
-
-impl Neighbours {
-    fn of(query: FuzzyTermQuery) -> Result<Neighbours, SearchError> {
-        Ok(Neighbours {
-            dfa: query.automaton().map_err(index_error)?,
-        })
-    }
-
-    /// The terms of `word`'s field other than `word` that the automaton accepts, as
-    /// one constant-scoring query: `None` when the index holds none. Past
-    /// [`EXPANSION_MAX_TERMS`] the automaton query of that field (`automaton`).
-    fn expanded(
-        &self,
-        searcher: &Searcher,
-        word: &Term,
-        automaton: impl FnOnce() -> FuzzyTermQuery,
-        score: Score,
-    ) -> Result<Option<Box<dyn Query>>, SearchError> {
-        let field = word.field();
-        let mut terms = BTreeSet::new();
-        for segment in searcher.segment_readers() {
-            let inverted = segment.inverted_index(field).map_err(index_error)?;
-            let mut stream = inverted
-                .terms()
-                .search(&self.dfa)
-                .into_stream()
-                .map_err(index_error)?;
-            while stream.advance() {
-                let Ok(neighbour) = std::str::from_utf8(stream.key()) else {
-                    continue;
-                };
-                if neighbour.as_bytes() == word.serialized_value_bytes() {
-                    continue;
+/// A word's neighbours in `word`'s field as one constant-scoring query: `None`
+/// when the field holds none of them. Listed neighbours the field lacks are left
+/// out (the `text` field holds the words of every field).
+fn neighbours(
+    searcher: &Searcher,
+    word: &Term,
+    expansion: &Expansion,
+    automaton: impl FnOnce() -> FuzzyTermQuery,
+    score: Score,
+) -> Result<Option<Box<dyn Query>>, SearchError> {
+    let field = word.field();
+    let matched: Box<dyn Query> = match expansion {
+        Expansion::Automaton => {
+            // Too many to list: the automaton itself, less the word.
+            Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(automaton()) as Box<dyn Query>),
+                (
+                    Occur::MustNot,
+                    Box::new(TermQuery::new(word.clone(), IndexRecordOption::Basic)),
+                ),
+            ]))
+        }
+        Expansion::Terms(terms) => {
+            let mut queries: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            for neighbour in terms {
+                let term = Term::from_field_text(field, neighbour);
+                if searcher.doc_freq(&term).map_err(index_error)? > 0 {
+                    let query = TermQuery::new(term, IndexRecordOption::Basic);
+                    queries.push((Occur::Should, Box::new(query)));
                 }
-                if terms.len() == EXPANSION_MAX_TERMS && !terms.contains(neighbour) {
-                    // Too many to list: the automaton itself, less the word.
-                    let neighbours = BooleanQuery::new(vec![
-                        (Occur::Must, Box::new(automaton()) as Box<dyn Query>),
-                        (
-                            Occur::MustNot,
-                            Box::new(TermQuery::new(word.clone(), IndexRecordOption::Basic)),
-                        ),
-                    ]);
-                    return Ok(Some(Box::new(ConstScoreQuery::new(
-                        Box::new(neighbours),
-                        score,
-                    ))));
-                }
-                terms.insert(neighbour.to_owned());
+            }
+            match queries.len() {
+                0 => return Ok(None),
+                1 => queries.remove(0).1,
+                _ => Box::new(BooleanQuery::new(queries)),
             }
         }
-        let mut queries: Vec<(Occur, Box<dyn Query>)> = terms
-            .into_iter()
-            .map(|neighbour| {
-                let term = Term::from_field_text(field, &neighbour);
-                (
-                    Occur::Should,
-                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>,
-                )
-            })
-            .collect();
-        let matched: Box<dyn Query> = match queries.len() {
-            0 => return Ok(None),
-            1 => queries.remove(0).1,
-            _ => Box::new(BooleanQuery::new(queries)),
-        };
-        Ok(Some(Box::new(ConstScoreQuery::new(matched, score))))
+    };
+    Ok(Some(Box::new(ConstScoreQuery::new(matched, score))))
+}
+
+/// Ranks `top`'s first [`RESCORE_WINDOW`] hits (sorted by the matching query's
+/// score) again by `ranking`, the per-field weights, and puts them back in that
+/// order ahead of the rest. The window is the same whatever the page, so pages
+/// still follow one order.
+fn rescore(
+    searcher: &Searcher,
+    ranking: &dyn Query,
+    top: &mut [(SortKey, DocAddress)],
+) -> Result<(), SearchError> {
+    let window = top.len().min(RESCORE_WINDOW);
+    let top = &mut top[..window];
+    if top.is_empty() {
+        return Ok(());
     }
+    let weight = ranking
+        .weight(EnableScoring::enabled_from_searcher(searcher))
+        .map_err(index_error)?;
+    // By segment, documents ascending: each segment's scorer only moves forward.
+    let mut order: Vec<usize> = (0..top.len()).collect();
+    order.sort_by_key(|&i| top[i].1);
+    let mut scorer: Option<(u32, Box<dyn Scorer>)> = None;
+    for i in order {
+        let address = top[i].1;
+        let current = match &mut scorer {
+            Some((segment, scorer)) if *segment == address.segment_ord => scorer,
+            _ => {
+                let reader = searcher.segment_reader(address.segment_ord);
+                let fresh = weight.scorer(reader, 1.0).map_err(index_error)?;
+                &mut scorer.insert((address.segment_ord, fresh)).1
+            }
+        };
+        let mut doc = current.doc();
+        if doc < address.doc_id {
+            doc = current.seek(address.doc_id);
+        }
+        // Every match of the words in `text` matches them in some field; a score
+        // of 0 would only put a hit last in the window.
+        top[i].0 .0 = if doc == address.doc_id {
+            current.score()
+        } else {
+            0.0
+        };
+    }
+    top.sort_by(|a, b| descending(&a.0, &b.0).then_with(|| a.1.cmp(&b.1)));
+    Ok(())
 }
 
 /// A query whose matches score `bonus` more: an exact word with the constant
@@ -542,10 +684,11 @@ fn build_query(
     searcher: &Searcher,
     fields: &Fields,
     request: &SearchRequest,
+    plans: &[WordPlan],
 ) -> Result<Box<dyn Query>, SearchError> {
     // Visibility is not a clause: the collector checks it (see `collector`).
     let mut clauses = Vec::new();
-    if let Some(text) = text_query(searcher, fields, &request.text, true)? {
+    if let Some(text) = matching_query(searcher, fields, plans)? {
         clauses.push((Occur::Must, text));
     }
     if let Some(brand) = &request.brand {
@@ -576,7 +719,12 @@ pub(crate) fn search(
     request: &SearchRequest,
 ) -> Result<SearchResults, SearchError> {
     request.validate()?;
-    let query = build_query(searcher, fields, request)?;
+    let plans = plan_words(searcher, fields, &request.text, true)?;
+    let query = build_query(searcher, fields, request, &plans)?;
+    // Ranked by relevance, the best matches are ranked again by field (see
+    // `rescore`): at least the window is collected, whatever the page.
+    let rescored = request.sort == SearchSort::Relevance && !plans.is_empty();
+    let top = request.offset + request.limit;
     let currency = request.currency.as_deref().and_then(currency_code);
     let sort = request.sort;
     let category_root = if request.category.is_empty() {
@@ -590,7 +738,11 @@ pub(crate) fn search(
     let collector = SearchCollector {
         sort,
         currency,
-        top: request.offset + request.limit,
+        top: if rescored {
+            top.max(RESCORE_WINDOW)
+        } else {
+            top
+        },
         in_stock_only: request.in_stock_only,
         price_range: (request.price_min.is_some() || request.price_max.is_some()).then(|| {
             (
@@ -601,11 +753,17 @@ pub(crate) fn search(
         category_root,
         tables: tables.of(searcher, fields)?,
     };
-    let collected = searcher.search(&query, &collector).map_err(index_error)?;
+    let mut collected = searcher.search(&query, &collector).map_err(index_error)?;
+    if rescored {
+        if let Some(ranking) = ranking_query(searcher, fields, &plans)? {
+            rescore(searcher, ranking.as_ref(), &mut collected.top)?;
+        }
+    }
     let hits = collected
         .top
         .into_iter()
         .skip(request.offset)
+        .take(request.limit)
         .map(|((score, _, _), address)| {
             let state = product_state(searcher, fields, address)?;
             Ok(SearchHit {
@@ -681,7 +839,9 @@ pub(crate) fn suggest(
             reason: format!("must be 1..={SUGGEST_MAX_ITEMS}"),
         });
     }
-    let Some(text) = text_query(searcher, fields, text, true)? else {
+    // Few enough hits that the per-field weights rank every match.
+    let plans = plan_words(searcher, fields, text, true)?;
+    let Some(text) = ranking_query(searcher, fields, &plans)? else {
         return Ok(Vec::new());
     };
     let query = BooleanQuery::new(vec![

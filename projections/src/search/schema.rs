@@ -15,7 +15,7 @@ use tantivy::Index;
 
 /// Bumped whenever the fields or their analysis change: an index of another version
 /// is rebuilt from the log.
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 /// The analyzer of every full-text field: words, lower-cased, accents folded.
 pub(crate) const ANALYZER: &str = "shop";
 /// Longer tokens are dropped (they are not words a shopper types).
@@ -33,6 +33,9 @@ pub(crate) struct Fields {
     pub brand_text: Field,
     pub description: Field,
     pub category_text: Field,
+    /// Every word of the four fields above: what a search matches in (one posting
+    /// list per word instead of one per field); the fields themselves rank.
+    pub text: Field,
     /// The exact brand, for the filter and the facet.
     pub brand: Field,
     /// The category path as a facet (`/Shoes/Running`): a term per level.
@@ -62,6 +65,7 @@ impl Fields {
             brand_text: f("brand_text")?,
             description: f("description")?,
             category_text: f("category_text")?,
+            text: f("text")?,
             brand: f("brand")?,
             category: f("category")?,
             sku: f("sku")?,
@@ -88,7 +92,8 @@ pub(crate) fn schema() -> Schema {
     builder.add_text_field("title", text.clone());
     builder.add_text_field("brand_text", text.clone());
     builder.add_text_field("description", text.clone());
-    builder.add_text_field("category_text", text);
+    builder.add_text_field("category_text", text.clone());
+    builder.add_text_field("text", text);
     builder.add_text_field("brand", STRING | FAST);
     builder.add_facet_field("category", INDEXED);
     builder.add_text_field("sku", STRING);
