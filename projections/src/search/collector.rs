@@ -144,8 +144,9 @@ fn index_error(e: impl std::fmt::Display) -> SearchError {
     SearchError::Index(e.to_string())
 }
 
-/// The [`SegmentTable`]s of the segments searches meet, each built the first time
-/// a search meets its segment.
+/// The [`SegmentTable`]s of the segments searches meet: built after each commit
+/// that reloads the reader (see `Follower::warm_tables`), else by the first search
+/// that meets the segment.
 #[derive(Default)]
 pub(crate) struct SegmentTables {
     held: Mutex<HeldTables>,

@@ -508,6 +508,7 @@ impl Follower {
             result?;
             self.publish_segments();
         }
+        self.warm_tables().await;
         indexer.set_catching_up(false);
         let products = indexer.products_written - written_before;
         self.report(indexer.position, head, products, from, started, true);
@@ -566,6 +567,21 @@ impl Follower {
         Ok(indexer)
     }
 
+    /// Builds the collector's tables of the segments a reload brought (and drops
+    /// those of segments merged away), so the first search to meet a segment does
+    /// not pay for decoding it. Off the async threads; a failure is left to the
+    /// search that meets the segment, which reports it.
+    async fn warm_tables(&self) {
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            shared
+                .tables
+                .of(&shared.reader.searcher(), &shared.fields)
+                .map(drop)
+        })
+        .await;
+    }
+
     fn publish_segments(&self) {
         let segments = self.shared.reader.searcher().segment_readers().len();
         self.shared.status.send_modify(|s| s.segments = segments);
@@ -596,6 +612,9 @@ impl Follower {
         let checkpoint = result?;
         self.since_commit = Instant::now();
         self.publish_segments();
+        if self.status().ready {
+            self.warm_tables().await;
+        }
         self.shared
             .status
             .send_modify(|s| s.position = checkpoint.position);
