@@ -592,31 +592,40 @@ impl<A: StreamAggregate> StreamTask<A> {
     }
 
     /// Writes a snapshot in the background once the stream has grown by
-    /// `snapshot_every_events` since the last one. Serialising runs here, on the
-    /// stream's task, because the state is not shared; the write does not hold up
-    /// the next round.
+    /// `snapshot_every_events` since the last one: neither serialising the state
+    /// nor writing it holds up the next round.
     fn snapshot_if_due(&self, held: &mut Held<A>) {
         let every = self.shared.limits.snapshot_every_events;
         if every == 0 || held.version < held.snapshot_version.saturating_add(every) {
             return;
         }
-        let state = match serde_json::to_vec(&held.state) {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::warn!(stream = %self.stream_id, error = %e, "state does not serialise");
-                return;
-            }
-        };
         held.snapshot_version = held.version;
-        let snapshot = Snapshot {
-            stream_id: self.stream_id.clone(),
-            version: held.version,
-            state_schema: A::SNAPSHOT_SCHEMA,
-            state,
-        };
+        // Serialising a long stream's state takes milliseconds (a flash-sale SKU
+        // with a thousand reservations), a copy of it far less: the copy is
+        // serialised on a blocking thread.
+        let state = held.state.clone();
+        let version = held.version;
+        let stream = self.stream_id.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let stream = snapshot.stream_id.clone();
+            let serialised = tokio::task::spawn_blocking(move || serde_json::to_vec(&state)).await;
+            let state = match serialised {
+                Ok(Ok(state)) => state,
+                Ok(Err(e)) => {
+                    tracing::warn!(stream = %stream, error = %e, "state does not serialise");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "snapshot serialisation failed");
+                    return;
+                }
+            };
+            let snapshot = Snapshot {
+                stream_id: stream.clone(),
+                version,
+                state_schema: A::SNAPSHOT_SCHEMA,
+                state,
+            };
             match shared.snapshots.save(snapshot).await {
                 Ok(()) => Counters::add(&shared.counters.snapshots, 1),
                 Err(e) => tracing::warn!(stream = %stream, error = %e, "snapshot not written"),

@@ -256,7 +256,7 @@ pub struct Cart {
 
 impl Cart {
     pub fn stream_id(id: &CartId) -> String {
-        format!("{}-{id}", Self::CATEGORY)
+        crate::uuid_stream_name(Self::CATEGORY, id.as_uuid())
     }
 
     pub fn id(&self) -> Option<CartId> {

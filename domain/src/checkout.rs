@@ -615,7 +615,7 @@ pub struct Checkout {
 
 impl Checkout {
     pub fn stream_id(id: &CheckoutId) -> String {
-        format!("{}-{id}", Self::CATEGORY)
+        crate::uuid_stream_name(Self::CATEGORY, id.as_uuid())
     }
 
     /// The order a checkout places has the checkout's UUID.

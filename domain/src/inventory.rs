@@ -310,7 +310,7 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn stream_id(sku: &Sku) -> String {
-        format!("{}-{sku}", Self::CATEGORY)
+        crate::stream_name(Self::CATEGORY, sku.as_str())
     }
 
     /// On-hand stock minus reserved stock, over all warehouses.

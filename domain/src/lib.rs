@@ -83,6 +83,22 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     }
 }
 
+/// `<category>-<id>`: the id of an aggregate's stream.
+pub(crate) fn stream_name(category: &str, id: &str) -> String {
+    let mut name = String::with_capacity(category.len() + 1 + id.len());
+    name.push_str(category);
+    name.push('-');
+    name.push_str(id);
+    name
+}
+
+/// `<category>-<uuid>`, built without the formatting machinery: every command
+/// computes the id of its stream.
+pub(crate) fn uuid_stream_name(category: &str, id: &uuid::Uuid) -> String {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    stream_name(category, id.hyphenated().encode_lower(&mut buffer))
+}
+
 /// How an event enum crosses the storage boundary: a stable type name, the schema
 /// version of its current shape, and its fields as JSON. `from_stored` upcasts older
 /// schema versions to the current shape.
@@ -106,4 +122,39 @@ pub enum DecodeError {
     },
     #[error("event {event_type} is malformed: {reason}")]
     Malformed { event_type: String, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn stream_ids_are_the_category_a_dash_and_the_id() {
+        let id = Uuid::parse_str("0192f3a4-5b6c-7d8e-9f01-23456789abcd").unwrap();
+        let text = "0192f3a4-5b6c-7d8e-9f01-23456789abcd";
+        assert_eq!(
+            Cart::stream_id(&CartId::from_uuid(id)),
+            format!("cart-{text}")
+        );
+        assert_eq!(
+            Order::stream_id(&OrderId::from_uuid(id)),
+            format!("order-{text}")
+        );
+        assert_eq!(
+            Payment::stream_id(&PaymentId::from_uuid(id)),
+            format!("payment-{text}")
+        );
+        assert_eq!(
+            Product::stream_id(&ProductId::from_uuid(id)),
+            format!("product-{text}")
+        );
+        assert_eq!(
+            Checkout::stream_id(&CheckoutId::from_uuid(id)),
+            format!("checkout-{text}")
+        );
+        let sku = Sku::parse("FLASH-1").unwrap();
+        assert_eq!(Inventory::stream_id(&sku), "inventory-FLASH-1");
+    }
 }

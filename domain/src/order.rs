@@ -265,7 +265,7 @@ pub struct Order {
 
 impl Order {
     pub fn stream_id(id: &OrderId) -> String {
-        format!("{}-{id}", Self::CATEGORY)
+        crate::uuid_stream_name(Self::CATEGORY, id.as_uuid())
     }
 
     pub fn id(&self) -> Option<OrderId> {

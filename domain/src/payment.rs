@@ -201,7 +201,7 @@ pub struct Payment {
 
 impl Payment {
     pub fn stream_id(id: &PaymentId) -> String {
-        format!("{}-{id}", Self::CATEGORY)
+        crate::uuid_stream_name(Self::CATEGORY, id.as_uuid())
     }
 
     pub fn id(&self) -> Option<PaymentId> {

@@ -224,7 +224,7 @@ pub struct Product {
 
 impl Product {
     pub fn stream_id(id: &ProductId) -> String {
-        format!("{}-{id}", Self::CATEGORY)
+        crate::uuid_stream_name(Self::CATEGORY, id.as_uuid())
     }
 
     pub fn id(&self) -> Option<ProductId> {
