@@ -17,6 +17,7 @@ use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::fastfield::FacetReader;
 use tantivy::index::SegmentId;
+use tantivy::query::Weight;
 use tantivy::schema::IndexRecordOption;
 use tantivy::{
     DocAddress, DocId, DocSet, Score, Searcher, SegmentOrdinal, SegmentReader, Term, TERMINATED,
@@ -234,6 +235,14 @@ pub(crate) struct Collected {
     pub in_stock: u64,
 }
 
+/// Matches a segment's collector takes at a time: the table's rows of a block are
+/// read in one tight loop first, so that their cache misses (the table is larger
+/// than the cache, and a match's row is rarely next to the last one's) overlap
+/// instead of coming one per match, in turn with the posting lists' work.
+const COLLECT_BLOCK_DOCS: usize = 64;
+/// A creation position not read yet.
+const NO_SEQ: u64 = u64::MAX;
+
 /// A category ordinal that is not below the counted facet.
 const NOT_COUNTED: u32 = u32::MAX;
 
@@ -293,6 +302,51 @@ impl Collector for SearchCollector {
             total: 0,
             top: TopK::new(self.top),
         })
+    }
+
+    /// tantivy's loop, with matches handed over in blocks (see
+    /// [`SegmentSearchCollector::collect_block`]).
+    fn collect_segment(
+        &self,
+        weight: &dyn Weight,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<Collected> {
+        let mut collector = self.for_segment(segment, reader)?;
+        let alive = reader.alive_bitset();
+        let is_alive = |doc: DocId| alive.is_none_or(|alive| alive.is_alive(doc));
+        let mut docs = [0 as DocId; COLLECT_BLOCK_DOCS];
+        let mut scores = [0.0 as Score; COLLECT_BLOCK_DOCS];
+        let mut held = 0;
+        if self.requires_scoring() {
+            weight.for_each(reader, &mut |doc, score| {
+                if is_alive(doc) {
+                    docs[held] = doc;
+                    scores[held] = score;
+                    held += 1;
+                    if held == COLLECT_BLOCK_DOCS {
+                        collector.collect_block(&docs, &scores);
+                        held = 0;
+                    }
+                }
+            })?;
+            collector.collect_block(&docs[..held], &scores[..held]);
+        } else {
+            weight.for_each_no_score(reader, &mut |block| {
+                for &doc in block {
+                    if is_alive(doc) {
+                        docs[held] = doc;
+                        held += 1;
+                        if held == COLLECT_BLOCK_DOCS {
+                            collector.collect_block(&docs, &[]);
+                            held = 0;
+                        }
+                    }
+                }
+            })?;
+            collector.collect_block(&docs[..held], &[]);
+        }
+        Ok(collector.harvest_counts())
     }
 
     fn requires_scoring(&self) -> bool {
@@ -357,26 +411,57 @@ fn children_of(facets: &FacetReader, root: &[u8]) -> tantivy::Result<(Vec<u32>, 
     Ok((child_of, names))
 }
 
-impl SegmentSearchCollector {
-    fn tie(&self, doc: DocId) -> u64 {
-        u64::MAX - self.table.seq[doc as usize]
-    }
-}
-
 impl SegmentCollector for SegmentSearchCollector {
     type Fruit = Collected;
 
     fn collect(&mut self, doc: DocId, score: Score) {
-        let at = doc as usize;
-        let row = self.table.rows[at];
+        self.collect_block(&[doc], &[score]);
+    }
+
+    fn harvest(self) -> Collected {
+        self.harvest_counts()
+    }
+}
+
+impl SegmentSearchCollector {
+    /// Collects `docs` (ascending, at most [`COLLECT_BLOCK_DOCS`]) with their
+    /// `scores` (none when not scoring). The table's rows, prices and creation
+    /// positions of the whole block are read first, in tight loops of independent
+    /// loads, so that their cache misses overlap.
+    fn collect_block(&mut self, docs: &[DocId], scores: &[Score]) {
+        let docs = &docs[..docs.len().min(COLLECT_BLOCK_DOCS)];
+        let mut rows = [0u64; COLLECT_BLOCK_DOCS];
+        for (row, &doc) in rows.iter_mut().zip(docs) {
+            *row = self.table.rows[doc as usize];
+        }
+        let mut prices = [NO_PRICE; COLLECT_BLOCK_DOCS];
+        if let Some(table) = &self.prices {
+            for (price, &doc) in prices.iter_mut().zip(docs) {
+                *price = table[doc as usize];
+            }
+        }
+        // Ranked by relevance, scores tie often (the same term frequencies and
+        // lengths) and the creation position breaks the ties; newest first reads it
+        // for every match. Sorted by price, few matches need it.
+        let mut seqs = [NO_SEQ; COLLECT_BLOCK_DOCS];
+        if matches!(self.sort, SearchSort::Relevance | SearchSort::Newest) {
+            for (seq, &doc) in seqs.iter_mut().zip(docs) {
+                *seq = self.table.seq[doc as usize];
+            }
+        }
+        for (i, &doc) in docs.iter().enumerate() {
+            let score = scores.get(i).copied().unwrap_or(0.0);
+            self.collect_row(doc, score, rows[i], prices[i], seqs[i]);
+        }
+    }
+
+    /// One match, with its row, price and creation position ([`NO_SEQ`]: not read
+    /// yet).
+    fn collect_row(&mut self, doc: DocId, score: Score, row: u64, price: u64, seq: u64) {
         if row & PUBLISHED == 0 || (self.in_stock_only && row & IN_STOCK == 0) {
             return;
         }
-        let price = self
-            .prices
-            .as_ref()
-            .map(|prices| prices[at])
-            .filter(|&p| p != NO_PRICE);
+        let price = (price != NO_PRICE).then_some(price);
         if let Some((min, max)) = self.price_range {
             if !price.is_some_and(|p| min <= p && p <= max) {
                 return;
@@ -400,24 +485,32 @@ impl SegmentCollector for SegmentSearchCollector {
             self.in_stock_count += 1;
         }
         // The creation position is read only for a match that may make the page.
+        let tie = |collector: &Self| {
+            let seq = if seq == NO_SEQ {
+                collector.table.seq[doc as usize]
+            } else {
+                seq
+            };
+            u64::MAX - seq
+        };
         let head = match self.sort {
             SearchSort::Relevance => (score, 0),
             // Products without a price in the currency come last either way.
             SearchSort::PriceAscending => (0.0, price.map_or(0, |p| u64::MAX - p)),
             SearchSort::PriceDescending => (0.0, price.map_or(0, |p| p + 1)),
-            SearchSort::Newest => (0.0, u64::MAX - self.tie(doc)),
+            SearchSort::Newest => (0.0, u64::MAX - tie(self)),
         };
         if !self.top.admits(head) {
             return;
         }
         let key = match self.sort {
             SearchSort::Newest => (head.0, head.1, 0),
-            _ => (head.0, head.1, self.tie(doc)),
+            _ => (head.0, head.1, tie(self)),
         };
         self.top.push(key, doc);
     }
 
-    fn harvest(self) -> Collected {
+    fn harvest_counts(self) -> Collected {
         let mut brands = HashMap::new();
         if let Some(column) = &self.brand {
             let mut name = String::new();
