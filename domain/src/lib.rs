@@ -134,26 +134,16 @@ mod tests {
     fn stream_ids_are_the_category_a_dash_and_the_id() {
         let id = Uuid::parse_str("0192f3a4-5b6c-7d8e-9f01-23456789abcd").unwrap();
         let text = "0192f3a4-5b6c-7d8e-9f01-23456789abcd";
-        assert_eq!(
-            Cart::stream_id(&CartId::from_uuid(id)),
-            format!("cart-{text}")
-        );
-        assert_eq!(
-            Order::stream_id(&OrderId::from_uuid(id)),
-            format!("order-{text}")
-        );
-        assert_eq!(
-            Payment::stream_id(&PaymentId::from_uuid(id)),
-            format!("payment-{text}")
-        );
-        assert_eq!(
-            Product::stream_id(&ProductId::from_uuid(id)),
-            format!("product-{text}")
-        );
-        assert_eq!(
-            Checkout::stream_id(&CheckoutId::from_uuid(id)),
-            format!("checkout-{text}")
-        );
+        let streams = [
+            ("cart", Cart::stream_id(&CartId::from_uuid(id))),
+            ("order", Order::stream_id(&OrderId::from_uuid(id))),
+            ("payment", Payment::stream_id(&PaymentId::from_uuid(id))),
+            ("product", Product::stream_id(&ProductId::from_uuid(id))),
+            ("checkout", Checkout::stream_id(&CheckoutId::from_uuid(id))),
+        ];
+        for (category, stream) in streams {
+            assert_eq!(stream, format!("{category}-{text}"));
+        }
         let sku = Sku::parse("FLASH-1").unwrap();
         assert_eq!(Inventory::stream_id(&sku), "inventory-FLASH-1");
     }
