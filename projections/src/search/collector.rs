@@ -37,27 +37,69 @@ const NO_PRICE: u64 = u64::MAX;
 const PUBLISHED: u64 = 1 << 63;
 /// A table row's bit of a product with a unit available.
 const IN_STOCK: u64 = 1 << 62;
-/// A table row holds the brand's and the category's ordinal, each plus one (0:
-/// none), in this many bits each.
-const ORD_BITS: u32 = 31;
-const ORD_MASK: u64 = (1 << ORD_BITS) - 1;
+/// Bits of a table row below the flags.
+const ROW_BITS: u32 = 62;
+/// Bits of a row that hold a document's rank by creation position, when it has one.
+const RANK_BITS: u32 = 31;
+const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
 
-/// The ordinal in the low [`ORD_BITS`] of `bits`, if there is one.
-fn ordinal(bits: u64) -> Option<usize> {
-    ((bits & ORD_MASK) as usize).checked_sub(1)
+/// Where a segment's rows keep what. Below the two flags, the brand's ordinal and
+/// the category's, each plus one (0: none), in as many bits as the segment's
+/// ordinals need; and when they leave [`RANK_BITS`] free, in the low bits the
+/// document's rank among the segment's documents by creation position, so that
+/// the ties of a search, broken by creation position, need no other read (ranks
+/// order the documents of a segment as their positions do; the hits a segment keeps
+/// get their positions back before segments are merged).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    brand_shift: u32,
+    brand_mask: u64,
+    category_shift: u32,
+    category_mask: u64,
+    ranked: bool,
+}
+
+impl Layout {
+    fn of(brands: u64, categories: u64) -> Layout {
+        let bits = |values: u64| (u64::BITS - values.leading_zeros()).max(1);
+        let (brand_bits, category_bits) = (bits(brands), bits(categories));
+        let ranked = brand_bits + category_bits + RANK_BITS <= ROW_BITS;
+        let (brand_bits, category_bits, low) = if ranked {
+            (brand_bits, category_bits, RANK_BITS)
+        } else {
+            (ROW_BITS / 2, ROW_BITS / 2, 0)
+        };
+        Layout {
+            brand_shift: low + category_bits,
+            brand_mask: (1 << brand_bits) - 1,
+            category_shift: low,
+            category_mask: (1 << category_bits) - 1,
+            ranked,
+        }
+    }
+
+    fn brand(self, row: u64) -> Option<usize> {
+        (((row >> self.brand_shift) & self.brand_mask) as usize).checked_sub(1)
+    }
+
+    fn category(self, row: u64) -> Option<usize> {
+        (((row >> self.category_shift) & self.category_mask) as usize).checked_sub(1)
+    }
 }
 
 /// What a search reads of every match in a segment, decoded once from the index
 /// into plain arrays by document: one row of whether it is a published product,
 /// whether it is in stock, its brand and its category (ordinals of the segment's
-/// columns: a product has one brand and at most one category, see `document`), so
-/// a match costs one memory access where the fast fields cost one each; its
-/// creation position; and per currency asked for so far its lowest price. A
-/// segment never changes (deletions are tantivy's alive bitset, applied before any
-/// collector sees a match), so the table lives as long as the segment: 16 bytes a
-/// document, and 8 more per currency.
+/// columns: a product has one brand and at most one category, see `document`) and,
+/// where they leave room, its rank by creation position (see [`Layout`]), so a
+/// match costs one memory access where the fast fields cost one each; its creation
+/// position; and per currency asked for so far its lowest price. A segment never
+/// changes (deletions are tantivy's alive bitset, applied before any collector sees
+/// a match), so the table lives as long as the segment: 16 bytes a document, and 8
+/// more per currency.
 pub(crate) struct SegmentTable {
     rows: Vec<u64>,
+    layout: Layout,
     seq: Vec<u64>,
     prices: Mutex<HashMap<u64, Arc<Vec<u64>>>>,
     price_column: Option<Column<u64>>,
@@ -89,29 +131,43 @@ impl SegmentTable {
                 }
             }
         }
-        let plus_one = |ord: u64| (ord + 1).min(ORD_MASK);
-        if let Some(column) = fast.str("brand").map_err(index_error)? {
+        let brands = fast.str("brand").map_err(index_error)?;
+        let facets = segment.facet_reader("category").ok();
+        let layout = Layout::of(
+            brands.as_ref().map_or(0, |c| c.num_terms() as u64),
+            facets.as_ref().map_or(0, |f| f.num_facets() as u64),
+        );
+        if let Some(column) = &brands {
             for (doc, row) in (0..max_doc).zip(rows.iter_mut()) {
                 if let Some(ord) = column.term_ords(doc).next() {
-                    *row |= plus_one(ord) << ORD_BITS;
+                    *row |= ((ord + 1) & layout.brand_mask) << layout.brand_shift;
                 }
             }
         }
-        if let Ok(facets) = segment.facet_reader("category") {
+        if let Some(facets) = &facets {
             for (doc, row) in (0..max_doc).zip(rows.iter_mut()) {
                 if let Some(ord) = facets.facet_ords(doc).next() {
-                    *row |= plus_one(ord);
+                    *row |= ((ord + 1) & layout.category_mask) << layout.category_shift;
                 }
             }
         }
-        let seq = match fast.column_opt::<u64>("seq").map_err(index_error)? {
+        let seq: Vec<u64> = match fast.column_opt::<u64>("seq").map_err(index_error)? {
             Some(column) => (0..max_doc)
                 .map(|doc| column.first(doc).unwrap_or(0))
                 .collect(),
             None => vec![0; max_doc as usize],
         };
+        if layout.ranked {
+            // A segment holds fewer than 2^31 documents: every rank fits.
+            let mut by_position: Vec<DocId> = (0..max_doc).collect();
+            by_position.sort_unstable_by_key(|&doc| seq[doc as usize]);
+            for (rank, doc) in (0u64..).zip(by_position) {
+                rows[doc as usize] |= rank & RANK_MASK;
+            }
+        }
         Ok(SegmentTable {
             rows,
+            layout,
             seq,
             prices: Mutex::new(HashMap::new()),
             price_column: fast.column_opt::<u64>("price").map_err(index_error)?,
@@ -444,7 +500,9 @@ impl SegmentSearchCollector {
         // lengths) and the creation position breaks the ties; newest first reads it
         // for every match. Sorted by price, few matches need it.
         let mut seqs = [NO_SEQ; COLLECT_BLOCK_DOCS];
-        if matches!(self.sort, SearchSort::Relevance | SearchSort::Newest) {
+        if !self.table.layout.ranked
+            && matches!(self.sort, SearchSort::Relevance | SearchSort::Newest)
+        {
             for (seq, &doc) in seqs.iter_mut().zip(docs) {
                 *seq = self.table.seq[doc as usize];
             }
@@ -468,10 +526,11 @@ impl SegmentSearchCollector {
             }
         }
         self.total += 1;
-        if let Some(brand) = ordinal(row >> ORD_BITS) {
+        let layout = self.table.layout;
+        if let Some(brand) = layout.brand(row) {
             self.brand_counts[brand] += 1;
         }
-        if let Some(category) = ordinal(row) {
+        if let Some(category) = layout.category(row) {
             let child = self.category_child[category];
             if child != NOT_COUNTED {
                 self.category_counts[child as usize] += 1;
@@ -484,9 +543,12 @@ impl SegmentSearchCollector {
         if row & IN_STOCK != 0 {
             self.in_stock_count += 1;
         }
-        // The creation position is read only for a match that may make the page.
+        // The creation position (or the rank by it, see `Layout`) is read only for
+        // a match that may make the page.
         let tie = |collector: &Self| {
-            let seq = if seq == NO_SEQ {
+            let seq = if collector.table.layout.ranked {
+                row & RANK_MASK
+            } else if seq == NO_SEQ {
                 collector.table.seq[doc as usize]
             } else {
                 seq
@@ -527,13 +589,23 @@ impl SegmentSearchCollector {
             .filter(|(_, count)| *count > 0)
             .collect();
         let segment = self.segment;
+        let (sort, seq) = (self.sort, &self.table.seq);
+        // The keys kept get creation positions in place of ranks, which order only
+        // the documents of one segment (the same order: the keys stay sorted).
+        let global = |(score, second, tie): SortKey, doc: DocId| {
+            let seq = seq[doc as usize];
+            match sort {
+                SearchSort::Newest => (score, seq, tie),
+                _ => (score, second, u64::MAX - seq),
+            }
+        };
         Collected {
             total: self.total,
             top: self
                 .top
                 .into_sorted()
                 .into_iter()
-                .map(|(key, doc)| (key, DocAddress::new(segment, doc)))
+                .map(|(key, doc)| (global(key, doc), DocAddress::new(segment, doc)))
                 .collect(),
             brands,
             categories,
@@ -609,6 +681,23 @@ impl TopK {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_keep_ordinals_and_a_rank_while_the_ordinals_leave_room() {
+        let packed = Layout::of(6, 12);
+        assert!(packed.ranked);
+        let row = PUBLISHED | (6 << packed.brand_shift) | (12 << packed.category_shift) | 77;
+        assert_eq!(packed.brand(row), Some(5));
+        assert_eq!(packed.category(row), Some(11));
+        assert_eq!(row & RANK_MASK, 77);
+        assert_eq!(packed.brand(PUBLISHED | 77), None);
+        // A million brands and categories: no room for the rank.
+        let wide = Layout::of(1 << 20, 1 << 20);
+        assert!(!wide.ranked);
+        let row = IN_STOCK | ((1 << 20) << wide.brand_shift) | (1 << wide.category_shift);
+        assert_eq!(wide.brand(row), Some((1 << 20) - 1));
+        assert_eq!(wide.category(row), Some(0));
+    }
 
     #[test]
     fn top_k_keeps_the_greatest_keys_in_order() {
