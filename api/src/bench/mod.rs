@@ -121,6 +121,9 @@ pub enum Bench {
         /// (the index is still built from the log, and checked against it).
         #[arg(long)]
         keep_log: bool,
+        /// Indexing threads of the index writer (default: the search index's own).
+        #[arg(long)]
+        writer_threads: Option<usize>,
     },
     /// Verify the hash chain and export NDJSON over a log of `events` events,
     /// against reading the log alone.
@@ -176,7 +179,8 @@ pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
             products,
             queries,
             keep_log,
-        } => search::run(database_url, products, queries, keep_log).await,
+            writer_threads,
+        } => search::run(database_url, products, queries, keep_log, writer_threads).await,
         Bench::Verify { events } => verify::run(database_url, events).await,
     }
 }

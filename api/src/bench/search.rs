@@ -74,6 +74,7 @@ pub async fn run(
     products: usize,
     queries: usize,
     keep_log: bool,
+    writer_threads: Option<usize>,
 ) -> Result<()> {
     let (url, _scratch) = if keep_log {
         (kept_log_database(database_url, products).await?, None)
@@ -111,8 +112,13 @@ pub async fn run(
             p.position, p.head, p.products, p.events_per_sec
         );
     });
+    let mut config = SearchConfig::new(&dir);
+    if let Some(threads) = writer_threads {
+        config.writer_threads = threads.max(1);
+    }
+    let writer_threads = config.writer_threads;
     let started = Instant::now();
-    let (index, task) = SearchIndex::start(store.clone(), SearchConfig::new(&dir), Some(progress))
+    let (index, task) = SearchIndex::start(store.clone(), config, Some(progress))
         .await
         .context("starting the search index")?;
     ensure!(
@@ -186,6 +192,7 @@ pub async fn run(
         "build_seconds": round2(build_secs),
         "index_mb": (index_bytes as f64 / 1e6).round(),
         "segments": segments,
+        "writer_threads": writer_threads,
         "queries": latencies.len(),
         "verified": true,
     });
