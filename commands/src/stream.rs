@@ -360,11 +360,7 @@ impl<A: StreamAggregate> StreamTask<A> {
     }
 
     fn timeout(&self) -> CommandError {
-        CommandError::Timeout {
-            stream: self.stream_id.clone(),
-            timeout_ms: u64::try_from(self.shared.limits.store_call_timeout.as_millis())
-                .unwrap_or(u64::MAX),
-        }
+        timed_out(&self.stream_id, self.shared.limits.store_call_timeout)
     }
 
     fn stopped(&self) -> CommandError {
@@ -378,13 +374,12 @@ impl<A: StreamAggregate> StreamTask<A> {
     fn read_version_in_background(&self) -> JoinHandle<Result<u64, CommandError>> {
         let shared = self.shared.clone();
         let stream_id = self.stream_id.clone();
-        let timeout = self.timeout();
         tokio::spawn(async move {
             let limit = shared.limits.store_call_timeout;
-            match tokio::time::timeout(limit, shared.store.stream_version(&stream_id)).await {
-                Ok(outcome) => outcome.map_err(CommandError::from),
-                Err(_) => Err(timeout),
-            }
+            bounded(limit, shared.store.stream_version(&stream_id), || {
+                timed_out(&stream_id, limit)
+            })
+            .await
         })
     }
 
@@ -393,10 +388,10 @@ impl<A: StreamAggregate> StreamTask<A> {
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, CommandError> {
-        match tokio::time::timeout(self.shared.limits.store_call_timeout, call).await {
-            Ok(outcome) => outcome.map_err(CommandError::from),
-            Err(_) => Err(self.timeout()),
-        }
+        bounded(self.shared.limits.store_call_timeout, call, || {
+            self.timeout()
+        })
+        .await
     }
 
     fn conflict(&self, attempts: u32) -> CommandError {
@@ -631,6 +626,26 @@ impl<A: StreamAggregate> StreamTask<A> {
                 Err(e) => tracing::warn!(stream = %stream, error = %e, "snapshot not written"),
             }
         });
+    }
+}
+
+/// `call`, bounded by `limit`; past it, the error `timed_out` makes.
+async fn bounded<T>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+    timed_out: impl FnOnce() -> CommandError,
+) -> Result<T, CommandError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(outcome) => outcome.map_err(CommandError::from),
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// A store call on `stream_id` that took longer than `limit`.
+fn timed_out(stream_id: &str, limit: std::time::Duration) -> CommandError {
+    CommandError::Timeout {
+        stream: stream_id.to_owned(),
+        timeout_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
     }
 }
 
