@@ -1,5 +1,6 @@
 //! Canonical JSON ([`crate::hash`]) written straight from JSON text, such as the text
-//! PostgreSQL returns for a `jsonb` value, without building a `serde_json::Value`.
+//! PostgreSQL returns for a `json` or `jsonb` value, without building a
+//! `serde_json::Value`.
 //!
 //! Verifying the log recomputes the canonical form of every stored event, and parsing
 //! each into a tree of values only to write it back costs more than the hashing. This

@@ -17,7 +17,9 @@
 //! ```
 //!
 //! Canonical JSON is compact, with object keys sorted by their UTF-8 bytes, so the
-//! hash survives PostgreSQL's `jsonb`, which reorders keys and reformats whitespace.
+//! hash depends on the value, not on how it is printed: logs written before the
+//! columns became `json` hold `jsonb`'s text (keys by length, spaces after `:` and
+//! `,`), and verify the same.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;

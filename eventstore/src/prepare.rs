@@ -265,8 +265,9 @@ fn validate_metadata(metadata: &Metadata) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// PostgreSQL's `jsonb` cannot hold U+0000 in a string or key; refuse it up front so
-/// one bad event never fails a whole group commit.
+/// PostgreSQL cannot turn U+0000 in a string or key into `text` or `jsonb`, so an event
+/// holding one would break `->>` and any cast of the log; it is refused up front (a
+/// `jsonb` column, as the log had before, would fail a whole group commit on it).
 fn json_strings_are_storable(value: &Value) -> bool {
     match value {
         Value::String(s) => !s.contains('\0'),

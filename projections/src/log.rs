@@ -27,20 +27,16 @@ use crate::error::{db_error, ProjectionError};
 /// primary key in order, rather than sorting the whole table.
 const COPY_RANGE_EVENTS: u64 = 200_000;
 
-/// The text of a `jsonb` value as its binary form carries it: a version byte (1),
-/// then JSON.
+/// The text of a `json` value, which is its binary form, borrowed from the row.
 struct JsonText<'a>(&'a [u8]);
 
 impl<'a> FromSql<'a> for JsonText<'a> {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        match raw.split_first() {
-            Some((1, text)) => Ok(JsonText(text)),
-            _ => Err("unsupported jsonb format version".into()),
-        }
+        Ok(JsonText(raw))
     }
 
     fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
+        *ty == Type::JSON
     }
 }
 
@@ -142,7 +138,7 @@ async fn copy_range(
             Type::INT8,
             Type::TEXT,
             Type::INT4,
-            Type::JSONB,
+            Type::JSON,
             Type::TIMESTAMPTZ,
         ],
     ))

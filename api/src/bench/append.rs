@@ -159,8 +159,8 @@ async fn run_naive(url: &str, duration: Duration) -> Result<(u64, f64, Vec<u32>)
         .batch_execute(
             "CREATE TABLE naive_events (
                  position bigserial PRIMARY KEY, stream_id text NOT NULL, version bigint NOT NULL,
-                 event_id uuid NOT NULL UNIQUE, event_type text NOT NULL, data jsonb NOT NULL,
-                 metadata jsonb NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(),
+                 event_id uuid NOT NULL UNIQUE, event_type text NOT NULL, data json NOT NULL,
+                 metadata json NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(),
                  UNIQUE (stream_id, version))",
         )
         .await?;

@@ -51,7 +51,7 @@ pub async fn run(database_url: &str, events: u64) -> Result<()> {
     println!("  reading the log (baseline): {read_rate:>9.0} events/s");
 
     // The generic verification (any store, through read_all), then the PostgreSQL
-    // one (binary COPY on several connections, canonical JSON written from the jsonb
+    // one (binary COPY on several connections, canonical JSON written from the stored
     // text on the hashing threads) that the CLI and the endpoint use.
     let generic = verify_log(store.clone(), 1, |_, _| {}).await?;
     ensure!(

@@ -78,7 +78,7 @@ fn encode(bytes: &[u8], json_allowed: bool) -> (Encoding, Value) {
         }
     }
     match std::str::from_utf8(bytes) {
-        // NUL cannot live in jsonb; such text goes as base64.
+        // The store refuses NUL in JSON strings; such text goes as base64.
         Ok(text) if json_allowed && !text.contains('\0') => {
             (Encoding::Text, Value::String(text.to_owned()))
         }
@@ -326,7 +326,7 @@ mod tests {
             event_id: new.event_id,
             event_type: new.event_type,
             schema_version: 1,
-            // Through jsonb and back: the value, not the text, survives.
+            // Through the store and back: the value, not the text, survives.
             data: serde_json::from_str(&new.data.to_string()).unwrap(),
             metadata: new.metadata,
             recorded_at: Utc::now(),

@@ -183,7 +183,7 @@ async fn auditors_verify_the_chain_and_find_a_forged_row() {
     client
         .batch_execute(
             "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete;
-             UPDATE events SET data = jsonb_set(data, '{forged}', 'true') WHERE position = 3;
+             UPDATE events SET data = jsonb_set(data::jsonb, '{forged}', 'true')::json WHERE position = 3;
              ALTER TABLE events ENABLE TRIGGER events_no_update_or_delete;",
         )
         .await

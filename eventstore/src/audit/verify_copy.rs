@@ -1,12 +1,12 @@
 //! The chain verified from a binary `COPY` of the PostgreSQL log: what `commerce audit
 //! verify` and `GET /v1/audit/verify` run.
 //!
-//! Two cores are shared by PostgreSQL's backend, which spends most of its time turning
-//! each row's `jsonb` back into text, and this process. So the reader task does as
+//! Two cores are shared by PostgreSQL's backend, which spends most of its time copying
+//! rows out, and this process. So the reader task does as
 //! little as it can: each row arrives as one message (a `Bytes`, not copied), the
 //! reader takes the position out of it and passes pages of rows on. The hashing
 //! threads decode the rest of each row in place and write canonical JSON straight
-//! from the `jsonb` text ([`crate::canonical_text`]), parsing into values only text
+//! from the stored `json` text ([`crate::canonical_text`]), parsing into values only text
 //! that needs it. SHA-256 itself is cheap: `sha2` uses the CPU's SHA extensions when
 //! it finds them at run time.
 
@@ -103,8 +103,9 @@ impl CopiedRow {
             event_id: read(&Type::UUID, next()?, column)?,
             event_type: read(&Type::TEXT, next()?, column)?,
             schema_version: read::<i32>(&Type::INT4, next()?, column)? as u32,
-            data: jsonb_text(next()?).map_err(&failed)?,
-            metadata: jsonb_text(next()?).map_err(&failed)?,
+            // A `json` column's binary form is its text.
+            data: next()?,
+            metadata: next()?,
             recorded_at: read(&Type::TIMESTAMPTZ, next()?, column)?,
             hash: read(&Type::BYTEA, next()?, column)?,
         };
@@ -117,14 +118,6 @@ impl CopiedRow {
     /// The row's stored hash, if it decodes to 32 bytes.
     fn stored_hash(&self) -> Option<[u8; 32]> {
         self.decode().ok()?.hash.try_into().ok()
-    }
-}
-
-/// The text of a `jsonb` value in binary form: a version byte (1), then JSON.
-fn jsonb_text(raw: &[u8]) -> Result<&[u8], String> {
-    match raw.split_first() {
-        Some((1, text)) => Ok(text),
-        _ => Err("unsupported jsonb format version".into()),
     }
 }
 

@@ -239,8 +239,8 @@ struct EventColumns<'a> {
     event_ids: Vec<Uuid>,
     types: Vec<&'a str>,
     schema_versions: Vec<i32>,
-    data: Vec<RawJsonb<'a>>,
-    metadata: Vec<RawJsonb<'a>>,
+    data: Vec<RawJson<'a>>,
+    metadata: Vec<RawJson<'a>>,
     hashes: Vec<Vec<u8>>,
     /// Set on the first event of an append with a command id, `None` elsewhere.
     command_ids: Vec<Option<Uuid>>,
@@ -535,8 +535,8 @@ fn plan_batch<'a>(
             events.event_ids.push(event.event_id);
             events.types.push(&event.event_type);
             events.schema_versions.push(event.schema_version as i32);
-            events.data.push(RawJsonb(&event.canonical_data));
-            events.metadata.push(RawJsonb(&event.canonical_metadata));
+            events.data.push(RawJson(&event.canonical_data));
+            events.metadata.push(RawJson(&event.canonical_metadata));
             events.hashes.push(hash.to_vec());
             events.command_ids.push(None);
             events.fingerprints.push(None);
@@ -632,8 +632,8 @@ async fn copy_events(
             Type::UUID,
             Type::TEXT,
             Type::INT4,
-            Type::JSONB,
-            Type::JSONB,
+            Type::JSON,
+            Type::JSON,
             Type::TIMESTAMPTZ,
             Type::BYTEA,
             Type::UUID,
@@ -690,24 +690,23 @@ async fn explain_failure(conn: &Connection, append: &PreparedAppend, e: StoreErr
     }
 }
 
-/// JSON that is already canonical text, sent as `jsonb` without re-serializing.
+/// JSON that is already canonical text, sent as `json` without re-serializing.
 #[derive(Debug)]
-struct RawJsonb<'a>(&'a [u8]);
+struct RawJson<'a>(&'a [u8]);
 
-impl ToSql for RawJsonb<'_> {
+impl ToSql for RawJson<'_> {
     fn to_sql(
         &self,
         _ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        // jsonb's binary format: a version byte (1), then the JSON text.
-        out.put_u8(1);
+        // json's binary format is the text itself.
         out.put_slice(self.0);
         Ok(IsNull::No)
     }
 
     fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
+        *ty == Type::JSON
     }
 
     to_sql_checked!();

@@ -31,6 +31,11 @@ pub const EVENTSTORE_MIGRATIONS: &[Migration] = &[
         name: "engine_role",
         sql: include_str!("../../migrations/0003_engine_role.sql"),
     },
+    Migration {
+        version: 4,
+        name: "json_columns",
+        sql: include_str!("../../migrations/0004_json_columns.sql"),
+    },
 ];
 
 /// Arbitrary but fixed: the advisory lock key all migrating processes agree on.
