@@ -71,6 +71,26 @@ async fn two_processes_appending_to_one_stream_see_each_others_versions() {
     eventstore::hash::verify_chain(eventstore::hash::GENESIS_HASH, &log).expect("one chain");
 }
 
+/// Three stores on one database, each with its own appender chaining batches onto
+/// its own: their chains keep breaking on each other's appends, and the log must
+/// still come out gapless, in commit order, with every append at its expected
+/// version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_writing_and_following_at_once_see_one_gapless_order() {
+    let db = test_database().await.expect("a test database");
+    let mut stores: Vec<Arc<dyn EventStore>> = Vec::new();
+    for _ in 0..3 {
+        let store = PostgresStore::connect(PostgresConfig::new(db.url.clone()))
+            .await
+            .expect("store");
+        stores.push(Arc::new(store));
+    }
+    eventstore::testing::conformance::writers_and_subscribers_on_stores_see_one_gapless_order(
+        &stores,
+    )
+    .await;
+}
+
 /// A subscriber that never hears a notification still sees every event another
 /// process commits, by polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

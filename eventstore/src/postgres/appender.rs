@@ -15,15 +15,17 @@
 //! is written and its appends are retried one per transaction, so only the faulty
 //! one fails.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, CopyInSink, NoTls, Statement};
 use uuid::Uuid;
 
 use super::{advance_head, db_error, PostgresConfig, NOTIFY_CHANNEL};
@@ -46,6 +48,7 @@ struct Statements {
     commands: Statement,
     copy_events: Statement,
     move_head: Statement,
+    advance_head: Statement,
     existing_event: Statement,
 }
 
@@ -60,21 +63,44 @@ pub(crate) async fn run(
     mut jobs: mpsc::Receiver<Vec<AppendJob>>,
     head: Arc<watch::Sender<u64>>,
 ) {
-    let mut cache = VersionCache::default();
-    let mut connection: Option<Connection> = None;
+    let mut appender = Appender {
+        pg,
+        config,
+        head,
+        cache: VersionCache::default(),
+        slots: [Slot::default(), Slot::default()],
+        in_flight: VecDeque::with_capacity(2),
+        next: 0,
+        tip: None,
+        unchained_until: None,
+        last_head_move: None,
+    };
     let mut batch: Vec<AppendJob> = Vec::new();
     let mut previous_batch_len = 0usize;
     loop {
-        // Wait for one append, then take whatever else is already queued, up to the
-        // batch bound: under load the queue fills while the previous batch commits.
-        let Some(first) = jobs.recv().await else {
+        // Wait for one append (settling commits as they end), then take whatever else
+        // is already queued, up to the batch bound: under load the queue fills while
+        // the previous batch commits.
+        let first = if appender.in_flight.is_empty() {
+            jobs.recv().await
+        } else {
+            tokio::select! {
+                job = jobs.recv() => job,
+                (slot, commit) = appender.oldest_commit() => {
+                    appender.settled(slot, commit).await;
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else {
+            appender.drain().await;
             return;
         };
         let mut events: usize = first.iter().map(|j| j.append.events.len()).sum();
         batch.extend(first);
         let mut lingered = 0;
         loop {
-            while events < config.append_batch_max_events {
+            while events < appender.config.append_batch_max_events {
                 match jobs.try_recv() {
                     Ok(submission) => {
                         events += submission
@@ -90,7 +116,7 @@ pub(crate) async fn run(
             // append right now. A few yields (microseconds, no timer) let them join
             // this batch instead of paying a whole extra commit for a handful.
             if batch.len() * 10 >= previous_batch_len * 9
-                || events >= config.append_batch_max_events
+                || events >= appender.config.append_batch_max_events
                 || lingered >= APPEND_LINGER_YIELDS_MAX
             {
                 break;
@@ -99,25 +125,234 @@ pub(crate) async fn run(
             lingered += 1;
         }
         previous_batch_len = batch.len();
+        appender.write(std::mem::take(&mut batch), events).await;
+    }
+}
 
-        if connection.is_none() {
-            match connect(&pg).await {
-                Ok(c) => connection = Some(c),
-                Err(e) => {
-                    for job in batch.drain(..) {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
-                    continue;
+/// Where the log's chain ends once the batches this appender has sent commit: the
+/// position, hash and time the next chained batch continues from.
+#[derive(Clone, Copy)]
+struct Tip {
+    position: u64,
+    hash: [u8; 32],
+    recorded_at: DateTime<Utc>,
+}
+
+/// How long batches are written the ordinary way after a chained one was refused
+/// (most likely another process appending: chaining would keep colliding with it).
+const UNCHAINED_AFTER_REFUSAL: Duration = Duration::from_secs(1);
+
+/// Two connections, taking turns: while one commits a batch (the fsync, about a
+/// millisecond here), the other copies the next batch's rows in. See [`chain_batch`].
+struct Appender {
+    pg: tokio_postgres::Config,
+    config: PostgresConfig,
+    head: Arc<watch::Sender<u64>>,
+    cache: VersionCache,
+    slots: [Slot; 2],
+    /// Slots whose commit is running, oldest first.
+    in_flight: VecDeque<usize>,
+    /// The slot the next batch goes to.
+    next: usize,
+    /// `None` when the next batch must lock the head and read it (at start, after a
+    /// failure): chaining needs a tip this appender wrote itself.
+    tip: Option<Tip>,
+    unchained_until: Option<Instant>,
+    /// Resolves once the last chained batch's head move has run (holding the head
+    /// row's lock), or failed.
+    last_head_move: Option<oneshot::Receiver<()>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    connection: Option<Arc<Connection>>,
+    /// The chained batch whose head move and commit run on this connection.
+    committing: Option<JoinHandle<Commit>>,
+}
+
+/// How a chained batch's commit ended.
+enum Commit {
+    /// Committed, and its appends answered.
+    Done,
+    /// Rolled back (the head was not where the batch expected, or it waited too
+    /// long for it): its appends are still to be answered.
+    Refused(Vec<AppendJob>),
+    /// The connection failed or the commit timed out: its appends were answered with
+    /// the error, since the outcome is unknown.
+    Lost,
+}
+
+impl Appender {
+    /// Writes `batch` and answers its appends, now or when its commit ends.
+    async fn write(&mut self, batch: Vec<AppendJob>, events: usize) {
+        let slot = self.next;
+        self.next = 1 - slot;
+        // The slot's connection is free once the batch it took two batches ago has
+        // settled (normally long since).
+        while self.slots[slot].committing.is_some() {
+            let Some(&oldest) = self.in_flight.front() else {
+                break;
+            };
+            let commit = self.oldest_commit().await.1;
+            self.settled(oldest, commit).await;
+        }
+        let conn = match self.connection(slot).await {
+            Ok(conn) => conn,
+            Err(e) => return answer_all(batch, &e),
+        };
+        let chainable = self
+            .unchained_until
+            .is_none_or(|until| Instant::now() >= until);
+        let tip = self
+            .tip
+            .filter(|tip| chainable && self.cache.head == Some(tip.position));
+        let Some(tip) = tip else {
+            self.drain().await;
+            return self.write_locked(slot, batch, events).await;
+        };
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            self.config.append_batch_timeout,
+            chain_batch(&conn, &batch, &mut self.cache, tip),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(chained)) => {
+                tracing::debug!(
+                    appends = batch.len(),
+                    events,
+                    micros = started.elapsed().as_micros() as u64,
+                    "chained batch copied"
+                );
+                self.tip = (!chained.cache_dropped).then_some(chained.tip);
+                let (moved, head_move) = oneshot::channel();
+                let task = commit_chained(
+                    conn,
+                    batch,
+                    chained.results,
+                    Chain {
+                        from: tip,
+                        to: chained.tip,
+                        ahead: self.last_head_move.replace(head_move),
+                        moved,
+                    },
+                    self.head.clone(),
+                    self.config.append_batch_timeout,
+                );
+                self.slots[slot].committing = Some(tokio::spawn(task));
+                self.in_flight.push_back(slot);
+            }
+            Ok(Err(unchained)) => {
+                // Nothing was committed. Write the batch the ordinary way (which
+                // waits for the batch ahead to commit); only a failure of the database
+                // stops chaining for a while.
+                self.tip = None;
+                self.cache.invalidate();
+                if conn.client.is_closed() {
+                    self.slots[slot].connection = None;
                 }
+                if let Unchained::Failed(e) = unchained {
+                    tracing::debug!(error = %e, "a chained batch failed; writing it again");
+                    self.unchained_until = Some(Instant::now() + UNCHAINED_AFTER_REFUSAL);
+                }
+                self.drain().await;
+                self.write_locked(slot, batch, events).await;
+            }
+            Err(_) => {
+                self.slots[slot].connection = None;
+                self.tip = None;
+                self.cache.invalidate();
+                answer_all(batch, &commit_timed_out());
             }
         }
-        let Some(conn) = connection.as_ref() else {
-            continue;
+    }
+
+    /// Settles every running commit.
+    async fn drain(&mut self) {
+        while let Some(&slot) = self.in_flight.front() {
+            let commit = self.oldest_commit().await.1;
+            self.settled(slot, commit).await;
+        }
+    }
+
+    /// The end of the oldest running commit. Cancel safe: the handle is only polled.
+    async fn oldest_commit(&mut self) -> (usize, Commit) {
+        let Some(&slot) = self.in_flight.front() else {
+            return std::future::pending().await;
         };
-        let started = std::time::Instant::now();
+        let commit = match self.slots[slot].committing.as_mut() {
+            Some(handle) => handle.await.unwrap_or(Commit::Lost),
+            None => Commit::Done,
+        };
+        (slot, commit)
+    }
+
+    /// Acts on the end of `slot`'s commit, the oldest one running.
+    async fn settled(&mut self, slot: usize, commit: Commit) {
+        debug_assert_eq!(self.in_flight.front(), Some(&slot));
+        self.in_flight.pop_front();
+        self.slots[slot].committing = None;
+        match commit {
+            Commit::Done => {}
+            Commit::Lost => {
+                self.slots[slot].connection = None;
+                self.tip = None;
+                self.cache.invalidate();
+            }
+            Commit::Refused(mut jobs) => {
+                // A batch chained onto this one cannot commit either (its head move
+                // expects this one's): wait for it and write both again, in order.
+                while let Some(&later) = self.in_flight.front() {
+                    let commit = self.oldest_commit().await.1;
+                    self.in_flight.pop_front();
+                    self.slots[later].committing = None;
+                    match commit {
+                        Commit::Refused(more) => jobs.extend(more),
+                        Commit::Lost => self.slots[later].connection = None,
+                        Commit::Done => {}
+                    }
+                }
+                tracing::debug!(
+                    appends = jobs.len(),
+                    "a chained commit was refused; writing it again"
+                );
+                self.tip = None;
+                self.cache.invalidate();
+                self.unchained_until = Some(Instant::now() + UNCHAINED_AFTER_REFUSAL);
+                let events = jobs.iter().map(|j| j.append.events.len()).sum();
+                self.write_locked(slot, jobs, events).await;
+            }
+        }
+    }
+
+    /// The slot's connection, opened if need be.
+    async fn connection(&mut self, slot: usize) -> Result<Arc<Connection>, StoreError> {
+        if let Some(conn) = &self.slots[slot].connection {
+            return Ok(conn.clone());
+        }
+        let conn = Arc::new(connect(&self.pg).await?);
+        self.slots[slot].connection = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The ordinary way: lock the head first, then write (see [`write_batch`]). If
+    /// the batch fails as a whole, its appends are written one per transaction, so
+    /// only the one at fault fails. Nothing may be in flight: a chained batch's rows
+    /// sit at the positions this one would read as free, and its head move would wait
+    /// for this lock while this waits for its rows.
+    async fn write_locked(&mut self, slot: usize, mut batch: Vec<AppendJob>, events: usize) {
+        debug_assert!(self.in_flight.is_empty());
+        self.tip = None;
+        // Locked batches commit before the next batch starts: nothing to wait for.
+        self.last_head_move = None;
+        let conn = match self.connection(slot).await {
+            Ok(conn) => conn,
+            Err(e) => return answer_all(batch, &e),
+        };
+        let started = Instant::now();
         let outcome = tokio::time::timeout(
-            config.append_batch_timeout,
-            write_batch(conn, &batch, &mut cache, CommandIds::AssumeNew),
+            self.config.append_batch_timeout,
+            write_batch(&conn, &batch, &mut self.cache, CommandIds::AssumeNew),
         )
         .await;
         tracing::debug!(
@@ -129,48 +364,277 @@ pub(crate) async fn run(
         match outcome {
             Ok(Ok(written)) => {
                 if let Some(last) = written.last_position {
-                    advance_head(&head, last);
+                    advance_head(&self.head, last);
                 }
+                self.tip = Some(written.tip);
                 for (job, result) in batch.drain(..).zip(written.results) {
                     let _ = job.reply.send(result);
                 }
             }
             Ok(Err(e)) if conn.client.is_closed() || e.is_transient() => {
                 // The outcome of the commit is unknown: report it, drop the connection.
-                connection = None;
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+                self.slots[slot].connection = None;
+                answer_all(batch, &e);
             }
             Ok(Err(_)) => {
                 // The batch failed as a whole: retry each append alone, so only the one
                 // at fault fails.
                 for job in batch.drain(..) {
                     let single = std::slice::from_ref(&job);
-                    let result =
-                        match write_batch(conn, single, &mut cache, CommandIds::Checked).await {
-                            Ok(mut written) => {
-                                if let Some(last) = written.last_position {
-                                    advance_head(&head, last);
-                                }
-                                written.results.pop().unwrap_or_else(|| {
-                                    Err(StoreError::Database("no result for an append".into()))
-                                })
+                    let result = match write_batch(
+                        &conn,
+                        single,
+                        &mut self.cache,
+                        CommandIds::Checked,
+                    )
+                    .await
+                    {
+                        Ok(mut written) => {
+                            if let Some(last) = written.last_position {
+                                advance_head(&self.head, last);
                             }
-                            Err(e) => Err(explain_failure(conn, &job.append, e).await),
-                        };
+                            self.tip = Some(written.tip);
+                            written.results.pop().unwrap_or_else(|| {
+                                Err(StoreError::Database("no result for an append".into()))
+                            })
+                        }
+                        Err(e) => {
+                            self.tip = None;
+                            Err(explain_failure(&conn, &job.append, e).await)
+                        }
+                    };
                     let _ = job.reply.send(result);
                 }
             }
             Err(_) => {
-                connection = None;
-                let e = StoreError::Unavailable(
-                    "a group commit timed out; its outcome is unknown".into(),
-                );
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+                self.slots[slot].connection = None;
+                answer_all(batch, &commit_timed_out());
             }
+        }
+    }
+}
+
+fn answer_all(batch: Vec<AppendJob>, e: &StoreError) {
+    for job in batch {
+        let _ = job.reply.send(Err(e.clone()));
+    }
+}
+
+fn commit_timed_out() -> StoreError {
+    StoreError::Unavailable("a group commit timed out; its outcome is unknown".into())
+}
+
+/// Why a batch was not chained; it is then written the ordinary way.
+enum Unchained {
+    /// Deciding it needs reads under the lock (an append refused on its expected
+    /// version may be the repeat of a written command: its id is looked up).
+    NeedsLock,
+    /// The database refused the batch (an event id or command id already in the
+    /// log, rows of another process at its positions, a lost connection).
+    Failed(StoreError),
+}
+
+/// A chained batch whose rows are in, ready for its head move and commit.
+struct Chained {
+    results: Vec<Result<AppendResult, StoreError>>,
+    tip: Tip,
+    /// The version cache was full and started afresh: streams of the batch ahead are
+    /// no longer in it, so the next batch must not be chained.
+    cache_dropped: bool,
+}
+
+/// Chaining: the batch is written on top of `tip`, where the batch ahead (committing
+/// on the other connection) leaves the chain, without waiting for that commit. Its
+/// transaction copies its rows in at the positions after `tip`, deciding every append
+/// against the version cache (which already holds the batch ahead's streams) and the
+/// table for streams not in it; then [`commit_chained`] moves the head with
+/// `log_advance_head`, which takes the head row's lock (waiting for the batch ahead
+/// to end) and moves it only if it is at `tip`, position and hash. So:
+/// - positions stay gapless and commit in order: this batch commits only after the
+///   one ahead committed, and only if nothing else moved the head in between;
+/// - if the batch ahead fails, this one fails too and both are written again;
+/// - another process's appends break the chain: its rows take the positions first
+///   (this COPY then fails on the primary key) or its head move comes first (the
+///   head check fails). A wait for each other's rows ends by `log_advance_head`'s
+///   lock timeout. Either way the batch is written again the ordinary way, and
+///   chaining pauses for [`UNCHAINED_AFTER_REFUSAL`].
+///
+/// Refusals are answered only if the batch commits, so a refusal decided against
+/// the batch ahead's versions stands only if that batch is in the log.
+///
+/// Two round trips: `BEGIN`, the clock, the versions of uncached streams and the
+/// `COPY` statement; then the rows.
+async fn chain_batch(
+    conn: &Connection,
+    batch: &[AppendJob],
+    cache: &mut VersionCache,
+    tip: Tip,
+) -> Result<Chained, Unchained> {
+    let st = &conn.statements;
+    let client = &conn.client;
+    let mut stream_ids: Vec<&str> = batch
+        .iter()
+        .flat_map(|j| {
+            std::iter::once(j.append.stream_id.as_str())
+                .chain(j.append.preconditions.iter().map(|p| p.stream_id.as_str()))
+        })
+        .collect();
+    stream_ids.sort_unstable();
+    stream_ids.dedup();
+    let uncached: Vec<&str> = stream_ids
+        .iter()
+        .copied()
+        .filter(|s| !cache.versions.contains_key(*s))
+        .collect();
+    let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
+    let (begin, clock_row, version_rows, sink) = futures::join!(
+        client.batch_execute("BEGIN"),
+        client.query_one(&st.clock, &[]),
+        client.query(&st.stream_versions, &version_params),
+        client.copy_in::<_, bytes::Bytes>(&st.copy_events),
+    );
+    let read = (|| {
+        begin?;
+        Ok::<_, tokio_postgres::Error>((clock_row?, version_rows?, sink?))
+    })();
+    let (clock_row, version_rows, sink) = match read {
+        Ok(read) => read,
+        Err(e) => return Err(Unchained::Failed(rollback(client, e).await)),
+    };
+    let clock: DateTime<Utc> = clock_row.get(0);
+    let recorded_at = clock.max(tip.recorded_at);
+    let mut versions: HashMap<&str, u64> = HashMap::with_capacity(stream_ids.len());
+    for stream in &stream_ids {
+        if let Some(v) = cache.versions.get(*stream) {
+            versions.insert(stream, *v);
+        }
+    }
+    for row in &version_rows {
+        let stream: &str = row.get(0);
+        let version: i64 = row.get(1);
+        if let Ok(i) = stream_ids.binary_search(&stream) {
+            versions.insert(stream_ids[i], version as u64);
+        }
+    }
+    let plan = plan_batch(
+        batch,
+        versions,
+        &mut HashMap::new(),
+        tip.position,
+        tip.hash,
+        recorded_at,
+    );
+    let suspect = batch.iter().zip(&plan.results).any(|(job, r)| {
+        job.append.command_id.is_some()
+            && matches!(
+                r,
+                Err(StoreError::WrongExpectedVersion { .. } | StoreError::StreamMoved { .. })
+            )
+    });
+    let nothing = EventColumns::default();
+    let rows = if suspect { &nothing } else { &plan.events };
+    if let Err(e) = write_rows(sink, rows, recorded_at).await {
+        return Err(Unchained::Failed(rollback(client, e).await));
+    }
+    if suspect {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(Unchained::NeedsLock);
+    }
+    let cache_dropped = remember(cache, &plan.versions, plan.position);
+    Ok(Chained {
+        results: plan.results,
+        tip: Tip {
+            position: plan.position,
+            hash: plan.previous_hash,
+            recorded_at,
+        },
+        cache_dropped,
+    })
+}
+
+/// Where a chained batch moves the head, and its place in the order of head moves.
+struct Chain {
+    from: Tip,
+    to: Tip,
+    /// The head move of the batch ahead. The two transactions run on different
+    /// connections and tasks, so nothing else orders them: a head move that ran first
+    /// would find the head short of `from` and fail. Once the one ahead has run, it
+    /// holds the head row's lock until its commit, and this one waits for that.
+    ahead: Option<oneshot::Receiver<()>>,
+    /// Told once this batch's head move has run.
+    moved: oneshot::Sender<()>,
+}
+
+/// The second half of a chained batch, on a task of its own: move the head from
+/// `from` to `to` (after the batch ahead's head move, waiting for its commit) and
+/// commit; then answer the appends.
+async fn commit_chained(
+    conn: Arc<Connection>,
+    batch: Vec<AppendJob>,
+    results: Vec<Result<AppendResult, StoreError>>,
+    chain: Chain,
+    head: Arc<watch::Sender<u64>>,
+    limit: Duration,
+) -> Commit {
+    let Chain {
+        from,
+        to,
+        ahead,
+        moved,
+    } = chain;
+    let client = &conn.client;
+    let from_position = from.position as i64;
+    let from_hash = from.hash.as_slice();
+    let to_position = to.position as i64;
+    let to_hash = to.hash.as_slice();
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &from_position,
+        &from_hash,
+        &to_position,
+        &to_hash,
+        &to.recorded_at,
+        &NOTIFY_CHANNEL,
+    ];
+    let committed = tokio::time::timeout(limit, async {
+        if let Some(ahead) = ahead {
+            // An error (the batch ahead gone) is as good: its head move is over.
+            let _ = ahead.await;
+        }
+        let head_moved = async {
+            let result = client.execute(&conn.statements.advance_head, &params).await;
+            let _ = moved.send(());
+            result
+        };
+        let (head_moved, committed) = futures::join!(head_moved, client.batch_execute("COMMIT"));
+        // After a failed statement, COMMIT ends the transaction as a rollback.
+        head_moved?;
+        committed
+    })
+    .await;
+    match committed {
+        Ok(Ok(())) => {
+            if to.position > from.position {
+                advance_head(&head, to.position);
+            }
+            for (job, result) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+            Commit::Done
+        }
+        Ok(Err(e)) if e.as_db_error().is_some() && !client.is_closed() => {
+            tracing::debug!(
+                error = %e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                "a chained batch's head move was refused"
+            );
+            Commit::Refused(batch)
+        }
+        Ok(Err(e)) => {
+            answer_all(batch, &db_error(e));
+            Commit::Lost
+        }
+        Err(_) => {
+            answer_all(batch, &commit_timed_out());
+            Commit::Lost
         }
     }
 }
@@ -217,6 +681,7 @@ async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> 
              SELECT pg_notify($3, position::text) FROM moved",
         )
         .await?,
+        advance_head: prepare("SELECT log_advance_head($1, $2, $3, $4, $5, $6)").await?,
         existing_event: prepare(
             "SELECT event_id FROM events WHERE event_id = ANY($1::uuid[]) LIMIT 1",
         )
@@ -228,6 +693,8 @@ async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> 
 struct Written {
     results: Vec<Result<AppendResult, StoreError>>,
     last_position: Option<u64>,
+    /// The chain's end after this transaction: where a chained batch may continue.
+    tip: Tip,
 }
 
 /// Rows of one batch, column by column, ready for `unnest`.
@@ -428,6 +895,11 @@ async fn write_batch(
         return Ok(Written {
             results,
             last_position: None,
+            tip: Tip {
+                position: head_position as u64,
+                hash: previous_hash,
+                recorded_at: last_recorded_at,
+            },
         });
     }
 
@@ -460,6 +932,11 @@ async fn write_batch(
             Ok(Written {
                 results,
                 last_position: Some(position),
+                tip: Tip {
+                    position,
+                    hash: previous_hash,
+                    recorded_at,
+                },
             })
         }
         Err(e) => Err(rollback(client, e).await),
@@ -601,8 +1078,10 @@ fn stored_commands(rows: &[tokio_postgres::Row]) -> HashMap<Uuid, StoredCommand>
 }
 
 /// After a commit (or a read under the lock) at `head`, the batch's versions are exact.
-fn remember(cache: &mut VersionCache, versions: &HashMap<&str, u64>, head: u64) {
-    if cache.versions.len() + versions.len() > VERSION_CACHE_MAX_STREAMS {
+/// Returns whether the cache was full and started afresh.
+fn remember(cache: &mut VersionCache, versions: &HashMap<&str, u64>, head: u64) -> bool {
+    let full = cache.versions.len() + versions.len() > VERSION_CACHE_MAX_STREAMS;
+    if full {
         cache.invalidate();
     }
     for (stream, version) in versions {
@@ -614,6 +1093,7 @@ fn remember(cache: &mut VersionCache, versions: &HashMap<&str, u64>, head: u64) 
         }
     }
     cache.head = Some(head);
+    full
 }
 
 async fn copy_events(
@@ -623,6 +1103,15 @@ async fn copy_events(
     recorded_at: DateTime<Utc>,
 ) -> Result<u64, tokio_postgres::Error> {
     let sink = client.copy_in(copy).await?;
+    write_rows(sink, events, recorded_at).await
+}
+
+/// Writes `events` into a started binary `COPY` and ends it.
+async fn write_rows(
+    sink: CopyInSink<bytes::Bytes>,
+    events: &EventColumns<'_>,
+    recorded_at: DateTime<Utc>,
+) -> Result<u64, tokio_postgres::Error> {
     let writer = BinaryCopyInWriter::new(
         sink,
         &[

@@ -36,6 +36,11 @@ pub const EVENTSTORE_MIGRATIONS: &[Migration] = &[
         name: "json_columns",
         sql: include_str!("../../migrations/0004_json_columns.sql"),
     },
+    Migration {
+        version: 5,
+        name: "chained_head",
+        sql: include_str!("../../migrations/0005_chained_head.sql"),
+    },
 ];
 
 /// Arbitrary but fixed: the advisory lock key all migrating processes agree on.

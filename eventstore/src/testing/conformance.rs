@@ -915,14 +915,23 @@ pub async fn concurrent_exact_appends_admit_one_winner_per_version(store: Store)
 /// Every subscriber must see the same gapless sequence, every stream's versions must
 /// be contiguous, and every event must sit at the version its writer expected.
 pub async fn concurrent_writers_and_subscribers_see_one_gapless_order(store: Store) {
+    writers_and_subscribers_on_stores_see_one_gapless_order(&[store]).await;
+}
+
+/// [`concurrent_writers_and_subscribers_see_one_gapless_order`] with writers and
+/// subscribers spread over `stores`, all on one log: for PostgreSQL, several stores
+/// on one database stand for several engine processes, whose appenders race for the
+/// same positions.
+pub async fn writers_and_subscribers_on_stores_see_one_gapless_order(stores: &[Store]) {
+    let store = stores[0].clone();
     const WRITERS: u64 = 32;
     const APPENDS_PER_WRITER: u64 = 40;
     const STREAMS: u64 = 8;
     let total_events = (WRITERS * APPENDS_PER_WRITER) as usize;
 
     let mut subscribers = Vec::new();
-    for _ in 0..4 {
-        let store = store.clone();
+    for subscriber in 0..4 {
+        let store = stores[subscriber % stores.len()].clone();
         subscribers.push(tokio::spawn(async move {
             let options = SubscriptionOptions {
                 batch_max_events: 100,
@@ -945,7 +954,7 @@ pub async fn concurrent_writers_and_subscribers_see_one_gapless_order(store: Sto
 
     let mut writers = Vec::new();
     for writer in 0..WRITERS {
-        let store = store.clone();
+        let store = stores[writer as usize % stores.len()].clone();
         writers.push(tokio::spawn(async move {
             let mut conflicts = 0u64;
             for i in 0..APPENDS_PER_WRITER {
