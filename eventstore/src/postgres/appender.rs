@@ -472,15 +472,7 @@ async fn chain_batch(
 ) -> Result<Chained, Unchained> {
     let st = &conn.statements;
     let client = &conn.client;
-    let mut stream_ids: Vec<&str> = batch
-        .iter()
-        .flat_map(|j| {
-            std::iter::once(j.append.stream_id.as_str())
-                .chain(j.append.preconditions.iter().map(|p| p.stream_id.as_str()))
-        })
-        .collect();
-    stream_ids.sort_unstable();
-    stream_ids.dedup();
+    let stream_ids = batch_streams(batch);
     let uncached: Vec<&str> = stream_ids
         .iter()
         .copied()
@@ -509,13 +501,7 @@ async fn chain_batch(
             versions.insert(stream, *v);
         }
     }
-    for row in &version_rows {
-        let stream: &str = row.get(0);
-        let version: i64 = row.get(1);
-        if let Ok(i) = stream_ids.binary_search(&stream) {
-            versions.insert(stream_ids[i], version as u64);
-        }
-    }
+    add_read_versions(&mut versions, &stream_ids, &version_rows);
     let plan = plan_batch(
         batch,
         versions,
@@ -760,16 +746,7 @@ async fn write_batch(
     let st = &conn.statements;
     let client = &conn.client;
 
-    // The streams appended to and the streams the appends read (their preconditions).
-    let mut stream_ids: Vec<&str> = batch
-        .iter()
-        .flat_map(|j| {
-            std::iter::once(j.append.stream_id.as_str())
-                .chain(j.append.preconditions.iter().map(|p| p.stream_id.as_str()))
-        })
-        .collect();
-    stream_ids.sort_unstable();
-    stream_ids.dedup();
+    let stream_ids = batch_streams(batch);
     let uncached: Vec<&str> = match cache.head {
         Some(_) => stream_ids
             .iter()
@@ -840,13 +817,7 @@ async fn write_batch(
             }
         }
     }
-    for row in &version_rows {
-        let stream: &str = row.get(0);
-        let version: i64 = row.get(1);
-        if let Ok(i) = stream_ids.binary_search(&stream) {
-            versions.insert(stream_ids[i], version as u64);
-        }
-    }
+    add_read_versions(&mut versions, &stream_ids, &version_rows);
     let mut commands = stored_commands(&command_rows);
     let mut plan = plan_batch(
         batch,
@@ -948,6 +919,37 @@ async fn write_batch(
             })
         }
         Err(e) => Err(rollback(client, e).await),
+    }
+}
+
+/// The streams a batch appends to and the streams its appends read (their
+/// preconditions), sorted, each once.
+fn batch_streams(batch: &[AppendJob]) -> Vec<&str> {
+    let mut stream_ids: Vec<&str> = batch
+        .iter()
+        .flat_map(|j| {
+            std::iter::once(j.append.stream_id.as_str())
+                .chain(j.append.preconditions.iter().map(|p| p.stream_id.as_str()))
+        })
+        .collect();
+    stream_ids.sort_unstable();
+    stream_ids.dedup();
+    stream_ids
+}
+
+/// Adds the versions read by `stream_versions` (rows of stream id and version) for
+/// streams of `stream_ids`, borrowing their names from it.
+fn add_read_versions<'a>(
+    versions: &mut HashMap<&'a str, u64>,
+    stream_ids: &[&'a str],
+    rows: &[tokio_postgres::Row],
+) {
+    for row in rows {
+        let stream: &str = row.get(0);
+        let version: i64 = row.get(1);
+        if let Ok(i) = stream_ids.binary_search(&stream) {
+            versions.insert(stream_ids[i], version as u64);
+        }
     }
 }
 
