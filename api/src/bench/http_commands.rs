@@ -126,6 +126,12 @@ pub async fn run(database_url: &str, duration: Duration, connections: usize) -> 
     } else {
         0.0
     };
+    // The scratch database goes before the summary: dropping it ends the pooled
+    // connections, whose tasks log that as they stop, and the JSON line must be the
+    // last line of the output.
+    drop(state);
+    drop(db);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     println!(
         "  HTTP at {:.2}x the in-process rate; target {TARGET_COMMANDS_PER_SEC} commands/s at p99 < {TARGET_P99_MS} ms: {}",
         ratio,
