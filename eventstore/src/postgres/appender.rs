@@ -479,10 +479,19 @@ async fn chain_batch(
         .filter(|s| !cache.versions.contains_key(*s))
         .collect();
     let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
+    // Streams of the batch ahead, and of every batch since the cache last started
+    // afresh, are cached: under load most batches have nothing to read.
+    let read_versions = async {
+        if uncached.is_empty() {
+            Ok(Vec::new())
+        } else {
+            client.query(&st.stream_versions, &version_params).await
+        }
+    };
     let (begin, clock_row, version_rows, sink) = futures::join!(
         client.batch_execute("BEGIN"),
         client.query_one(&st.clock, &[]),
-        client.query(&st.stream_versions, &version_params),
+        read_versions,
         client.copy_in::<_, Bytes>(&st.copy_events),
     );
     let read = (|| {
