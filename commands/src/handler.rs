@@ -37,8 +37,13 @@ pub const STREAM_BATCH_MAX_EVENTS: usize = 4_096;
 /// Appends (or freshness checks) tried for one batch before giving up with
 /// `CommandError::Conflict`.
 pub const CONFLICT_ATTEMPTS_MAX: u32 = 5;
-/// A snapshot is written once a stream has this many events past its last one.
+/// A snapshot is due once a stream has this many events past its last one.
 pub const SNAPSHOT_EVERY_EVENTS: u64 = 1_000;
+/// A snapshot that is due is written once its stream has had no command for this
+/// long, or at once when a second `SNAPSHOT_EVERY_EVENTS` has passed without one:
+/// serialising a hot stream's state in the middle of a burst takes milliseconds of a
+/// core from the commands (a flash-sale SKU's thousand reservations).
+pub const SNAPSHOT_PAUSE_MS: u64 = 20;
 /// Command ids remembered per stream for repeats (see `RecentCommands`).
 pub const RECENT_COMMANDS_PER_STREAM: usize = 1_024;
 /// Events read per query when loading a stream.
@@ -68,6 +73,7 @@ pub struct Limits {
     pub stream_batch_max_events: usize,
     pub conflict_attempts_max: u32,
     pub snapshot_every_events: u64,
+    pub snapshot_pause: Duration,
     pub recent_commands_per_stream: usize,
     pub load_page_events: usize,
     pub stream_idle_timeout: Duration,
@@ -85,6 +91,7 @@ impl Default for Limits {
             stream_batch_max_events: STREAM_BATCH_MAX_EVENTS,
             conflict_attempts_max: CONFLICT_ATTEMPTS_MAX,
             snapshot_every_events: SNAPSHOT_EVERY_EVENTS,
+            snapshot_pause: Duration::from_millis(SNAPSHOT_PAUSE_MS),
             recent_commands_per_stream: RECENT_COMMANDS_PER_STREAM,
             load_page_events: LOAD_PAGE_EVENTS,
             stream_idle_timeout: Duration::from_millis(STREAM_IDLE_TIMEOUT_MS),

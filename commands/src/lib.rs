@@ -9,7 +9,8 @@
 //!   queued commands back to back, so a burst on one hot stream becomes a few large
 //!   appends. States of idle streams wait in a bounded cache.
 //! - A state is loaded from the latest [`Snapshot`] plus the events after it;
-//!   snapshots of long streams are written every [`SNAPSHOT_EVERY_EVENTS`].
+//!   snapshots of long streams fall due every [`SNAPSHOT_EVERY_EVENTS`] and are
+//!   written at the stream's next pause ([`SNAPSHOT_PAUSE_MS`]).
 //! - A conflict (another process wrote the stream) reloads and decides again, at
 //!   most [`CONFLICT_ATTEMPTS_MAX`] times, then fails as [`CommandError::Conflict`].
 //! - Every event's metadata carries the [`CommandContext`]: command id, correlation
@@ -39,7 +40,7 @@ pub use error::CommandError;
 pub use handler::{
     Committed, Handler, HandlerStats, Limits, Loaded, Positions, CACHE_MAX_STREAMS,
     CONFLICT_ATTEMPTS_MAX, ENQUEUE_TIMEOUT_MS, LIVE_STREAMS_MAX, LOAD_PAGE_EVENTS,
-    RECENT_COMMANDS_PER_STREAM, SNAPSHOT_EVERY_EVENTS, STORE_CALL_TIMEOUT_MS,
+    RECENT_COMMANDS_PER_STREAM, SNAPSHOT_EVERY_EVENTS, SNAPSHOT_PAUSE_MS, STORE_CALL_TIMEOUT_MS,
     STREAM_BATCH_MAX_COMMANDS, STREAM_BATCH_MAX_EVENTS, STREAM_IDLE_TIMEOUT_MS,
     STREAM_MAILBOX_MAX_COMMANDS,
 };

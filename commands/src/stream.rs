@@ -68,11 +68,21 @@ pub(crate) async fn run<A: StreamAggregate>(
         pending: VecDeque::new(),
         decisions: Vec::new(),
         last_round_wrote: true,
+        snapshot_due: false,
     };
     loop {
-        let first = match tokio::time::timeout(idle, jobs.recv()).await {
+        let wait = if task.snapshot_due {
+            task.shared.limits.snapshot_pause.min(idle)
+        } else {
+            idle
+        };
+        let first = match tokio::time::timeout(wait, jobs.recv()).await {
             Ok(Some(job)) => job,
             Ok(None) => break,
+            Err(_) if task.snapshot_due => {
+                task.snapshot_on_pause();
+                continue;
+            }
             Err(_) => {
                 task.retire(task_id, &mut jobs).await;
                 break;
@@ -100,6 +110,8 @@ struct StreamTask<A: StreamAggregate> {
     decisions: Vec<(Job<A>, Decided<A::Event>)>,
     /// Whether the last round appended anything; see `process`.
     last_round_wrote: bool,
+    /// A snapshot is due and waits for a pause in the stream's commands.
+    snapshot_due: bool,
 }
 
 /// How one command (or read) of a round was decided.
@@ -176,6 +188,7 @@ impl<A: StreamAggregate> StreamTask<A> {
     }
 
     fn park(&mut self) {
+        self.snapshot_on_pause();
         if let Some(held) = self.held.take() {
             self.shared.cache().park(self.stream_id.clone(), held);
         }
@@ -586,14 +599,45 @@ impl<A: StreamAggregate> StreamTask<A> {
         }
     }
 
-    /// Writes a snapshot in the background once the stream has grown by
-    /// `snapshot_every_events` since the last one: neither serialising the state
-    /// nor writing it holds up the next round.
-    fn snapshot_if_due(&self, held: &mut Held<A>) {
+    /// Once the stream has grown by `snapshot_every_events` since its last
+    /// snapshot, a snapshot is due: it is written at the next pause in the stream's
+    /// commands (`Limits::snapshot_pause`), or at once when a second `every` has passed
+    /// without one.
+    fn snapshot_if_due(&mut self, held: &mut Held<A>) {
         let every = self.shared.limits.snapshot_every_events;
         if every == 0 || held.version < held.snapshot_version.saturating_add(every) {
             return;
         }
+        if held.version
+            < held
+                .snapshot_version
+                .saturating_add(every.saturating_mul(2))
+        {
+            self.snapshot_due = true;
+        } else {
+            self.write_snapshot(held);
+        }
+    }
+
+    /// The stream paused (or its task ends): writes the snapshot that was due, if
+    /// the state held is still past it (a reload may have brought a newer one).
+    fn snapshot_on_pause(&mut self) {
+        if !std::mem::take(&mut self.snapshot_due) {
+            return;
+        }
+        let every = self.shared.limits.snapshot_every_events;
+        if let Some(mut held) = self.held.take() {
+            if every > 0 && held.version >= held.snapshot_version.saturating_add(every) {
+                self.write_snapshot(&mut held);
+            }
+            self.held = Some(held);
+        }
+    }
+
+    /// Writes a snapshot of `held` in the background: neither serialising the state
+    /// nor writing it holds up the next round.
+    fn write_snapshot(&mut self, held: &mut Held<A>) {
+        self.snapshot_due = false;
         held.snapshot_version = held.version;
         // Serialising a long stream's state takes milliseconds (a flash-sale SKU
         // with a thousand reservations), a copy of it far less: the copy is

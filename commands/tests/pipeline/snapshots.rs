@@ -14,13 +14,17 @@ use crate::support::{
 
 on_both_stores!(
     a_long_stream_is_loaded_from_its_snapshot_and_only_the_events_after_it,
+    a_due_snapshot_is_written_when_the_stream_pauses,
     an_unreadable_snapshot_is_ignored_and_the_whole_stream_replayed,
     a_snapshot_of_another_state_schema_is_ignored,
 );
 
+/// A snapshot every ten events, written only once a second ten have passed: the
+/// stream never pauses long enough for an earlier one, so it is at version 20.
 fn every_ten_events() -> Limits {
     Limits {
         snapshot_every_events: 10,
+        snapshot_pause: Duration::from_secs(3_600),
         ..Limits::default()
     }
 }
@@ -63,6 +67,45 @@ async fn a_long_stream_is_loaded_from_its_snapshot_and_only_the_events_after_it(
     assert_eq!(loaded.version, 25);
     assert_eq!(loaded.state, env.replay::<Inventory>(&stream).await);
     assert_eq!(loaded.state.reserved(), 24);
+}
+
+async fn a_due_snapshot_is_written_when_the_stream_pauses(backend: Backend) {
+    let env = backend
+        .env_with(Limits {
+            snapshot_every_events: 10,
+            snapshot_pause: Duration::from_millis(10),
+            // Longer than `snapshot_at` waits: an idle task that parks writes a due
+            // snapshot too, and it is the pause that is under test.
+            stream_idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        })
+        .await;
+    env.receive("CALM", 100).await;
+    let inventory = env.commands.inventory();
+    for _ in 0..12 {
+        inventory.execute(reserve("CALM", 1), &ctx()).await.unwrap();
+    }
+    // Due at version 10 and never overdue (20): written at a pause, either one
+    // between two commands or the one after the last. Either way it is the only
+    // snapshot, since the next would be due at 20 at the earliest.
+    let stream = Inventory::stream_id(&sku("CALM"));
+    let snapshot = snapshot_at(env.snapshots.as_ref(), &stream, 10).await;
+    assert!(
+        (10..=13).contains(&snapshot.version),
+        "{}",
+        snapshot.version
+    );
+
+    let fresh = env.another_process();
+    let loaded = fresh.inventory().load(&stream).await.unwrap();
+
+    assert_eq!(loaded.version, 13);
+    assert_eq!(
+        fresh.inventory().stats().events_read,
+        13 - snapshot.version,
+        "only the events after the snapshot"
+    );
+    assert_eq!(loaded.state, env.replay::<Inventory>(&stream).await);
 }
 
 async fn an_unreadable_snapshot_is_ignored_and_the_whole_stream_replayed(backend: Backend) {
