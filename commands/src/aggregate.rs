@@ -2,7 +2,10 @@
 //! command targets, and a snapshot form of the state. Also the conversions between
 //! domain events and the store's envelopes.
 
-use domain::{Aggregate, Cart, Checkout, DomainEvent, Inventory, Order, Payment, Product};
+use domain::{
+    Aggregate, Cart, CartCommand, Checkout, CheckoutCommand, DomainEvent, Inventory, Order,
+    OrderCommand, Payment, PaymentCommand, Product, ProductCommand,
+};
 use eventstore::{NewEvent, RecordedEvent};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,12 +21,26 @@ pub trait StreamAggregate: Aggregate + Serialize + DeserializeOwned {
 
     /// The stream `command` is decided against.
     fn stream_of(command: &Self::Command) -> String;
+
+    /// Whether `command` begins its stream (a cart's creation, an order's
+    /// placement). A stream task that does not hold the stream decides such a command
+    /// against the empty state instead of loading it: the append expects no stream,
+    /// which checks the guess. Should the stream exist after all, the append (or, for
+    /// a refusal, the version read) says so, and the round is decided again on the
+    /// loaded state. A new stream's load finds nothing, at the price of a snapshot
+    /// lookup and a read.
+    fn begins_stream(_command: &Self::Command) -> bool {
+        false
+    }
 }
 
 impl StreamAggregate for Product {
     const SNAPSHOT_SCHEMA: u32 = 1;
     fn stream_of(command: &Self::Command) -> String {
         command.stream_id()
+    }
+    fn begins_stream(command: &Self::Command) -> bool {
+        matches!(command, ProductCommand::CreateProduct { .. })
     }
 }
 
@@ -39,12 +56,18 @@ impl StreamAggregate for Cart {
     fn stream_of(command: &Self::Command) -> String {
         command.stream_id()
     }
+    fn begins_stream(command: &Self::Command) -> bool {
+        matches!(command, CartCommand::CreateCart { .. })
+    }
 }
 
 impl StreamAggregate for Order {
     const SNAPSHOT_SCHEMA: u32 = 1;
     fn stream_of(command: &Self::Command) -> String {
         command.stream_id()
+    }
+    fn begins_stream(command: &Self::Command) -> bool {
+        matches!(command, OrderCommand::PlaceOrder { .. })
     }
 }
 
@@ -53,12 +76,21 @@ impl StreamAggregate for Payment {
     fn stream_of(command: &Self::Command) -> String {
         command.stream_id()
     }
+    fn begins_stream(command: &Self::Command) -> bool {
+        matches!(
+            command,
+            PaymentCommand::Authorize { .. } | PaymentCommand::RecordDecline { .. }
+        )
+    }
 }
 
 impl StreamAggregate for Checkout {
     const SNAPSHOT_SCHEMA: u32 = 1;
     fn stream_of(command: &Self::Command) -> String {
         command.stream_id()
+    }
+    fn begins_stream(command: &Self::Command) -> bool {
+        matches!(command, CheckoutCommand::Start { .. })
     }
 }
 

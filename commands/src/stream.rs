@@ -26,6 +26,12 @@
 //! may start before the round is decided (a sold-out SKU's rounds of refusals): what
 //! matters is that it starts after every command of the round was queued.
 //!
+//! A stream the task does not hold is loaded before its first round, unless the
+//! first queued command begins the stream (`StreamAggregate::begins_stream`): that
+//! round is decided on the empty state, and its append (expecting no stream) or its
+//! version read confirms the guess. If the stream exists, the round is decided again
+//! on the loaded state; that is not counted as a conflict.
+//!
 //! A conflict (another process wrote the stream) drops the state, reloads it and
 //! decides the round again, at most `conflict_attempts_max` times. If an append of
 //! several commands fails for a reason of its own (an event the store refuses), the
@@ -207,11 +213,19 @@ impl<A: StreamAggregate> StreamTask<A> {
         let limits = &shared.limits;
         let mut attempts = 0u32;
         let mut solo = false;
+        // Whether a round was decided on a presumed new stream (at most once).
+        let mut presumed = false;
         while !pending.is_empty() {
-            let mut held = match self.held.take() {
-                Some(held) => held,
+            // `presumed_new`: this round is decided on the empty state, not yet
+            // confirmed (see `StreamAggregate::begins_stream`).
+            let (mut held, presumed_new) = match self.held.take() {
+                Some(held) => (held, false),
+                None if !presumed && begins_stream(pending) => {
+                    presumed = true;
+                    (Held::empty(limits.recent_commands_per_stream), true)
+                }
                 None => match self.load().await {
-                    Ok(held) => held,
+                    Ok(held) => (held, false),
                     Err(e) => return fail_all(pending.drain(..), &e),
                 },
             };
@@ -230,7 +244,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                 // task write it) before this task is busy deciding.
                 tokio::task::yield_now().await;
             }
-            let mut round = self.decide_round(&mut held, pending, solo);
+            let mut round = self.decide_round(&mut held, pending, solo, presumed_new);
 
             if round.jobs.is_empty() {
                 // Only peeks, answered while deciding.
@@ -254,6 +268,10 @@ impl<A: StreamAggregate> StreamTask<A> {
                         self.decisions = settle(&self.stream_id, round, &mut held, None);
                         self.held = Some(held);
                         self.last_round_wrote = false;
+                    }
+                    Ok(_) if presumed_new => {
+                        // Not a new stream after all: decided again once loaded.
+                        requeue(round, pending);
                     }
                     Ok(_) => {
                         attempts += 1;
@@ -320,6 +338,10 @@ impl<A: StreamAggregate> StreamTask<A> {
                     // that are not in the log: drop it.
                     tracing::debug!(stream = %self.stream_id, "repeated command answered by the store");
                     answer_store_replay(&self.stream_id, round, first_result, pending);
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) if presumed_new => {
+                    tracing::debug!(stream = %self.stream_id, "not a new stream; loading");
+                    requeue(round, pending);
                 }
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     attempts += 1;
@@ -416,12 +438,14 @@ impl<A: StreamAggregate> StreamTask<A> {
 
     /// Decides queued jobs in order against `held`, folding accepted events into it,
     /// until the queue is empty or the round is full. `solo` limits the round to one
-    /// accepted command.
+    /// accepted command. `unconfirmed`: `held` is a guess (a presumed new stream), so
+    /// a peek waits for the next round.
     fn decide_round(
         &mut self,
         held: &mut Held<A>,
         pending: &mut VecDeque<Job<A>>,
         solo: bool,
+        unconfirmed: bool,
     ) -> Round<A> {
         let limits = &self.shared.limits;
         let mut jobs = std::mem::take(&mut self.decisions);
@@ -440,7 +464,7 @@ impl<A: StreamAggregate> StreamTask<A> {
             let decided = match &job {
                 // A peek sees what is committed: before the round's first accepted
                 // command, or else in the next round.
-                Job::Peek { .. } if round.accepted > 0 => None,
+                Job::Peek { .. } if round.accepted > 0 || unconfirmed => None,
                 Job::Peek { .. } => {
                     if let Job::Peek { reply } = job {
                         let _ = reply.send(Ok(Loaded {
@@ -671,6 +695,11 @@ impl<A: StreamAggregate> StreamTask<A> {
             }
         });
     }
+}
+
+/// Whether the first queued job is a command that begins its stream.
+fn begins_stream<A: StreamAggregate>(pending: &VecDeque<Job<A>>) -> bool {
+    matches!(pending.front(), Some(Job::Execute { command, .. }) if A::begins_stream(command))
 }
 
 /// `call`, bounded by `limit`; past it, the error `timed_out` makes.

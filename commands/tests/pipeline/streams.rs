@@ -1,16 +1,18 @@
 use std::time::{Duration, Instant};
 
 use commands::{CommandError, Limits};
-use domain::{DomainError, Inventory};
+use domain::{DomainError, Inventory, Product, ProductId};
 use eventstore::{AppendRequest, AppendResult, Direction, EventStore, RecordedEvent, StoreError};
 
-use crate::support::{ctx, on_both_stores, reserve, Backend};
+use crate::support::{create_product, ctx, on_both_stores, rejection, reserve, Backend};
 
 on_both_stores!(
     an_idle_stream_parks_its_state_and_the_next_command_finds_it_in_the_cache,
     the_cache_of_idle_states_keeps_at_most_its_bound,
     a_store_that_does_not_answer_gives_a_timeout_and_the_stream_recovers,
     dropping_the_command_side_ends_its_stream_tasks,
+    a_command_that_begins_its_stream_is_decided_without_loading_it,
+    a_stream_presumed_new_that_exists_is_loaded_and_decided_again,
 );
 
 fn quickly_idle(cache_max_streams: usize) -> Limits {
@@ -182,4 +184,55 @@ async fn dropping_the_command_side_ends_its_stream_tasks(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+async fn a_command_that_begins_its_stream_is_decided_without_loading_it(backend: Backend) {
+    let env = backend.env().await;
+    let product_id: ProductId = uuid::Uuid::now_v7().into();
+    let products = env.commands.products();
+
+    let created = products
+        .execute(create_product(product_id, &["NEW-1"]), &ctx())
+        .await
+        .unwrap();
+
+    assert_eq!(created.stream_version, 1);
+    assert_eq!(products.stats().loads, 0, "a new stream is not loaded");
+    assert_eq!(products.stats().events_read, 0);
+    assert_eq!(products.stats().conflicts, 0);
+    assert_eq!(
+        env.event_types(&Product::stream_id(&product_id)).await,
+        ["ProductCreated"]
+    );
+}
+
+async fn a_stream_presumed_new_that_exists_is_loaded_and_decided_again(backend: Backend) {
+    let env = backend.env().await;
+    let product_id: ProductId = uuid::Uuid::now_v7().into();
+    env.commands
+        .products()
+        .execute(create_product(product_id, &["OLD-1"]), &ctx())
+        .await
+        .unwrap();
+    // A process that does not hold the stream presumes it new: its append expecting
+    // no stream is refused, and the command is decided again on the loaded stream.
+    let other = env.another_process();
+
+    let again = other
+        .products()
+        .execute(create_product(product_id, &["OLD-1"]), &ctx())
+        .await;
+
+    assert!(
+        matches!(rejection(again), DomainError::AlreadyExists { .. }),
+        "decided on the loaded stream"
+    );
+    let stats = other.products().stats();
+    assert_eq!(stats.loads, 1);
+    assert_eq!(stats.conflicts, 0, "a wrong guess is not a conflict");
+    assert_eq!(stats.appends, 0);
+    assert_eq!(
+        env.event_types(&Product::stream_id(&product_id)).await,
+        ["ProductCreated"]
+    );
 }
