@@ -29,8 +29,10 @@
 //! A stream the task does not hold is loaded before its first round, unless the
 //! first queued command begins the stream (`StreamAggregate::begins_stream`): that
 //! round is decided on the empty state, and its append (expecting no stream) or its
-//! version read confirms the guess. If the stream exists, the round is decided again
-//! on the loaded state; that is not counted as a conflict.
+//! version read confirms the guess. If the stream exists (the append's expected
+//! version fails, or the store finds the command id with other events: a repeat
+//! decided again on the empty state), the round is decided again on the loaded state,
+//! which answers a repeat from its recent commands; that is not counted as a conflict.
 //!
 //! A conflict (another process wrote the stream) drops the state, reloads it and
 //! decides the round again, at most `conflict_attempts_max` times. If an append of
@@ -339,7 +341,13 @@ impl<A: StreamAggregate> StreamTask<A> {
                     tracing::debug!(stream = %self.stream_id, "repeated command answered by the store");
                     answer_store_replay(&self.stream_id, round, first_result, pending);
                 }
-                Err(StoreError::WrongExpectedVersion { .. }) if presumed_new => {
+                // Not a new stream after all: its append expected none, or repeated a
+                // command the stream holds (decided again on the empty state, its
+                // events differ from the first ones: a re-run step's new time).
+                // Decided again once loaded, where the repeat is found.
+                Err(
+                    StoreError::WrongExpectedVersion { .. } | StoreError::CommandIdReused { .. },
+                ) if presumed_new => {
                     tracing::debug!(stream = %self.stream_id, "not a new stream; loading");
                     requeue(round, pending);
                 }

@@ -13,6 +13,7 @@ on_both_stores!(
     dropping_the_command_side_ends_its_stream_tasks,
     a_command_that_begins_its_stream_is_decided_without_loading_it,
     a_stream_presumed_new_that_exists_is_loaded_and_decided_again,
+    a_repeated_command_that_begins_its_stream_gets_the_first_outcome_elsewhere,
 );
 
 fn quickly_idle(cache_max_streams: usize) -> Limits {
@@ -231,6 +232,39 @@ async fn a_stream_presumed_new_that_exists_is_loaded_and_decided_again(backend: 
     assert_eq!(stats.loads, 1);
     assert_eq!(stats.conflicts, 0, "a wrong guess is not a conflict");
     assert_eq!(stats.appends, 0);
+    assert_eq!(
+        env.event_types(&Product::stream_id(&product_id)).await,
+        ["ProductCreated"]
+    );
+}
+
+async fn a_repeated_command_that_begins_its_stream_gets_the_first_outcome_elsewhere(
+    backend: Backend,
+) {
+    let env = backend.env().await;
+    let product_id: ProductId = uuid::Uuid::now_v7().into();
+    let context = ctx();
+    let first = env
+        .commands
+        .products()
+        .execute(create_product(product_id, &["TWICE-1"]), &context)
+        .await
+        .unwrap();
+    // The same command id again from a process that does not hold the stream (a step
+    // re-run after a crash), with other contents: decided on the empty state, its
+    // events differ from the first ones, which the store refuses; the stream is then
+    // loaded and the repeat answered with the first outcome.
+    let mut again = create_product(product_id, &["TWICE-1"]);
+    if let domain::ProductCommand::CreateProduct { title, .. } = &mut again {
+        *title = "Another title".into();
+    }
+    let other = env.another_process();
+
+    let repeated = other.products().execute(again, &context).await.unwrap();
+
+    assert!(repeated.replayed);
+    assert_eq!(repeated.positions, first.positions);
+    assert_eq!(other.products().stats().conflicts, 0);
     assert_eq!(
         env.event_types(&Product::stream_id(&product_id)).await,
         ["ProductCreated"]
