@@ -636,19 +636,25 @@ impl<A: StreamAggregate> StreamTask<A> {
     /// commands (`Limits::snapshot_pause`), or at once when a second `every` has passed
     /// without one.
     fn snapshot_if_due(&mut self, held: &mut Held<A>) {
-        let every = self.shared.limits.snapshot_every_events;
-        if every == 0 || held.version < held.snapshot_version.saturating_add(every) {
+        if !self.snapshot_past(held, 1) {
             return;
         }
-        if held.version
-            < held
-                .snapshot_version
-                .saturating_add(every.saturating_mul(2))
-        {
-            self.snapshot_due = true;
-        } else {
+        if self.snapshot_past(held, 2) {
             self.write_snapshot(held);
+        } else {
+            self.snapshot_due = true;
         }
+    }
+
+    /// Whether `held` is `times` × `snapshot_every_events` or more past its last
+    /// snapshot (never, with snapshots off).
+    fn snapshot_past(&self, held: &Held<A>, times: u64) -> bool {
+        let every = self.shared.limits.snapshot_every_events;
+        every > 0
+            && held.version
+                >= held
+                    .snapshot_version
+                    .saturating_add(every.saturating_mul(times))
     }
 
     /// The stream paused (or its task ends): writes the snapshot that was due, if
@@ -657,9 +663,8 @@ impl<A: StreamAggregate> StreamTask<A> {
         if !std::mem::take(&mut self.snapshot_due) {
             return;
         }
-        let every = self.shared.limits.snapshot_every_events;
         if let Some(mut held) = self.held.take() {
-            if every > 0 && held.version >= held.snapshot_version.saturating_add(every) {
+            if self.snapshot_past(&held, 1) {
                 self.write_snapshot(&mut held);
             }
             self.held = Some(held);
