@@ -652,6 +652,50 @@ async fn an_index_resumes_from_its_commit_and_is_rebuilt_when_unusable() -> Test
 }
 
 #[tokio::test]
+async fn a_build_from_empty_is_merged_into_one_segment_per_search_thread_and_keeps_its_checkpoint(
+) -> TestResult {
+    let db = TestDb::new().await?;
+    let seeded = seed(&db).await?;
+    let dir = TempDir::new();
+    // A commit every few products, each a segment of its own.
+    let config = || SearchConfig {
+        catch_up_batch_max_events: 4,
+        catch_up_commit_max_held: 2,
+        search_threads: 1,
+        ..quick_config(dir.path())
+    };
+    let (index, task) = SearchIndex::start(db.store.clone(), config(), None).await?;
+    caught_up(&db, &index).await?;
+    assert_eq!(top(&index, "espresso").as_deref(), Some("Espresso Machine"));
+    assert!(
+        index.wait_for_merges(WAIT).await,
+        "still merging: {:?}",
+        index.status()
+    );
+    let merged = index.status();
+    assert_eq!(merged.segments, 1, "{merged:?}");
+    assert_eq!(top(&index, "espresso").as_deref(), Some("Espresso Machine"));
+    let everything = index.search(&SearchRequest::new(""))?;
+    assert_eq!(everything.total, seeded.ids.len() as u64);
+    task.stop().await;
+
+    // The merge kept the commit's checkpoint: a restart starts where the build
+    // ended, on the merged segment, rather than rebuilding from the log.
+    let (index, task) = SearchIndex::start(db.store.clone(), config(), None).await?;
+    let restarted = index.status();
+    assert_eq!(restarted.position, merged.position, "{restarted:?}");
+    assert_eq!(restarted.segments, 1, "{restarted:?}");
+    caught_up(&db, &index).await?;
+    assert!(!index.status().merging);
+    assert_eq!(
+        index.search(&SearchRequest::new(""))?.total,
+        everything.total
+    );
+    task.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_word_in_the_title_outranks_the_same_word_repeated_in_the_description() -> TestResult {
     let db = TestDb::new().await?;
     // Over all the text the cable says "lamp" five times and the lamp once; by

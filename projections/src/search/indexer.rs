@@ -13,11 +13,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
-use tantivy::index::SegmentId;
+use tantivy::index::{SegmentId, SegmentMeta};
 use tantivy::merge_policy::{LogMergePolicy, NoMergePolicy};
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, Value};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use uuid::Uuid;
 
 use super::document::{stock_document, ProductState, StockState};
@@ -162,6 +162,9 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> SearchError {
 pub(crate) fn tantivy_error(e: tantivy::TantivyError) -> SearchError {
     SearchError::Index(e.to_string())
 }
+
+/// States held at a commit from which they are freed on a thread of their own.
+const DROP_APART_MIN_STATES: usize = 50_000;
 
 /// A state held since the last commit.
 struct Held<T> {
@@ -529,6 +532,7 @@ impl Indexer {
     /// Writes the changed documents and commits them with the checkpoint (`hash`
     /// being that of the event at `self.position`), then lets searches see them.
     pub(crate) fn commit(&mut self, hash: [u8; 32]) -> Result<Checkpoint, SearchError> {
+        let started = std::time::Instant::now();
         self.write_touched()?;
         let checkpoint = Checkpoint {
             schema: SCHEMA_VERSION,
@@ -541,11 +545,31 @@ impl Indexer {
         prepared.set_payload(&payload);
         prepared.commit().map_err(tantivy_error)?;
         self.reader.reload().map_err(tantivy_error)?;
+        tracing::debug!(
+            position = self.position,
+            held = self.held(),
+            millis = started.elapsed().as_millis() as u64,
+            "search index committed"
+        );
         self.committed = checkpoint;
-        // The index now holds every state: memory starts over.
-        self.products.clear();
-        self.stock.clear();
-        self.owners.clear();
+        // The index now holds every state: memory starts over. Freeing a catch-up's
+        // half a million product states, each a few dozen allocations, takes a core
+        // over a second, during which nothing else could go on: large maps are
+        // dropped on a thread of their own while the next batch is applied.
+        if self.products.len() + self.stock.len() >= DROP_APART_MIN_STATES {
+            let products = std::mem::take(&mut self.products);
+            let stock = std::mem::take(&mut self.stock);
+            let owners = std::mem::take(&mut self.owners);
+            let spawned = std::thread::Builder::new()
+                .name("search-free".to_owned())
+                .spawn(move || drop((products, stock, owners)));
+            // Without a thread, the maps were dropped here by the failed spawn.
+            drop(spawned);
+        } else {
+            self.products.clear();
+            self.stock.clear();
+            self.owners.clear();
+        }
         self.missing_products.clear();
         Ok(checkpoint)
     }
@@ -562,11 +586,17 @@ impl Indexer {
         }
     }
 
-    /// Merges the committed segments into `parts` of about equal size (one per
-    /// search thread): a search then walks `parts` term dictionaries and sets of
-    /// scorers instead of one per commit and writer thread, and its threads get
-    /// equal shares. Blocks until the merges end (call it off the async threads).
-    pub(crate) fn balance_segments(&mut self, parts: usize) -> Result<(), SearchError> {
+    /// Starts merging the committed segments into `parts` of about equal size (one
+    /// per search thread): a search then walks `parts` term dictionaries and sets of
+    /// scorers instead of one per commit and writer thread, and its threads get equal
+    /// shares. Returns the merges started, none when there are `parts` segments or
+    /// fewer. They run on tantivy's merge threads while the index is searched and
+    /// written; each ends by committing its merged segment in place of its parts,
+    /// with the checkpoint of the last commit, and the reader sees it once reloaded.
+    pub(crate) fn start_balancing(
+        &mut self,
+        parts: usize,
+    ) -> Result<Vec<FutureResult<Option<SegmentMeta>>>, SearchError> {
         let parts = parts.max(1);
         let mut metas = self
             .writer
@@ -574,7 +604,7 @@ impl Indexer {
             .searchable_segment_metas()
             .map_err(tantivy_error)?;
         if metas.len() <= parts {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // Largest first, each to the lightest group so far.
         metas.sort_by_key(|meta| std::cmp::Reverse(meta.num_docs()));
@@ -585,16 +615,11 @@ impl Indexer {
                 lightest.1.push(meta.id());
             }
         }
-        let merges: Vec<_> = groups
+        Ok(groups
             .iter()
             .filter(|(_, ids)| ids.len() > 1)
             .map(|(_, ids)| self.writer.merge(ids))
-            .collect();
-        for merge in merges {
-            merge.wait().map_err(tantivy_error)?;
-        }
-        self.reader.reload().map_err(tantivy_error)?;
-        Ok(())
+            .collect())
     }
 
     /// Waits for merges to finish (at shutdown, so no merge is cut off midway).

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use eventstore::{EventStore, PostgresStore};
 use serde::Serialize;
-use tantivy::{Index, IndexReader};
+use tantivy::index::SegmentMeta;
+use tantivy::{FutureResult, Index, IndexReader};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -137,6 +138,9 @@ pub struct SearchStatus {
     pub skipped_events: u64,
     /// Segments of the index searches walk.
     pub segments: usize,
+    /// The segments of a build from empty are being merged into one per search
+    /// thread, in the background; searches are answered meanwhile.
+    pub merging: bool,
 }
 
 type ProgressFn = Arc<dyn Fn(SearchProgress) + Send + Sync>;
@@ -224,6 +228,7 @@ impl SearchIndex {
             catch_up_head: 0,
             skipped_events: 0,
             segments: reader.searcher().segment_readers().len(),
+            merging: false,
         });
         let shared = Arc::new(Shared {
             reader,
@@ -260,6 +265,15 @@ impl SearchIndex {
         )
         .await
         .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until no merge of a build's segments is running, at most `timeout`.
+    /// Returns whether none is.
+    pub async fn wait_for_merges(&self, timeout: Duration) -> bool {
+        let mut status = self.shared.status.subscribe();
+        tokio::time::timeout(timeout, status.wait_for(|s| !s.merging))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn ready(&self) -> Result<(), SearchError> {
@@ -495,18 +509,17 @@ impl Follower {
         }
         if from == 0 {
             // A build from the empty index: its segments, one per commit and writer
-            // thread, merged into one per search thread. Not after a catch-up onto
-            // an index that exists, which would rewrite all of it on every start.
-            let parts = self.config.search_threads;
-            let (balanced, result) = tokio::task::spawn_blocking(move || {
-                let result = indexer.balance_segments(parts);
-                (indexer, result)
-            })
-            .await
-            .map_err(|e| SearchError::Index(e.to_string()))?;
-            indexer = balanced;
-            result?;
-            self.publish_segments();
+            // thread, are merged into one per search thread. Not after a catch-up
+            // onto an index that exists, which would rewrite all of it on every
+            // start. The index is complete and searchable before the merges (a
+            // fifth of a build's time): they run in the background, and searches
+            // meet the merged segments once they are done (`SearchStatus::merging`).
+            let merges = indexer.start_balancing(self.config.search_threads)?;
+            if !merges.is_empty() {
+                self.shared.status.send_modify(|s| s.merging = true);
+                let shared = self.shared.clone();
+                tokio::task::spawn_blocking(move || shared.finish_balancing(merges));
+            }
         }
         self.warm_tables().await;
         indexer.set_catching_up(false);
@@ -573,18 +586,11 @@ impl Follower {
     /// search that meets the segment, which reports it.
     async fn warm_tables(&self) {
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            shared
-                .tables
-                .of(&shared.reader.searcher(), &shared.fields)
-                .map(drop)
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || shared.warm_tables()).await;
     }
 
     fn publish_segments(&self) {
-        let segments = self.shared.reader.searcher().segment_readers().len();
-        self.shared.status.send_modify(|s| s.segments = segments);
+        self.shared.publish_segments();
     }
 
     /// Commits off the async threads; `hash` is that of the event at the indexer's
@@ -619,6 +625,42 @@ impl Follower {
             .status
             .send_modify(|s| s.position = checkpoint.position);
         Ok(indexer)
+    }
+}
+
+impl Shared {
+    /// Builds the collector's tables of the segments the reader holds (blocking).
+    fn warm_tables(&self) {
+        let _ = self.tables.of(&self.reader.searcher(), &self.fields);
+    }
+
+    fn publish_segments(&self) {
+        let segments = self.reader.searcher().segment_readers().len();
+        self.status.send_modify(|s| s.segments = segments);
+    }
+
+    /// Waits for the merges of a build's segments (blocking), then lets searches
+    /// see the merged segments. A merge that fails leaves its parts as they were:
+    /// the index stays whole, only less compact.
+    fn finish_balancing(&self, merges: Vec<FutureResult<Option<SegmentMeta>>>) {
+        let started = Instant::now();
+        let parts = merges.len();
+        for merge in merges {
+            if let Err(e) = merge.wait() {
+                tracing::warn!(error = %e, "merging the search index's segments failed");
+            }
+        }
+        if let Err(e) = self.reader.reload() {
+            tracing::warn!(error = %e, "cannot reload the search index after merging");
+        }
+        self.warm_tables();
+        self.publish_segments();
+        self.status.send_modify(|s| s.merging = false);
+        tracing::debug!(
+            parts,
+            millis = started.elapsed().as_millis() as u64,
+            "search index segments merged"
+        );
     }
 }
 
