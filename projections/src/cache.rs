@@ -10,6 +10,7 @@ use std::hash::Hash;
 /// Keys are ids and codes read from our own log, so a fast seeded hash is enough
 /// (SipHash showed up in rebuild profiles).
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A bounded cache with two generations: entries are looked up in both, inserted
 /// into the young one, and when the young one is full the old one is dropped and

@@ -8,7 +8,6 @@
 //! killed at any instant therefore finds the index and its checkpoint of its last
 //! commit, never documents without their position or the other way round.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,7 @@ use uuid::Uuid;
 use super::document::{stock_document, ProductState, StockState};
 use super::schema::{self, Fields, SCHEMA_VERSION};
 use super::SearchError;
+use crate::cache::{FastMap, FastSet};
 use crate::decode::{Batch, Decoded, ShopEvent};
 
 /// What a commit's payload records: where in the log the index is.
@@ -189,19 +189,19 @@ pub(crate) struct Indexer {
     fields: Fields,
     writer: IndexWriter,
     reader: IndexReader,
-    products: HashMap<Uuid, Held<ProductState>>,
+    products: FastMap<Uuid, Held<ProductState>>,
     /// Stock of SKUs no product has (yet): kept in documents of their own until a
     /// product with the SKU takes it over.
-    stock: HashMap<String, Held<StockState>>,
+    stock: FastMap<String, Held<StockState>>,
     /// The SKUs with a stock document in the index (committed or written since), so
     /// a new SKU's stock is looked up only when there is some.
-    stock_documents: HashSet<String>,
+    stock_documents: FastSet<String>,
     /// Stock documents a product took over: deleted at the next write.
     adopted: Vec<String>,
     /// SKU -> product, for the products held.
-    owners: HashMap<String, Uuid>,
+    owners: FastMap<String, Uuid>,
     /// Products and SKUs that no document has yet (looked up once per commit).
-    missing_products: HashSet<Uuid>,
+    missing_products: FastSet<Uuid>,
     /// Products changed and not written yet.
     unwritten: Vec<Uuid>,
     /// Batches applied so far: the clock of `Held::touched`.
@@ -230,11 +230,11 @@ impl Indexer {
             fields,
             writer,
             reader,
-            products: HashMap::new(),
-            stock: HashMap::new(),
+            products: FastMap::default(),
+            stock: FastMap::default(),
             adopted: Vec::new(),
-            owners: HashMap::new(),
-            missing_products: HashSet::new(),
+            owners: FastMap::default(),
+            missing_products: FastSet::default(),
             unwritten: Vec::new(),
             batches: 0,
             position: opened.checkpoint.position,
@@ -649,8 +649,8 @@ fn write_product(
 }
 
 /// The SKUs with a stock document in the index.
-fn stock_documents(reader: &IndexReader, fields: Fields) -> Result<HashSet<String>, SearchError> {
-    let mut skus = HashSet::new();
+fn stock_documents(reader: &IndexReader, fields: Fields) -> Result<FastSet<String>, SearchError> {
+    let mut skus = FastSet::default();
     for segment in reader.searcher().segment_readers() {
         let inverted = segment
             .inverted_index(fields.stock_sku)
