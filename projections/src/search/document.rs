@@ -183,7 +183,7 @@ impl ProductState {
 
     pub(crate) fn document(&self, fields: &Fields) -> TantivyDocument {
         let mut doc = TantivyDocument::new();
-        doc.add_text(fields.product_id, self.product_id.hyphenated().to_string());
+        doc.add_bytes(fields.product_id, self.product_id.as_bytes());
         if self.visible() {
             doc.add_u64(fields.visible, 1);
         }

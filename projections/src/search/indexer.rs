@@ -403,7 +403,7 @@ impl Indexer {
     /// The product, held from now on if it exists.
     fn product(&mut self, id: Uuid) -> Result<Option<&ProductState>, String> {
         if !self.products.contains_key(&id) && !self.missing_products.contains(&id) {
-            let term = Term::from_field_text(self.fields.product_id, &id.hyphenated().to_string());
+            let term = Term::from_field_bytes(self.fields.product_id, id.as_bytes());
             match self.lookup::<ProductState>(term)? {
                 Some(state) => self.hold(state),
                 None => {
@@ -637,8 +637,8 @@ fn write_product(
     held: &mut Held<ProductState>,
 ) -> Result<(), SearchError> {
     if held.indexed {
-        let id = held.state.product_id.hyphenated().to_string();
-        writer.delete_term(Term::from_field_text(fields.product_id, &id));
+        let id = held.state.product_id;
+        writer.delete_term(Term::from_field_bytes(fields.product_id, id.as_bytes()));
     }
     writer
         .add_document(held.state.document(fields))
