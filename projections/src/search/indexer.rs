@@ -553,9 +553,9 @@ impl Indexer {
         );
         self.committed = checkpoint;
         // The index now holds every state: memory starts over. Freeing a catch-up's
-        // half a million product states, each a few dozen allocations, takes a core
-        // over a second, during which nothing else could go on: large maps are
-        // dropped on a thread of their own while the next batch is applied.
+        // half a million product states, each a few dozen allocations, would hold
+        // up the next batch (and, after the last commit, the index's readiness):
+        // large maps are dropped on a thread of their own meanwhile.
         if self.products.len() + self.stock.len() >= DROP_APART_MIN_STATES {
             let products = std::mem::take(&mut self.products);
             let stock = std::mem::take(&mut self.stock);
