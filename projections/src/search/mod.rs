@@ -589,10 +589,6 @@ impl Follower {
         let _ = tokio::task::spawn_blocking(move || shared.warm_tables()).await;
     }
 
-    fn publish_segments(&self) {
-        self.shared.publish_segments();
-    }
-
     /// Commits off the async threads; `hash` is that of the event at the indexer's
     /// position, read from the log when not known.
     async fn commit(
@@ -617,7 +613,7 @@ impl Follower {
         .map_err(|e| SearchError::Index(e.to_string()))?;
         let checkpoint = result?;
         self.since_commit = Instant::now();
-        self.publish_segments();
+        self.shared.publish_segments();
         if self.status().ready {
             self.warm_tables().await;
         }
