@@ -152,3 +152,86 @@ async fn keys_expire_after_the_ttl_and_the_sweep_deletes_them_in_batches() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until the first response to `key` is kept in the table.
+async fn kept(client: &tokio_postgres::Client, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows: i64 = client
+            .query_one(
+                "SELECT count(*) FROM api_idempotency_keys WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if rows == 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the response to {key} was never kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_tables_connections_are_replaced_when_lost_and_kept_responses_still_answer() {
+    let app = spawn_app().await;
+    let alice = customer("alice");
+    let body = json!({"currency": "EUR"});
+    let key = new_key();
+    let first = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
+        .await;
+    let cart = first.ok(201)["ids"]["cart_id"].clone();
+    let mut client = app.store.connection().await.expect("a connection");
+    let client: &mut tokio_postgres::Client = &mut client;
+    kept(client, &key).await;
+
+    // Every other connection to the database goes: the lookups' and the records'
+    // own among them.
+    let ended: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert!(ended >= 2, "only {ended} connections were ended");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The kept response is looked up through a new connection.
+    let retry = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
+        .await;
+    assert_eq!(
+        retry.headers.get(REPLAYED).map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(retry.ok(201)["ids"]["cart_id"], cart);
+
+    // A new key's response is kept through a new connection too, and answers its
+    // retry.
+    let other = new_key();
+    let second = app
+        .command(
+            Method::POST,
+            "/v1/carts",
+            &alice,
+            &other,
+            Some(body.clone()),
+        )
+        .await;
+    let second_cart = second.ok(201)["ids"]["cart_id"].clone();
+    assert_ne!(second_cart, cart);
+    kept(client, &other).await;
+    let again = app
+        .command(Method::POST, "/v1/carts", &alice, &other, Some(body))
+        .await;
+    assert_eq!(again.headers[REPLAYED], "true");
+    assert_eq!(again.ok(201)["ids"]["cart_id"], second_cart);
+}
