@@ -50,6 +50,8 @@ pub const API_MIGRATIONS: &[Migration] = &[Migration {
 pub const KEYS_BATCH_MAX: usize = 1_024;
 /// Most lookups or records waiting for their batch.
 pub const KEYS_QUEUE_MAX: usize = 65_536;
+/// How long a batch of records waits for more before it is written, in milliseconds.
+pub const RECORD_GATHER_MS: u64 = 2;
 /// How long a request waits for room in a queue, or for its batch, in milliseconds.
 pub const KEYS_WAIT_MS: u64 = 5_000;
 
@@ -236,7 +238,7 @@ impl IdempotencyKeys {
         let client: &mut tokio_postgres::Client = &mut client;
         eventstore::migrate(client, "api", API_MIGRATIONS).await?;
         let ttl_secs = ttl.as_secs_f64();
-        let lookups = spawn_batcher({
+        let lookups = spawn_batcher(None, {
             let session = Arc::new(Session::new(
                 pool.clone(),
                 // See LOOKUP_KEYS: its generic plan probes the primary key, and a
@@ -247,7 +249,9 @@ impl IdempotencyKeys {
             ));
             move |batch| lookup_batch(session.clone(), batch, ttl_secs)
         });
-        let records = spawn_batcher({
+        // Records are off the answer's path (a retry meanwhile is answered from
+        // memory), so they gather for a while: fewer, larger statements.
+        let records = spawn_batcher(Some(Duration::from_millis(RECORD_GATHER_MS)), {
             // The record is a shortcut, not the truth: the command's events were
             // committed durably by the log, and the command id makes a retry harmless
             // even if a crash loses the record. So its commit does not wait for its
@@ -384,8 +388,9 @@ async fn submit<Q, A>(queue: &mpsc::Sender<Job<Q, A>>, job: Q) -> Result<A, ApiE
 }
 
 /// A task that takes whatever jobs are queued (up to [`KEYS_BATCH_MAX`]), runs them
-/// as one batch, and answers each. While a batch runs, the next one gathers.
-fn spawn_batcher<Q, A, F, Fut>(run: F) -> mpsc::Sender<Job<Q, A>>
+/// as one batch, and answers each. While a batch runs, the next one gathers; with a
+/// `gather` window, a batch also waits that long for more jobs before it runs.
+fn spawn_batcher<Q, A, F, Fut>(gather: Option<Duration>, run: F) -> mpsc::Sender<Job<Q, A>>
 where
     Q: Send + 'static,
     A: Send + 'static,
@@ -396,6 +401,15 @@ where
     tokio::spawn(async move {
         let mut jobs = Vec::with_capacity(KEYS_BATCH_MAX);
         while rx.recv_many(&mut jobs, KEYS_BATCH_MAX).await > 0 {
+            if let Some(window) = gather {
+                tokio::time::sleep(window).await;
+                while jobs.len() < KEYS_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
             let (queries, replies): (Vec<Q>, Vec<_>) =
                 std::mem::take(&mut jobs).into_iter().unzip();
             match run(queries).await {
