@@ -135,6 +135,7 @@ struct VerifiedClaims {
     sub: Option<String>,
     role: Option<String>,
     iat: Option<u64>,
+    exp: u64,
 }
 
 /// The key material of one verification key.
@@ -189,6 +190,51 @@ struct KeySet {
     /// The key without a kid, per algorithm (at most one each).
     defaults: Vec<VerificationKey>,
     rules: TokenRules,
+    verified: VerifiedTokens,
+}
+
+/// Tokens verified lately, by their text, with the principal and the `exp` each
+/// carries. A client sends the same token with every request, and checking it again
+/// (base64, the signature, the claims as JSON, the rules) costs more than the rest
+/// of a request's checks; a token already found valid stays valid until its `exp`
+/// (its `nbf` and `iat` were in the past when it was checked, and stay there), and
+/// the key set never changes while the process runs. The map is bounded: when full,
+/// it is emptied and fills again with the tokens in use.
+#[derive(Default)]
+struct VerifiedTokens {
+    tokens: std::sync::Mutex<HashMap<Box<str>, (Principal, u64)>>,
+}
+
+/// Most tokens [`VerifiedTokens`] holds (each at most [`TOKEN_MAX_BYTES`]).
+pub const VERIFIED_TOKENS_MAX: usize = 16_384;
+
+impl VerifiedTokens {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (Principal, u64)>> {
+        // Each holder does one map operation: a panic cannot leave it half-changed.
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The principal of a token verified before, if any; a token past its `exp`
+    /// (with the leeway) by `now` is forgotten and refused.
+    fn get(&self, token: &str, now: u64, leeway: u64) -> Option<Result<Principal, TokenRefusal>> {
+        let mut tokens = self.lock();
+        let (principal, exp) = tokens.get(token)?;
+        if now > exp.saturating_add(leeway) {
+            tokens.remove(token);
+            return Some(Err(TokenRefusal::Expired));
+        }
+        Some(Ok(principal.clone()))
+    }
+
+    fn insert(&self, token: &str, principal: &Principal, exp: u64) {
+        let mut tokens = self.lock();
+        if tokens.len() >= VERIFIED_TOKENS_MAX {
+            tokens.clear();
+        }
+        tokens.insert(token.into(), (principal.clone(), exp));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +401,7 @@ impl Authenticator {
                 by_kid,
                 defaults,
                 rules,
+                verified: VerifiedTokens::default(),
             }),
         })
     }
@@ -370,6 +417,17 @@ impl Authenticator {
                 "the token is longer than {TOKEN_MAX_BYTES} bytes"
             )));
         }
+        let set = &self.inner;
+        if let Some(known) = set.verified.get(token, now_secs(), set.rules.leeway_secs) {
+            return known;
+        }
+        let (principal, exp) = self.check(token)?;
+        set.verified.insert(token, &principal, exp);
+        Ok(principal)
+    }
+
+    /// Every check of a token not verified before: its principal and `exp`.
+    fn check(&self, token: &str) -> Result<(Principal, u64), TokenRefusal> {
         let header = read_header(token)?;
         let alg = header
             .alg
@@ -424,7 +482,12 @@ impl Authenticator {
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, &validation)
             .map_err(refusal_of)?;
-        let VerifiedClaims { sub, role, iat } = data.claims;
+        let VerifiedClaims {
+            sub,
+            role,
+            iat,
+            exp,
+        } = data.claims;
         if iat.is_some_and(|iat| iat > now_secs().saturating_add(rules.leeway_secs)) {
             return Err(TokenRefusal::IssuedInFuture);
         }
@@ -438,7 +501,7 @@ impl Authenticator {
                 "the token's sub must be 1..={SUBJECT_MAX_BYTES} bytes without control characters"
             )));
         }
-        Ok(Principal { sub, role })
+        Ok((Principal { sub, role }, exp))
     }
 }
 
@@ -649,6 +712,42 @@ mod tests {
             auth.verify("not.a.jwt").unwrap_err().code(),
             "token-malformed"
         );
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_its_exp_and_refusals_are_not() {
+        let auth = Authenticator::new(Some(SECRET), None).unwrap();
+        let exp = now_secs() + 60;
+        let token = mint_hs256(SECRET, &claims(Role::Customer, exp)).unwrap();
+        let principal = auth.verify(&token).unwrap();
+        let verified = &auth.inner.verified;
+        let leeway = auth.rules().leeway_secs;
+        assert_eq!(
+            verified.get(&token, now_secs(), leeway),
+            Some(Ok(principal.clone()))
+        );
+        assert_eq!(auth.verify(&token), Ok(principal.clone()));
+        // Past its exp and the leeway, the remembered token is refused and forgotten.
+        assert_eq!(
+            verified.get(&token, exp + leeway + 1, leeway),
+            Some(Err(TokenRefusal::Expired))
+        );
+        assert_eq!(verified.get(&token, now_secs(), leeway), None);
+        // Refused tokens are checked every time, never remembered.
+        let other = mint_hs256(
+            b"another secret, also long enough!",
+            &claims(Role::Admin, exp),
+        )
+        .unwrap();
+        assert_eq!(auth.verify(&other), Err(TokenRefusal::Signature));
+        assert_eq!(verified.get(&other, now_secs(), leeway), None);
+        // Bounded: a full map is emptied before it takes another token.
+        for i in 0..VERIFIED_TOKENS_MAX {
+            verified.insert(&format!("token-{i}"), &principal, exp);
+        }
+        assert_eq!(verified.lock().len(), VERIFIED_TOKENS_MAX);
+        verified.insert(&token, &principal, exp);
+        assert_eq!(verified.lock().len(), 1);
     }
 
     #[test]
