@@ -143,6 +143,12 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     let _ = stop.send(());
     server.await??;
     sandbox.shutdown().await;
+    // The scratch database goes before the summary: dropping it ends the pooled
+    // connections, whose tasks log that as they stop, and the JSON line must be the
+    // last line of the output.
+    drop((commands, state));
+    drop(db);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let ratio = if baseline > 0.0 { rate / baseline } else { 0.0 };
     println!(
         "  {:.2}x the provider-only rate; target {TARGET_CHECKOUTS_PER_SEC} checkouts/s: {}",
