@@ -31,6 +31,7 @@ use eventstore::{Migration, StoreError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 use uuid::Uuid;
@@ -82,8 +83,16 @@ const LOOKUP_KEYS: &str = "SELECT k.i, t.fingerprint, t.status, t.response, \
      CROSS JOIN LATERAL (SELECT fingerprint, status, response, created_at \
                          FROM api_idempotency_keys \
                          WHERE principal = k.principal AND key = k.key LIMIT 1) AS t";
-// A first writer wins, except over an expired row not swept yet.
+// A batch of records is first written as plain rows: a key is recorded once, so a
+// conflict is rare (a retry that raced its first request in another process, or a
+// key whose expired row is not swept yet), and a plain insert checks the primary key
+// while it inserts, where `ON CONFLICT` probes it first and inserts after.
 const INSERT_KEYS: &str =
+    "INSERT INTO api_idempotency_keys (principal, key, fingerprint, status, response) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int2[], $5::jsonb[])";
+// A batch that met a recorded key is written again like this: a first writer wins,
+// except over an expired row.
+const UPSERT_KEYS: &str =
     "INSERT INTO api_idempotency_keys AS t (principal, key, fingerprint, status, response) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int2[], $5::jsonb[]) \
      ON CONFLICT (principal, key) DO UPDATE \
@@ -245,7 +254,7 @@ impl IdempotencyKeys {
                 // custom plan (which an array parameter would otherwise get on every
                 // call) costs a planning per batch.
                 "SET plan_cache_mode = force_generic_plan",
-                LOOKUP_KEYS,
+                &[LOOKUP_KEYS],
             ));
             move |batch| lookup_batch(session.clone(), batch, ttl_secs)
         });
@@ -260,7 +269,7 @@ impl IdempotencyKeys {
             let session = Arc::new(Session::new(
                 pool.clone(),
                 "SET synchronous_commit = off",
-                INSERT_KEYS,
+                &[INSERT_KEYS, UPSERT_KEYS],
             ));
             move |batch| record_batch(session.clone(), batch, ttl_secs)
         });
@@ -437,12 +446,12 @@ where
 struct Session {
     pool: Pool,
     setup: &'static str,
-    sql: &'static str,
-    open: tokio::sync::Mutex<Option<(ClientWrapper, Statement)>>,
+    sql: &'static [&'static str],
+    open: tokio::sync::Mutex<Option<(ClientWrapper, Vec<Statement>)>>,
 }
 
 impl Session {
-    fn new(pool: Pool, setup: &'static str, sql: &'static str) -> Self {
+    fn new(pool: Pool, setup: &'static str, sql: &'static [&'static str]) -> Self {
         Session {
             pool,
             setup,
@@ -451,21 +460,30 @@ impl Session {
         }
     }
 
-    async fn query(&self, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, ApiError> {
+    /// Runs the `which`th statement of the session: `Err` if no connection could be
+    /// set up, else the statement's own outcome.
+    async fn query(
+        &self,
+        which: usize,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, ApiError> {
         let mut open = self.open.lock().await;
         if open.as_ref().is_some_and(|(client, _)| client.is_closed()) {
             *open = None;
         }
-        if open.is_none() {
-            let client = Object::take(client(&self.pool).await?);
-            client.batch_execute(self.setup).await.map_err(db_error)?;
-            let statement = client.prepare(self.sql).await.map_err(db_error)?;
-            *open = Some((client, statement));
-        }
-        let Some((client, statement)) = open.as_ref() else {
-            unreachable!("opened above");
+        let (client, statements) = match open.as_mut() {
+            Some(open) => open,
+            None => {
+                let client = Object::take(client(&self.pool).await?);
+                client.batch_execute(self.setup).await.map_err(db_error)?;
+                let mut statements = Vec::with_capacity(self.sql.len());
+                for sql in self.sql {
+                    statements.push(client.prepare(sql).await.map_err(db_error)?);
+                }
+                open.insert((client, statements))
+            }
         };
-        client.query(statement, params).await.map_err(db_error)
+        Ok(client.query(&statements[which], params).await)
     }
 }
 
@@ -476,7 +494,10 @@ async fn lookup_batch(
 ) -> Result<Vec<Prior>, ApiError> {
     let principals: Vec<&str> = batch.iter().map(|l| l.principal.as_str()).collect();
     let keys: Vec<&str> = batch.iter().map(|l| l.key.as_str()).collect();
-    let rows = session.query(&[&principals, &keys, &ttl_secs]).await?;
+    let rows = session
+        .query(0, &[&principals, &keys, &ttl_secs])
+        .await?
+        .map_err(db_error)?;
     let mut answers = vec![Prior::New; batch.len()];
     for row in rows {
         let ordinal: i64 = row.get(0);
@@ -515,16 +536,16 @@ async fn record_batch(
     let fingerprints: Vec<&[u8]> = batch.iter().map(|r| r.fingerprint.as_slice()).collect();
     let statuses: Vec<i16> = batch.iter().map(|r| r.status).collect();
     let bodies: Vec<&Value> = batch.iter().map(|r| &r.body).collect();
-    session
-        .query(&[
-            &principals,
-            &keys,
-            &fingerprints,
-            &statuses,
-            &bodies,
-            &ttl_secs,
-        ])
-        .await?;
+    let rows: [&(dyn ToSql + Sync); 5] = [&principals, &keys, &fingerprints, &statuses, &bodies];
+    match session.query(0, &rows).await? {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            let mut params = rows.to_vec();
+            params.push(&ttl_secs);
+            session.query(1, &params).await?.map_err(db_error)?;
+        }
+        Err(e) => return Err(db_error(e)),
+    }
     Ok(vec![(); batch.len()])
 }
 

@@ -235,3 +235,55 @@ async fn the_key_tables_connections_are_replaced_when_lost_and_kept_responses_st
     assert_eq!(again.headers[REPLAYED], "true");
     assert_eq!(again.ok(201)["ids"]["cart_id"], second_cart);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_row_expired_but_was_not_swept_is_kept_again_for_its_next_request() {
+    let app = spawn_app_with(ServerConfig {
+        idempotency_key_ttl: Duration::from_secs(1),
+        idempotency_purge_every: Duration::from_secs(3_600),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut client = app.store.connection().await.expect("a connection");
+    let client: &mut tokio_postgres::Client = &mut client;
+    let alice = customer("alice");
+    let key = new_key();
+    let body = json!({"currency": "EUR"});
+    app.command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
+        .await
+        .ok(201);
+    kept(client, &key).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    // Expired: the request runs again, and its response replaces the old row.
+    let late = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
+        .await;
+    assert!(late.headers.get(REPLAYED).is_none(), "{}", late.body);
+    late.ok(201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh: i64 = client
+            .query_one(
+                "SELECT count(*) FROM api_idempotency_keys \
+                 WHERE key = $1 AND created_at > now() - interval '1 second'",
+                &[&key],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if fresh == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired row was never replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let retry = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body))
+        .await;
+    assert_eq!(retry.headers[REPLAYED], "true");
+    retry.ok(201);
+}
