@@ -135,47 +135,50 @@ async fn keys_expire_after_the_ttl_and_the_sweep_deletes_them_in_batches() {
     );
 
     // The sweep empties the table of expired rows, batch after batch.
+    count_reaches(
+        &client,
+        "SELECT count(*) FROM api_idempotency_keys",
+        &[],
+        0,
+        "expired keys are still there",
+    )
+    .await;
+}
+
+/// Waits (up to 10 s) until `sql`, a count, gives `expected`.
+async fn count_reaches(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    expected: i64,
+    failure: &str,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let left: i64 = client
-            .query_one("SELECT count(*) FROM api_idempotency_keys", &[])
-            .await
-            .expect("count")
-            .get(0);
-        if left == 0 {
-            break;
+        let count: i64 = client.query_one(sql, params).await.expect("count").get(0);
+        if count == expected {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{left} expired keys still there"
+            "{failure}: {count}, not {expected}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Waits until the first response to `key` is kept in the table (`recent`: kept in
 /// the last second).
 async fn kept(client: &tokio_postgres::Client, key: &str, recent: bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows: i64 = client
-            .query_one(
-                "SELECT count(*) FROM api_idempotency_keys WHERE key = $1 \
-                 AND (NOT $2 OR created_at > now() - interval '1 second')",
-                &[&key, &recent],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if rows == 1 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the response to {key} was never kept"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    count_reaches(
+        client,
+        "SELECT count(*) FROM api_idempotency_keys WHERE key = $1 \
+         AND (NOT $2 OR created_at > now() - interval '1 second')",
+        &[&key, &recent],
+        1,
+        "the response was never kept",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
