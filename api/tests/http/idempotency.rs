@@ -11,6 +11,26 @@ use crate::support::*;
 
 const REPLAYED: &str = "idempotent-replayed";
 
+/// Retries a cart's creation with `key` and asserts that the first response is
+/// replayed: the cart it names.
+async fn cart_replayed(
+    app: &TestApp,
+    who: &str,
+    key: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let retry = app
+        .command(Method::POST, "/v1/carts", who, key, Some(body))
+        .await;
+    assert_eq!(
+        retry.headers.get(REPLAYED).map(|v| v.as_bytes()),
+        Some(&b"true"[..]),
+        "{}",
+        retry.body
+    );
+    retry.ok(201)["ids"]["cart_id"].clone()
+}
+
 #[tokio::test]
 async fn the_same_key_from_another_customer_is_another_request() {
     let app = spawn_app().await;
@@ -43,11 +63,7 @@ async fn the_same_key_from_another_customer_is_another_request() {
     .problem(404, "not-found");
 
     // Each retry gets its own principal's first response.
-    let again = app
-        .command(Method::POST, "/v1/carts", &alice, &key, Some(body))
-        .await;
-    assert_eq!(again.headers[REPLAYED], "true");
-    assert_eq!(again.ok(201)["ids"]["cart_id"], alices_cart);
+    assert_eq!(cart_replayed(&app, &alice, &key, body).await, alices_cart);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,14 +226,7 @@ async fn the_key_tables_connections_are_replaced_when_lost_and_kept_responses_st
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The kept response is looked up through a new connection.
-    let retry = app
-        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
-        .await;
-    assert_eq!(
-        retry.headers.get(REPLAYED).map(|v| v.as_bytes()),
-        Some(&b"true"[..])
-    );
-    assert_eq!(retry.ok(201)["ids"]["cart_id"], cart);
+    assert_eq!(cart_replayed(&app, &alice, &key, body.clone()).await, cart);
 
     // A new key's response is kept through a new connection too, and answers its
     // retry.
@@ -234,11 +243,7 @@ async fn the_key_tables_connections_are_replaced_when_lost_and_kept_responses_st
     let second_cart = second.ok(201)["ids"]["cart_id"].clone();
     assert_ne!(second_cart, cart);
     kept(client, &other, false).await;
-    let again = app
-        .command(Method::POST, "/v1/carts", &alice, &other, Some(body))
-        .await;
-    assert_eq!(again.headers[REPLAYED], "true");
-    assert_eq!(again.ok(201)["ids"]["cart_id"], second_cart);
+    assert_eq!(cart_replayed(&app, &alice, &other, body).await, second_cart);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,11 +270,7 @@ async fn a_key_whose_row_expired_but_was_not_swept_is_kept_again_for_its_next_re
         .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
         .await;
     assert!(late.headers.get(REPLAYED).is_none(), "{}", late.body);
-    late.ok(201);
+    let cart = late.ok(201)["ids"]["cart_id"].clone();
     kept(client, &key, true).await;
-    let retry = app
-        .command(Method::POST, "/v1/carts", &alice, &key, Some(body))
-        .await;
-    assert_eq!(retry.headers[REPLAYED], "true");
-    retry.ok(201);
+    assert_eq!(cart_replayed(&app, &alice, &key, body).await, cart);
 }
