@@ -11,6 +11,16 @@ use crate::support::*;
 
 const REPLAYED: &str = "idempotent-replayed";
 
+/// A server whose keys expire after a second, swept every `purge_every`.
+async fn spawn_app_with_short_keys(purge_every: Duration) -> TestApp {
+    spawn_app_with(ServerConfig {
+        idempotency_key_ttl: Duration::from_secs(1),
+        idempotency_purge_every: purge_every,
+        ..ServerConfig::default()
+    })
+    .await
+}
+
 /// Retries a cart's creation with `key` and asserts that the first response is
 /// replayed: the cart it names.
 async fn cart_replayed(
@@ -107,12 +117,7 @@ async fn a_retry_while_the_first_request_runs_is_a_409_and_runs_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_expire_after_the_ttl_and_the_sweep_deletes_them_in_batches() {
-    let app = spawn_app_with(ServerConfig {
-        idempotency_key_ttl: Duration::from_secs(1),
-        idempotency_purge_every: Duration::from_millis(200),
-        ..ServerConfig::default()
-    })
-    .await;
+    let app = spawn_app_with_short_keys(Duration::from_millis(200)).await;
     let client = app.store.connection().await.expect("a connection");
     // Many expired rows of other principals: more than one batch of the sweep.
     client
@@ -248,12 +253,7 @@ async fn the_key_tables_connections_are_replaced_when_lost_and_kept_responses_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_row_expired_but_was_not_swept_is_kept_again_for_its_next_request() {
-    let app = spawn_app_with(ServerConfig {
-        idempotency_key_ttl: Duration::from_secs(1),
-        idempotency_purge_every: Duration::from_secs(3_600),
-        ..ServerConfig::default()
-    })
-    .await;
+    let app = spawn_app_with_short_keys(Duration::from_secs(3_600)).await;
     let mut client = app.store.connection().await.expect("a connection");
     let client: &mut tokio_postgres::Client = &mut client;
     let alice = customer("alice");
