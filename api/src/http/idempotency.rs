@@ -39,11 +39,18 @@ use uuid::Uuid;
 use super::problem::ApiError;
 
 /// The API's own schema, applied with `eventstore::migrate` as component `api`.
-pub const API_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "idempotency_keys",
-    sql: include_str!("../../migrations/0001_idempotency_keys.sql"),
-}];
+pub const API_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "idempotency_keys",
+        sql: include_str!("../../migrations/0001_idempotency_keys.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "idempotency_key_ids",
+        sql: include_str!("../../migrations/0002_idempotency_key_ids.sql"),
+    },
+];
 
 /// Most lookups (or records) answered by one statement. Every command looks its key
 /// up and records its response, so under load these are batched like the event
@@ -78,27 +85,30 @@ pub const IN_FLIGHT_RETRY_AFTER_SECS: u32 = 1;
 // TTL in its `WHERE`, planned while the table was small, scanned every key younger
 // than the TTL instead: 38 ms a lookup at 100,000 keys, against 0.3 ms.)
 const LOOKUP_KEYS: &str = "SELECT k.i, t.fingerprint, t.status, t.response, \
-            t.created_at >= now() - make_interval(secs => $3) \
-     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(principal, key, i) \
+            t.created_at >= now() - make_interval(secs => $2) \
+     FROM unnest($1::uuid[]) WITH ORDINALITY AS k(id, i) \
      CROSS JOIN LATERAL (SELECT fingerprint, status, response, created_at \
                          FROM api_idempotency_keys \
-                         WHERE principal = k.principal AND key = k.key LIMIT 1) AS t";
+                         WHERE key_id = k.id LIMIT 1) AS t";
 // A batch of records is first written as plain rows: a key is recorded once, so a
 // conflict is rare (a retry that raced its first request in another process, or a
 // key whose expired row is not swept yet), and a plain insert checks the primary key
 // while it inserts, where `ON CONFLICT` probes it first and inserts after.
 const INSERT_KEYS: &str =
-    "INSERT INTO api_idempotency_keys (principal, key, fingerprint, status, response) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int2[], $5::jsonb[])";
+    "INSERT INTO api_idempotency_keys (key_id, principal, key, fingerprint, status, response) \
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int2[], \
+                          $6::json[])";
 // A batch that met a recorded key is written again like this: a first writer wins,
 // except over an expired row.
 const UPSERT_KEYS: &str =
-    "INSERT INTO api_idempotency_keys AS t (principal, key, fingerprint, status, response) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int2[], $5::jsonb[]) \
-     ON CONFLICT (principal, key) DO UPDATE \
+    "INSERT INTO api_idempotency_keys AS t (key_id, principal, key, fingerprint, status, \
+                                           response) \
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int2[], \
+                          $6::json[]) \
+     ON CONFLICT (key_id) DO UPDATE \
          SET fingerprint = excluded.fingerprint, status = excluded.status, \
              response = excluded.response, created_at = now() \
-         WHERE t.created_at < now() - make_interval(secs => $6)";
+         WHERE t.created_at < now() - make_interval(secs => $7)";
 const PURGE_KEYS: &str = "DELETE FROM api_idempotency_keys WHERE ctid = ANY(ARRAY( \
          SELECT ctid FROM api_idempotency_keys \
          WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))";
@@ -115,12 +125,12 @@ pub enum Prior {
 }
 
 struct Lookup {
-    principal: String,
-    key: String,
+    key_id: Uuid,
     fingerprint: [u8; 32],
 }
 
 struct Record {
+    key_id: Uuid,
     principal: String,
     key: String,
     fingerprint: [u8; 32],
@@ -313,6 +323,19 @@ impl IdempotencyKeys {
         )
     }
 
+    /// The row id of `key` of `principal` in the table: the first half of SHA-256
+    /// over both (as migration 2 computes it for the rows before it).
+    pub fn key_id(principal: &str, key: &str) -> Uuid {
+        let mut hash = Sha256::new();
+        hash.update(principal.as_bytes());
+        hash.update(b"\n");
+        hash.update(key.as_bytes());
+        let digest: [u8; 32] = hash.finalize().into();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Uuid::from_bytes(id)
+    }
+
     /// The fingerprint of a command request: method, path and (canonical) body.
     pub fn fingerprint(method: &str, path: &str, body: Option<&[u8; 32]>) -> [u8; 32] {
         let mut hash = Sha256::new();
@@ -333,8 +356,7 @@ impl IdempotencyKeys {
         fingerprint: &[u8; 32],
     ) -> Result<Prior, ApiError> {
         let lookup = Lookup {
-            principal: principal.to_owned(),
-            key: key.to_owned(),
+            key_id: Self::key_id(principal, key),
             fingerprint: *fingerprint,
         };
         submit(&self.lookups, lookup).await
@@ -351,6 +373,7 @@ impl IdempotencyKeys {
         body: &Value,
     ) -> Result<(), ApiError> {
         let record = Record {
+            key_id: Self::key_id(principal, key),
             principal: principal.to_owned(),
             key: key.to_owned(),
             fingerprint: *fingerprint,
@@ -492,10 +515,9 @@ async fn lookup_batch(
     batch: Vec<Lookup>,
     ttl_secs: f64,
 ) -> Result<Vec<Prior>, ApiError> {
-    let principals: Vec<&str> = batch.iter().map(|l| l.principal.as_str()).collect();
-    let keys: Vec<&str> = batch.iter().map(|l| l.key.as_str()).collect();
+    let ids: Vec<Uuid> = batch.iter().map(|l| l.key_id).collect();
     let rows = session
-        .query(0, &[&principals, &keys, &ttl_secs])
+        .query(0, &[&ids, &ttl_secs])
         .await?
         .map_err(db_error)?;
     let mut answers = vec![Prior::New; batch.len()];
@@ -531,12 +553,14 @@ async fn record_batch(
     batch: Vec<Record>,
     ttl_secs: f64,
 ) -> Result<Vec<()>, ApiError> {
+    let ids: Vec<Uuid> = batch.iter().map(|r| r.key_id).collect();
     let principals: Vec<&str> = batch.iter().map(|r| r.principal.as_str()).collect();
     let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
     let fingerprints: Vec<&[u8]> = batch.iter().map(|r| r.fingerprint.as_slice()).collect();
     let statuses: Vec<i16> = batch.iter().map(|r| r.status).collect();
     let bodies: Vec<&Value> = batch.iter().map(|r| &r.body).collect();
-    let rows: [&(dyn ToSql + Sync); 5] = [&principals, &keys, &fingerprints, &statuses, &bodies];
+    let rows: [&(dyn ToSql + Sync); 6] =
+        [&ids, &principals, &keys, &fingerprints, &statuses, &bodies];
     match session.query(0, &rows).await? {
         Ok(_) => {}
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {

@@ -122,8 +122,10 @@ async fn keys_expire_after_the_ttl_and_the_sweep_deletes_them_in_batches() {
     // Many expired rows of other principals: more than one batch of the sweep.
     client
         .execute(
-            "INSERT INTO api_idempotency_keys (principal, key, fingerprint, status, response, created_at) \
-             SELECT 'customer:old', i::text, '\\x00', 201, '{}', now() - interval '2 days' \
+            "INSERT INTO api_idempotency_keys \
+                 (key_id, principal, key, fingerprint, status, response, created_at) \
+             SELECT gen_random_uuid(), 'customer:old', i::text, '\\x00', 201, '{}', \
+                    now() - interval '2 days' \
              FROM generate_series(1, 12000) AS i",
             &[],
         )
@@ -273,4 +275,51 @@ async fn a_key_whose_row_expired_but_was_not_swept_is_kept_again_for_its_next_re
     let cart = late.ok(201)["ids"]["cart_id"].clone();
     kept(client, &key, true).await;
     assert_eq!(cart_replayed(&app, &alice, &key, body).await, cart);
+}
+
+#[tokio::test]
+async fn migration_2_gives_the_rows_before_it_the_ids_the_server_looks_them_up_by() {
+    use api::http::idempotency::{IdempotencyKeys, API_MIGRATIONS};
+    let db = eventstore::testing::test_database()
+        .await
+        .expect("a test database");
+    let (mut client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("a connection");
+    tokio::spawn(connection);
+    eventstore::migrate(&mut client, "api", &API_MIGRATIONS[..1])
+        .await
+        .expect("migration 1");
+    let rows = [("customer:alice", "k-1"), ("customer:bøb", "clé 2")];
+    for (principal, key) in rows {
+        client
+            .execute(
+                "INSERT INTO api_idempotency_keys (principal, key, fingerprint, status, response) \
+                 VALUES ($1, $2, '\\x00', 201, '{\"ids\": {}}')",
+                &[&principal, &key],
+            )
+            .await
+            .expect("a row of migration 1");
+    }
+    eventstore::migrate(&mut client, "api", API_MIGRATIONS)
+        .await
+        .expect("migration 2");
+    for (principal, key) in rows {
+        let row = client
+            .query_one(
+                "SELECT key_id, pg_typeof(response)::text, response::text \
+                 FROM api_idempotency_keys WHERE principal = $1 AND key = $2",
+                &[&principal, &key],
+            )
+            .await
+            .expect("the row");
+        let id: uuid::Uuid = row.get(0);
+        assert_eq!(
+            id,
+            IdempotencyKeys::key_id(principal, key),
+            "{principal} {key}"
+        );
+        assert_eq!(row.get::<_, String>(1), "json");
+        assert_eq!(row.get::<_, String>(2), "{\"ids\": {}}");
+    }
 }
