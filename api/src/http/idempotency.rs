@@ -78,7 +78,7 @@ pub const IN_FLIGHT_KEYS_MAX: usize = 65_536;
 /// seconds.
 pub const IN_FLIGHT_RETRY_AFTER_SECS: u32 = 1;
 
-// Rows older than the TTL ($3, seconds) are expired even before the sweep deletes
+// Rows older than the TTL ($2, seconds) are expired even before the sweep deletes
 // them: the last column says whether a row found is still live. The lateral
 // subquery with `LIMIT 1` can only be planned as one primary-key probe per key, so
 // the statement is prepared once with a generic plan. (A join on the keys with the
@@ -275,7 +275,8 @@ impl IdempotencyKeys {
             // committed durably by the log, and the command id makes a retry harmless
             // even if a crash loses the record. So its commit does not wait for its
             // WAL flush (a fsync per batch); it is visible to the next lookup at once
-            // all the same. Set for the session, the record is one statement.
+            // all the same. Set for the session, a batch of records is one statement
+            // (two if it met a recorded key).
             let session = Arc::new(Session::new(
                 pool.clone(),
                 "SET synchronous_commit = off",
@@ -463,7 +464,7 @@ where
 }
 
 /// A connection taken out of the pool for one batcher, with a session setting of its
-/// own (which must not reach the pool's other users) and its one statement prepared:
+/// own (which must not reach the pool's other users) and its statements prepared:
 /// each batch is then a single round trip. A broken connection is replaced at the
 /// next batch.
 struct Session {
