@@ -147,7 +147,9 @@ impl CommandMeta {
                 return e.into_response();
             }
         };
-        match keys.lookup(&scope, key, &fingerprint).await {
+        // The key's row id, for its lookup now and its record later.
+        let key_id = IdempotencyKeys::key_id(&scope, key);
+        match keys.lookup(key_id, &fingerprint).await {
             Ok(Prior::New) => {}
             Ok(prior) => return answer_prior(command, prior),
             Err(e) => {
@@ -200,7 +202,10 @@ impl CommandMeta {
             claim.answered(&fingerprint, status, &kept);
             tracker.spawn(async move {
                 let _claim = claim;
-                if let Err(e) = keys.record(&scope, &key, &fingerprint, status, &kept).await {
+                if let Err(e) = keys
+                    .record(key_id, &scope, &key, &fingerprint, status, &kept)
+                    .await
+                {
                     // Only a retry's shortcut is lost (the command id still makes the
                     // retry harmless).
                     tracing::warn!(detail = %e.detail, "cannot keep the idempotent response");

@@ -350,23 +350,20 @@ impl IdempotencyKeys {
         hash.finalize().into()
     }
 
-    pub async fn lookup(
-        &self,
-        principal: &str,
-        key: &str,
-        fingerprint: &[u8; 32],
-    ) -> Result<Prior, ApiError> {
+    /// What the table knows of the key whose row id is `key_id` ([`Self::key_id`]).
+    pub async fn lookup(&self, key_id: Uuid, fingerprint: &[u8; 32]) -> Result<Prior, ApiError> {
         let lookup = Lookup {
-            key_id: Self::key_id(principal, key),
+            key_id,
             fingerprint: *fingerprint,
         };
         submit(&self.lookups, lookup).await
     }
 
-    /// Keeps the first response of a key (a concurrent first writer wins), and
-    /// returns once it is committed.
+    /// Keeps the first response of `key` of `principal` (row id `key_id`; a
+    /// concurrent first writer wins), and returns once it is committed.
     pub async fn record(
         &self,
+        key_id: Uuid,
         principal: &str,
         key: &str,
         fingerprint: &[u8; 32],
@@ -374,7 +371,7 @@ impl IdempotencyKeys {
         body: &Value,
     ) -> Result<(), ApiError> {
         let record = Record {
-            key_id: Self::key_id(principal, key),
+            key_id,
             principal: principal.to_owned(),
             key: key.to_owned(),
             fingerprint: *fingerprint,
