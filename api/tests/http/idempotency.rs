@@ -21,6 +21,21 @@ async fn spawn_app_with_short_keys(purge_every: Duration) -> TestApp {
     .await
 }
 
+/// Alice's first request under a new key, a cart in EUR: her token, the key, the
+/// body and the cart.
+async fn alices_first_cart(
+    app: &TestApp,
+) -> (String, String, serde_json::Value, serde_json::Value) {
+    let alice = customer("alice");
+    let key = new_key();
+    let body = json!({"currency": "EUR"});
+    let first = app
+        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
+        .await;
+    let cart = first.ok(201)["ids"]["cart_id"].clone();
+    (alice, key, body, cart)
+}
+
 /// Retries a cart's creation with `key` and asserts that the first response is
 /// replayed: the cart it names.
 async fn cart_replayed(
@@ -132,12 +147,7 @@ async fn keys_expire_after_the_ttl_and_the_sweep_deletes_them_in_batches() {
         .await
         .expect("old keys");
 
-    let alice = customer("alice");
-    let key = new_key();
-    let body = json!({"currency": "EUR"});
-    app.command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
-        .await
-        .ok(201);
+    let (alice, key, body, _) = alices_first_cart(&app).await;
     let retry = app
         .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
         .await;
@@ -207,13 +217,7 @@ async fn kept(client: &tokio_postgres::Client, key: &str, recent: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_tables_connections_are_replaced_when_lost_and_kept_responses_still_answer() {
     let app = spawn_app().await;
-    let alice = customer("alice");
-    let body = json!({"currency": "EUR"});
-    let key = new_key();
-    let first = app
-        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
-        .await;
-    let cart = first.ok(201)["ids"]["cart_id"].clone();
+    let (alice, key, body, cart) = alices_first_cart(&app).await;
     let mut client = app.store.connection().await.expect("a connection");
     let client: &mut tokio_postgres::Client = &mut client;
     kept(client, &key, false).await;
@@ -258,12 +262,7 @@ async fn a_key_whose_row_expired_but_was_not_swept_is_kept_again_for_its_next_re
     let app = spawn_app_with_short_keys(Duration::from_secs(3_600)).await;
     let mut client = app.store.connection().await.expect("a connection");
     let client: &mut tokio_postgres::Client = &mut client;
-    let alice = customer("alice");
-    let key = new_key();
-    let body = json!({"currency": "EUR"});
-    app.command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
-        .await
-        .ok(201);
+    let (alice, key, body, _) = alices_first_cart(&app).await;
     kept(client, &key, false).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;
 
