@@ -194,23 +194,21 @@ impl CommandMeta {
             };
             // The answer does not wait for the response to be kept: the command's
             // events are committed already, and the claim on the key is held until
-            // the response is kept, so a retry in between is answered 409 in flight
-            // (retry later) rather than run again. A retry after a crash in between
+            // the response is kept, so a retry in between is answered from memory
+            // rather than run again. A retry after a crash in between
             // finds no response kept and runs again, which the command id derived
             // from the key makes harmless.
-            let kept = body.clone();
-            claim.answered(&fingerprint, status, &kept);
-            tracker.spawn(async move {
-                let _claim = claim;
-                if let Err(e) = keys
-                    .record(key_id, &scope, &key, &fingerprint, status, &kept)
-                    .await
-                {
-                    // Only a retry's shortcut is lost (the command id still makes the
-                    // retry harmless).
-                    tracing::warn!(detail = %e.detail, "cannot keep the idempotent response");
-                }
-            });
+            claim.answered(&fingerprint, status, &body);
+            keys.keep(
+                key_id,
+                scope,
+                key,
+                &fingerprint,
+                status,
+                body.clone(),
+                claim,
+                tracker.token(),
+            );
             Ok((status, body))
         };
         // Dropping the task's handle at the deadline leaves the task running.

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use uuid::Uuid;
 
 use super::problem::ApiError;
@@ -136,6 +137,10 @@ struct Record {
     fingerprint: [u8; 32],
     status: i16,
     body: Value,
+    /// Released once the record's batch is written (or failed): the key's claim in
+    /// this process, so a retry meanwhile is answered from memory, and a token that
+    /// keeps a graceful shutdown waiting for the write.
+    _held: (InFlightClaim, TaskTrackerToken),
 }
 
 type Job<Q, A> = (Q, oneshot::Sender<Result<A, ApiError>>);
@@ -282,7 +287,18 @@ impl IdempotencyKeys {
                 "SET synchronous_commit = off",
                 &[INSERT_KEYS, UPSERT_KEYS],
             ));
-            move |batch| record_batch(session.clone(), batch, ttl_secs)
+            move |batch| {
+                let session = session.clone();
+                async move {
+                    let kept = record_batch(session, batch, ttl_secs).await;
+                    if let Err(e) = &kept {
+                        // Only the retries' shortcut is lost (the command ids still
+                        // make retries harmless).
+                        tracing::warn!(detail = %e.detail, "cannot keep idempotent responses");
+                    }
+                    kept
+                }
+            }
         });
         Ok(IdempotencyKeys {
             pool,
@@ -360,25 +376,53 @@ impl IdempotencyKeys {
     }
 
     /// Keeps the first response of `key` of `principal` (row id `key_id`; a
-    /// concurrent first writer wins), and returns once it is committed.
-    pub async fn record(
+    /// concurrent first writer wins) without waiting: the record joins the next batch,
+    /// and `claim` and `token` are released once that batch is written. A batch that
+    /// fails is logged; only a retry's shortcut is lost, since the command id derived
+    /// from the key makes a retry harmless.
+    ///
+    /// No task waits on the write: a task and its wake-ups per command were a
+    /// measurable part of an HTTP command's cost (see docs/benchmarks.md).
+    #[allow(clippy::too_many_arguments)]
+    pub fn keep(
         &self,
         key_id: Uuid,
-        principal: &str,
-        key: &str,
+        principal: String,
+        key: String,
         fingerprint: &[u8; 32],
         status: StatusCode,
-        body: &Value,
-    ) -> Result<(), ApiError> {
+        body: Value,
+        claim: InFlightClaim,
+        token: TaskTrackerToken,
+    ) {
         let record = Record {
             key_id,
-            principal: principal.to_owned(),
-            key: key.to_owned(),
+            principal,
+            key,
             fingerprint: *fingerprint,
             status: status.as_u16() as i16,
-            body: body.clone(),
+            body,
+            _held: (claim, token),
         };
-        submit(&self.records, record).await
+        // The answer goes unread: the batch logs its own failure.
+        let job = (record, oneshot::channel().0);
+        match self.records.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                // A full queue: wait for room on a task of its own, as long as a
+                // lookup would wait.
+                let records = self.records.clone();
+                tokio::spawn(async move {
+                    let wait = Duration::from_millis(KEYS_WAIT_MS);
+                    if tokio::time::timeout(wait, records.send(job)).await.is_err() {
+                        tracing::warn!("cannot keep an idempotent response: the queue is full");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!("cannot keep an idempotent response: the keys have stopped");
+            }
+        }
     }
 
     /// Deletes expired keys in batches of [`PURGE_BATCH_ROWS`], at most
