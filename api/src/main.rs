@@ -28,6 +28,14 @@ struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
 
+    /// Worker threads of the engine's async runtime. Default: one per core, except
+    /// `bench http-commands` and `bench flash-sale`, which leave a core to the
+    /// PostgreSQL server they run beside (one fewer, at least one). With PostgreSQL
+    /// on the same machine, fewer workers than cores can serve more commands: see
+    /// docs/operations.md.
+    #[arg(long, env = "COMMERCE_WORKER_THREADS", global = true)]
+    worker_threads: Option<std::num::NonZeroUsize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -86,7 +94,14 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Token(args) = cli.command {
         return api::token::run(args);
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match (&cli.worker_threads, &cli.command) {
+        (Some(n), _) => n.get(),
+        (None, Command::Bench { bench }) => bench.worker_threads(cores),
+        (None, _) => cores,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     runtime.block_on(async move {

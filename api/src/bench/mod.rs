@@ -133,6 +133,27 @@ pub enum Bench {
     },
 }
 
+impl Bench {
+    /// The runtime's worker threads when `--worker-threads` is not given, on a
+    /// machine of `cores`.
+    ///
+    /// The benchmarks whose process is the engine and its load generator alone
+    /// leave a core to PostgreSQL, which runs on the same machine. On two cores, one
+    /// worker served about 8% more commands over HTTP (14% more in-process) and
+    /// `flash-sale` spent a third less CPU a reservation: a single worker wakes no
+    /// other thread and frees its own memory, and PostgreSQL's backends find a core
+    /// between their round trips. `checkout` (whose process also runs the sandbox
+    /// payment provider and the saga) and `esdb-append` (the official client's gRPC
+    /// stack) ran slower with one, so the others keep one worker per core. Figures
+    /// in docs/benchmarks.md.
+    pub fn worker_threads(&self, cores: usize) -> usize {
+        match self {
+            Bench::HttpCommands { .. } | Bench::FlashSale { .. } => cores.saturating_sub(1).max(1),
+            _ => cores,
+        }
+    }
+}
+
 pub async fn run(bench: Bench, database_url: &str) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
@@ -209,6 +230,11 @@ impl Percentiles {
             p99_ms: at(0.99),
         }
     }
+}
+
+/// The worker threads of the runtime the benchmark runs on.
+pub fn worker_threads() -> usize {
+    tokio::runtime::Handle::current().metrics().num_workers()
 }
 
 /// Rounds a figure for display and JSON.
