@@ -40,7 +40,7 @@ pub fn handle() -> PrometheusHandle {
 /// and status.
 pub async fn track(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
@@ -48,6 +48,27 @@ pub async fn track(request: Request, next: Next) -> Response {
     handles.requests.increment(1);
     handles.duration.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as labelled: methods outside HTTP's standard set share `OTHER`, so
+/// clients cannot grow the label set (and the handles cached for it) without bound.
+fn method_label(method: &Method) -> Method {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    if STANDARD.contains(method) {
+        method.clone()
+    } else {
+        Method::from_bytes(b"OTHER").unwrap_or_default()
+    }
 }
 
 /// A route's request counter (per status) and latency histogram, registered once.

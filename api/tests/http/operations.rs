@@ -41,6 +41,24 @@ async fn metrics_count_requests_by_route_with_latency_histograms() {
 }
 
 #[tokio::test]
+async fn methods_outside_the_standard_set_share_one_metrics_label() {
+    let app = spawn_app().await;
+    for method in [&b"BREW"[..], b"WHEN"] {
+        let method = reqwest::Method::from_bytes(method).unwrap();
+        let reply = app.send(app.http.request(method, app.url("/health"))).await;
+        assert!(reply.status.is_client_error(), "{}", reply.status);
+    }
+    let reply = app.send(app.http.get(app.url("/metrics"))).await;
+    let text = reply.body.as_str().unwrap();
+    assert!(
+        text.contains(r#"http_requests_total{method="OTHER""#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"method="BREW""#), "{text}");
+    assert!(!text.contains(r#"method="WHEN""#), "{text}");
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_every_served_route() {
     let app = spawn_app().await;
     let doc = app.send(app.http.get(app.url("/openapi.json"))).await;
