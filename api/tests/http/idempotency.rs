@@ -59,13 +59,8 @@ async fn cart_replayed(
 #[tokio::test]
 async fn the_same_key_from_another_customer_is_another_request() {
     let app = spawn_app().await;
-    let (alice, bob) = (customer("alice"), customer("bob"));
-    let key = new_key();
-    let body = json!({"currency": "EUR"});
-    let first = app
-        .command(Method::POST, "/v1/carts", &alice, &key, Some(body.clone()))
-        .await;
-    let alices_cart = first.ok(201)["ids"]["cart_id"].clone();
+    let bob = customer("bob");
+    let (alice, key, body, alices_cart) = alices_first_cart(&app).await;
     let head = app.head().await;
 
     let bobs = app
