@@ -57,7 +57,7 @@ pub async fn run(database_url: &str, clients: usize, trials: usize) -> Result<()
         "flash-sale benchmark: {STOCK} units of one SKU, {DEMAND} one-unit reservations from \
          {clients} concurrent clients, {trials} trial(s) (fsync={fsync}, \
          synchronous_commit={synchronous_commit}, {} runtime worker thread(s))",
-        super::worker_threads()
+        super::runtime_workers()
     );
     let commands = Commands::on_postgres(store.clone(), Limits::default()).await?;
     let baseline_table = BaselineTable::create(&db.url).await?;
@@ -165,7 +165,7 @@ pub async fn run(database_url: &str, clients: usize, trials: usize) -> Result<()
         "fsync": fsync,
         "synchronous_commit": synchronous_commit,
         "target_ratio": TARGET_RATIO,
-        "worker_threads": super::worker_threads(),
+        "worker_threads": super::runtime_workers(),
     });
 
     // Let the stream tasks and the store's connections end before the database goes.

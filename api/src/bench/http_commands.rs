@@ -61,7 +61,7 @@ pub async fn run(database_url: &str, duration: Duration, connections: usize) -> 
         "http-commands benchmark: add-to-cart over HTTP, {connections} connections, {}s (after {}s warm-up), fsync on, {} runtime worker thread(s)",
         duration.as_secs(),
         WARM_UP.as_secs(),
-        super::worker_threads()
+        super::runtime_workers()
     );
 
     let token = |role: Role, sub: String| -> Result<String> {
@@ -151,7 +151,7 @@ pub async fn run(database_url: &str, duration: Duration, connections: usize) -> 
             "baseline_what": "the same command through the pipeline in-process",
             "ratio": round2(ratio),
             "connections": connections,
-            "worker_threads": super::worker_threads(),
+            "worker_threads": super::runtime_workers(),
             "seconds": duration.as_secs(),
             "commands": measured.commands,
             "errors": measured.errors,

@@ -233,7 +233,7 @@ impl Percentiles {
 }
 
 /// The worker threads of the runtime the benchmark runs on.
-pub fn worker_threads() -> usize {
+pub fn runtime_workers() -> usize {
     tokio::runtime::Handle::current().metrics().num_workers()
 }
 
