@@ -286,6 +286,8 @@ async fn run_pipeline(commands: &Commands, sku: &Sku, clients: usize) -> Result<
             tally
         }));
     }
+    // Every client is waiting at the gate: the clock and the CPU count start as it
+    // opens, not while the worker is still starting clients.
     ready.wait().await;
     let cpu_before = process_cpu_ns();
     let started = Instant::now();
