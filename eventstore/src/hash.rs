@@ -21,6 +21,8 @@
 //! columns became `json` hold `jsonb`'s text (keys by length, spaces after `:` and
 //! `,`), and verify the same.
 
+use std::io::Write;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -69,7 +71,7 @@ fn update_prefixed(h: &mut Sha256, bytes: &[u8]) {
 /// Recomputes the hash a stored event should carry, given its predecessor's hash.
 pub fn expected_hash(previous: &[u8; 32], event: &RecordedEvent) -> [u8; 32] {
     let data = canonical_json(&event.data);
-    let metadata = canonical_json(&metadata_value(&event.metadata));
+    let metadata = canonical_metadata(&event.metadata);
     chain_hash(
         previous,
         &ChainedFields {
@@ -115,9 +117,48 @@ pub fn verify_chain<'a>(
     Ok(prev)
 }
 
+#[cfg(test)]
 pub(crate) fn metadata_value(metadata: &crate::types::Metadata) -> Value {
     // Serializing a struct of plain fields to a Value cannot fail.
     serde_json::to_value(metadata).unwrap_or(Value::Null)
+}
+
+/// The canonical JSON of `metadata` as serialized, written straight from the fields:
+/// every event of every append has metadata, and building a `Value` for it first
+/// (a map and a string per field) cost more than writing it.
+pub(crate) fn canonical_metadata(metadata: &crate::types::Metadata) -> Vec<u8> {
+    // The keys in bytewise order, each present as `Metadata`'s serialization has it.
+    fn key(out: &mut Vec<u8>, key: &str) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+    }
+    fn id(out: &mut Vec<u8>, name: &str, id: Option<Uuid>) {
+        if let Some(id) = id {
+            key(out, name);
+            out.push(b'"');
+            let mut text = Uuid::encode_buffer();
+            out.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
+            out.push(b'"');
+        }
+    }
+    let mut out = Vec::with_capacity(160);
+    out.push(b'{');
+    if let Some(actor) = &metadata.actor {
+        key(&mut out, "actor");
+        write_string(actor, &mut out);
+    }
+    id(&mut out, "causation_id", metadata.causation_id);
+    id(&mut out, "command_id", metadata.command_id);
+    id(&mut out, "correlation_id", metadata.correlation_id);
+    if !metadata.custom.is_null() {
+        key(&mut out, "custom");
+        write_canonical(&metadata.custom, &mut out);
+    }
+    out.push(b'}');
+    out
 }
 
 /// Compact JSON with object keys sorted bytewise; numbers as serde_json prints them,
@@ -137,7 +178,8 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             if n.as_f64() == Some(0.0) && !n.is_u64() && !n.is_i64() {
                 out.extend_from_slice(b"0.0");
             } else {
-                out.extend_from_slice(n.to_string().as_bytes());
+                // As `to_string` prints it, without the string.
+                let _ = write!(out, "{n}");
             }
         }
         Value::String(s) => write_string(s, out),
@@ -152,16 +194,32 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
+            let mut entry = |i: usize, key: &str, value: &Value| {
                 if i > 0 {
                     out.push(b',');
                 }
                 write_string(key, out);
                 out.push(b':');
-                write_canonical(&map[key], out);
+                write_canonical(value, out);
+            };
+            // serde_json keeps a map's keys in order (a `BTreeMap`, whose order on
+            // strings is bytewise) unless some crate turns on its `preserve_order`
+            // feature; only then are they sorted here.
+            let ordered = map
+                .keys()
+                .zip(map.keys().skip(1))
+                .all(|(a, b)| a.as_bytes() < b.as_bytes());
+            if ordered {
+                for (i, (key, value)) in map.iter().enumerate() {
+                    entry(i, key, value);
+                }
+            } else {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                for (i, key) in keys.into_iter().enumerate() {
+                    entry(i, key, &map[key]);
+                }
             }
             out.push(b'}');
         }
@@ -204,6 +262,38 @@ mod tests {
             String::from_utf8(canonical_json(&v)).expect("utf8"),
             r#"{"a":{"y":true,"z":null},"b":[1,2.5,"x"]}"#
         );
+    }
+
+    #[test]
+    fn metadata_is_written_as_its_serialization_in_canonical_form() {
+        use crate::types::Metadata;
+        let id = |n: u128| Some(Uuid::from_u128(n));
+        let cases = [
+            Metadata::default(),
+            Metadata {
+                command_id: id(1),
+                ..Metadata::default()
+            },
+            Metadata {
+                command_id: id(0x0190_0000_0000_7000_8000_0000_0000_00ab),
+                correlation_id: id(2),
+                causation_id: id(3),
+                actor: Some("customer:\"7\"\n\u{e9}".into()),
+                custom: json!({"z": [1, -0.0, 2.5e300], "a": {"y": null, "b": "\u{1}"}}),
+            },
+            Metadata {
+                actor: Some(String::new()),
+                custom: json!({}),
+                ..Metadata::default()
+            },
+        ];
+        for metadata in cases {
+            assert_eq!(
+                String::from_utf8(canonical_metadata(&metadata)).expect("utf8"),
+                String::from_utf8(canonical_json(&metadata_value(&metadata))).expect("utf8"),
+                "{metadata:?}"
+            );
+        }
     }
 
     #[test]

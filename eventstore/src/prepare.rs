@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::hash::{canonical_json, fingerprint, metadata_value};
+use crate::hash::{canonical_json, canonical_metadata, fingerprint};
 use crate::types::{
     AppendRequest, AppendResult, ExpectedVersion, Metadata, Precondition, StoreError,
     ACTOR_MAX_BYTES, APPEND_MAX_EVENTS, APPEND_MAX_PRECONDITIONS, EVENT_DATA_MAX_BYTES,
@@ -116,7 +116,7 @@ pub(crate) fn prepare(request: AppendRequest) -> Result<PreparedAppend, StoreErr
                 ),
             ));
         }
-        let canonical_metadata = canonical_json(&metadata_value(&event.metadata));
+        let canonical_metadata = canonical_metadata(&event.metadata);
         if canonical_metadata.len() > EVENT_METADATA_MAX_BYTES {
             return Err(StoreError::invalid(
                 "metadata",

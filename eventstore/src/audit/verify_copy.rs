@@ -19,7 +19,7 @@ use tokio_postgres::types::{FromSql, Type};
 
 use super::{hash_before, VerifyReport, AUDIT_PAGE_EVENTS};
 use crate::canonical_text::{metadata_member, CanonicalWriter};
-use crate::hash::{canonical_json, chain_hash, metadata_value, ChainedFields};
+use crate::hash::{canonical_json, canonical_metadata, chain_hash, ChainedFields};
 use crate::postgres::db_error;
 use crate::types::{Metadata, StoreError};
 use crate::EventStore;
@@ -163,7 +163,7 @@ impl Hasher {
             .is_none()
         {
             let metadata: Metadata = serde_json::from_slice(event.metadata).ok()?;
-            self.metadata = canonical_json(&metadata_value(&metadata));
+            self.metadata = canonical_metadata(&metadata);
         }
         Some(chain_hash(
             previous,
