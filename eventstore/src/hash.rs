@@ -129,6 +129,7 @@ pub(crate) fn metadata_value(metadata: &crate::types::Metadata) -> Value {
 pub(crate) fn canonical_metadata(metadata: &crate::types::Metadata) -> Vec<u8> {
     // The keys in bytewise order, each present as `Metadata`'s serialization has it.
     fn key(out: &mut Vec<u8>, key: &str) {
+        // A comma before every key but the first (`out` holds only the `{` then).
         if out.len() > 1 {
             out.push(b',');
         }
