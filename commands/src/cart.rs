@@ -2,6 +2,9 @@
 //! read from the Product aggregate when the line is added, in the cart's currency;
 //! a merge takes the guest cart's lines from its stream.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use domain::{
     Cart, CartCommand, CartEvent, CartId, CartOwner, CartStatus, Currency, DomainError, Money,
     OrderId, Product, ProductId, Quantity, Sku,
@@ -11,6 +14,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::handler::CONFLICT_ATTEMPTS_MAX;
 use crate::{CommandContext, CommandError, Commands, Committed};
+
+/// Most carts whose facts are remembered; past it the memory starts over.
+pub const CART_FACTS_MAX: usize = 100_000;
+
+/// What never changes about a cart once it is created: who owns it and its currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CartFacts {
+    pub owner: CartOwner,
+    pub currency: Currency,
+}
+
+/// The facts of the carts seen lately, so that neither the check of who may change a
+/// cart nor the pricing of a line asks the cart's stream on every command. Facts are
+/// fixed when a cart is created, so an entry can never be wrong, only missing.
+#[derive(Default)]
+pub(crate) struct CartFactsMemory {
+    facts: Mutex<HashMap<CartId, CartFacts>>,
+}
+
+impl CartFactsMemory {
+    fn lock(&self) -> MutexGuard<'_, HashMap<CartId, CartFacts>> {
+        // Each holder does one map operation: a panic cannot leave it half-updated.
+        self.facts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, cart_id: CartId) -> Option<CartFacts> {
+        self.lock().get(&cart_id).copied()
+    }
+
+    fn remember(&self, cart_id: CartId, facts: CartFacts) {
+        let mut known = self.lock();
+        if known.len() >= CART_FACTS_MAX {
+            known.clear();
+        }
+        known.insert(cart_id, facts);
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CartAction {
@@ -58,6 +98,28 @@ pub enum CartAction {
 }
 
 impl Commands {
+    /// The owner and currency of `cart_id` (`None`: no such cart), from memory once
+    /// known. They never change once the cart is created, so the state this process
+    /// holds answers; a cart it has not seen created is read from the log.
+    pub async fn cart_facts(&self, cart_id: CartId) -> Result<Option<CartFacts>, CommandError> {
+        if let Some(facts) = self.cart_facts.get(cart_id) {
+            return Ok(Some(facts));
+        }
+        let facts = |cart: &Cart| {
+            cart.owner()
+                .zip(cart.currency())
+                .map(|(owner, currency)| CartFacts { owner, currency })
+        };
+        let mut found = facts(&self.carts.peek(&Cart::stream_id(&cart_id)).await?.state);
+        if found.is_none() {
+            found = facts(&self.load_cart(cart_id).await?.state);
+        }
+        if let Some(found) = found {
+            self.cart_facts.remember(cart_id, found);
+        }
+        Ok(found)
+    }
+
     pub async fn cart(
         &self,
         action: CartAction,
@@ -68,11 +130,22 @@ impl Commands {
                 cart_id,
                 owner,
                 currency,
-            } => CartCommand::CreateCart {
-                cart_id,
-                owner,
-                currency,
-            },
+            } => {
+                let created = self
+                    .carts
+                    .execute(
+                        CartCommand::CreateCart {
+                            cart_id,
+                            owner,
+                            currency,
+                        },
+                        context,
+                    )
+                    .await?;
+                self.cart_facts
+                    .remember(cart_id, CartFacts { owner, currency });
+                return Ok(created);
+            }
             CartAction::AddItem {
                 cart_id,
                 product_id,
@@ -119,15 +192,11 @@ impl Commands {
         quantity: Quantity,
         context: &CommandContext,
     ) -> Result<Committed<CartEvent>, CommandError> {
-        // A cart's currency never changes once it is created, so the held state
-        // answers; a cart this process has not seen created is read from the log.
-        let mut cart = self.carts.peek(&Cart::stream_id(&cart_id)).await?.state;
-        if cart.currency().is_none() {
-            cart = self.load_cart(cart_id).await?.state;
-        }
-        let currency = cart
-            .currency()
-            .ok_or(DomainError::NotFound { aggregate: "cart" })?;
+        let currency = self
+            .cart_facts(cart_id)
+            .await?
+            .ok_or(DomainError::NotFound { aggregate: "cart" })?
+            .currency;
         let product_stream = Product::stream_id(&product_id);
         let mut product = self.products.peek(&product_stream).await?;
         let mut fresh = false;

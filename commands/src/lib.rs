@@ -34,7 +34,7 @@ mod snapshot;
 mod stream;
 
 pub use aggregate::StreamAggregate;
-pub use cart::CartAction;
+pub use cart::{CartAction, CartFacts, CART_FACTS_MAX};
 pub use context::CommandContext;
 pub use error::CommandError;
 pub use handler::{

@@ -13,6 +13,7 @@ use domain::{
 use eventstore::privacy::{KeyVault, PrivateStore};
 use eventstore::{EventStore, PostgresStore};
 
+use crate::cart::CartFactsMemory;
 use crate::privacy::PERSONAL_DATA;
 use crate::snapshot::{MemorySnapshots, PostgresSnapshots, SnapshotStore};
 use crate::{CommandContext, CommandError, Committed, Handler, Limits, Loaded};
@@ -26,6 +27,7 @@ pub struct Commands {
     pub(crate) orders: Handler<Order>,
     pub(crate) payments: Handler<Payment>,
     pub(crate) checkouts: Handler<Checkout>,
+    pub(crate) cart_facts: Arc<CartFactsMemory>,
 }
 
 /// Places the order for a checked-out cart: the lines and their prices come from
@@ -51,6 +53,7 @@ impl Commands {
             orders: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
             payments: Handler::new(store.clone(), snapshots.clone(), limits.clone()),
             checkouts: Handler::new(store, snapshots, limits),
+            cart_facts: Arc::default(),
         }
     }
 

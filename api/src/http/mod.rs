@@ -31,7 +31,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use commands::{Commands, Limits};
-use domain::{CartId, CartOwner};
 use eventstore::{PostgresConfig, PostgresStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -147,7 +146,6 @@ struct Inner {
     store: PostgresStore,
     in_flight: TaskTracker,
     commands: Commands,
-    cart_owners: CartOwners,
     authenticator: Authenticator,
     idempotency: IdempotencyKeys,
     payment_webhooks: routes::webhooks::PaymentWebhooks,
@@ -235,7 +233,6 @@ impl AppState {
                 store,
                 in_flight: TaskTracker::new(),
                 commands,
-                cart_owners: CartOwners::default(),
                 authenticator,
                 idempotency,
                 payment_webhooks,
@@ -262,11 +259,6 @@ impl AppState {
 
     pub fn commands(&self) -> &Commands {
         &self.inner.commands
-    }
-
-    /// Owners of carts seen lately (an owner never changes, so these never go stale).
-    pub(crate) fn cart_owners(&self) -> &CartOwners {
-        &self.inner.cart_owners
     }
 
     pub fn authenticator(&self) -> &Authenticator {
@@ -340,39 +332,6 @@ pub fn with_session_role(database_url: &str, role: &str) -> anyhow::Result<Strin
         ))
     } else {
         Ok(format!("{database_url} options='-c role={role}'"))
-    }
-}
-
-/// Most cart owners remembered; past it the memory starts over.
-const CART_OWNERS_MAX: usize = 100_000;
-
-/// Who owns each cart seen lately, so that checking a customer's right to change a
-/// cart does not read the cart's stream on every command. A cart's owner is fixed
-/// when it is created, so an entry can never be wrong, only missing.
-#[derive(Default)]
-pub(crate) struct CartOwners {
-    owners: std::sync::Mutex<std::collections::HashMap<CartId, CartOwner>>,
-}
-
-impl CartOwners {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<CartId, CartOwner>> {
-        // A panic while holding this lock cannot leave the map half-updated: the
-        // holders do one map operation each.
-        self.owners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn get(&self, cart_id: CartId) -> Option<CartOwner> {
-        self.lock().get(&cart_id).copied()
-    }
-
-    pub(crate) fn remember(&self, cart_id: CartId, owner: CartOwner) {
-        let mut owners = self.lock();
-        if owners.len() >= CART_OWNERS_MAX {
-            owners.clear();
-        }
-        owners.insert(cart_id, owner);
     }
 }
 

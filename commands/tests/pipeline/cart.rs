@@ -1,4 +1,4 @@
-use commands::{CartAction, CommandError, Committed};
+use commands::{CartAction, CartFacts, CommandError, Committed};
 use domain::{
     Cart, CartEvent, CartId, CartOwner, CartStatus, DomainError, LineItem, PriceTarget,
     ProductCommand, ProductStatus,
@@ -17,6 +17,7 @@ on_both_stores!(
     merging_a_guest_cart_keeps_the_larger_quantity_and_abandons_the_guest_cart,
     checking_out_locks_the_cart_with_its_total,
     a_price_or_status_changed_by_another_process_is_read_before_the_line_is_added,
+    a_carts_owner_and_currency_are_known_to_every_process_and_to_no_unknown_cart,
 );
 
 async fn open_cart(env: &Env, owner: CartOwner, code: &str) -> CartId {
@@ -335,4 +336,67 @@ async fn a_price_or_status_changed_by_another_process_is_read_before_the_line_is
     // One line for the SKU, at the price of the latest add.
     assert_eq!(cart.lines()[0].quantity, qty(3));
     assert_eq!(cart.lines()[0].unit_price, eur(2_500));
+}
+
+/// The owner and currency of a cart are remembered by the process that created it,
+/// read from the log by another, and a cart that does not exist has none (nothing is
+/// remembered for it: once created elsewhere, it is found).
+async fn a_carts_owner_and_currency_are_known_to_every_process_and_to_no_unknown_cart(
+    backend: Backend,
+) {
+    let env = backend.env().await;
+    let owner = customer();
+    let cart_id = open_cart(&env, owner, "USD").await;
+    let facts = Some(CartFacts {
+        owner,
+        currency: currency("USD"),
+    });
+    assert_eq!(env.commands.cart_facts(cart_id).await.unwrap(), facts);
+    let other = env.another_process();
+    assert_eq!(other.cart_facts(cart_id).await.unwrap(), facts);
+
+    // A line added through the other process is priced in the cart's currency.
+    let product_id = env.published_product(&["CAP-1"], usd(1_500)).await;
+    let added = other
+        .cart(
+            CartAction::AddItem {
+                cart_id,
+                product_id,
+                sku: sku("CAP-1"),
+                quantity: qty(2),
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        added.events,
+        [CartEvent::CartLineAdded {
+            sku: sku("CAP-1"),
+            quantity: qty(2),
+            unit_price: usd(1_500),
+        }]
+    );
+
+    let unknown: CartId = Uuid::now_v7().into();
+    assert_eq!(other.cart_facts(unknown).await.unwrap(), None);
+    let guest_owner = guest();
+    env.commands
+        .cart(
+            CartAction::Create {
+                cart_id: unknown,
+                owner: guest_owner,
+                currency: currency("EUR"),
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        other.cart_facts(unknown).await.unwrap(),
+        Some(CartFacts {
+            owner: guest_owner,
+            currency: currency("EUR"),
+        })
+    );
 }

@@ -111,16 +111,11 @@ async fn writable_cart(
     cart_id: CartId,
 ) -> Result<Option<CartOwner>, ApiError> {
     principal.require(CART_WRITERS)?;
-    let owner = match state.cart_owners().get(cart_id) {
-        Some(owner) => Some(owner),
-        None => {
-            let owner = state.commands().load_cart(cart_id).await?.state.owner();
-            if let Some(owner) = owner {
-                state.cart_owners().remember(cart_id, owner);
-            }
-            owner
-        }
-    };
+    let owner = state
+        .commands()
+        .cart_facts(cart_id)
+        .await?
+        .map(|facts| facts.owner);
     if principal.may_see_cart(owner) {
         Ok(owner)
     } else {
@@ -182,7 +177,6 @@ pub async fn create(
                 currency: request.currency,
             };
             let committed = state.commands().cart(action, &context).await?;
-            state.cart_owners().remember(cart_id, owner);
             Ok((
                 StatusCode::CREATED,
                 CommandAccepted::new()
