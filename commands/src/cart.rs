@@ -142,8 +142,13 @@ impl Commands {
                         context,
                     )
                     .await?;
-                self.cart_facts
-                    .remember(cart_id, CartFacts { owner, currency });
+                // A repeat of a command id is answered with the first outcome, which
+                // may have created the cart otherwise: only a create that wrote its
+                // event says what the cart is.
+                if !created.replayed {
+                    self.cart_facts
+                        .remember(cart_id, CartFacts { owner, currency });
+                }
                 return Ok(created);
             }
             CartAction::AddItem {

@@ -378,6 +378,27 @@ async fn a_carts_owner_and_currency_are_known_to_every_process_and_to_no_unknown
         }]
     );
 
+    // A create repeated with its command id but other facts is answered with the
+    // first outcome, and the facts stay the first ones.
+    let first = ctx();
+    let repeated_id: CartId = Uuid::now_v7().into();
+    let create = |owner, code| CartAction::Create {
+        cart_id: repeated_id,
+        owner,
+        currency: currency(code),
+    };
+    env.commands
+        .cart(create(owner, "USD"), &first)
+        .await
+        .unwrap();
+    let repeat = env
+        .commands
+        .cart(create(guest(), "EUR"), &first)
+        .await
+        .unwrap();
+    assert!(repeat.replayed);
+    assert_eq!(env.commands.cart_facts(repeated_id).await.unwrap(), facts);
+
     let unknown: CartId = Uuid::now_v7().into();
     assert_eq!(other.cart_facts(unknown).await.unwrap(), None);
     let guest_owner = guest();
