@@ -291,7 +291,14 @@ async fn run_pipeline(commands: &Commands, sku: &Sku, clients: usize) -> Result<
     ready.wait().await;
     let cpu_before = process_cpu_ns();
     let started = Instant::now();
-    go.send(true).context("open the gate")?;
+    // The gate opens on a runtime worker, where the clients run, so every client is
+    // woken into that worker's own queue at once. This thread is outside the
+    // runtime: opened from here, the wake-ups would go one by one through the
+    // runtime's shared queue while the worker already runs the first clients, and
+    // the burst's first commands would reach the stream a few at a time.
+    let go = tokio::spawn(async move { go.send(true).map(|()| go) })
+        .await?
+        .context("open the gate")?;
     let mut sold = 0u64;
     let mut out_of_stock = 0u64;
     let mut latencies = Vec::with_capacity(DEMAND);
@@ -411,7 +418,14 @@ impl BaselineTable {
             }));
         }
         let started = Instant::now();
-        go.send(true).context("open the gate")?;
+        // The gate opens on a runtime worker, where the clients run, so every client is
+        // woken into that worker's own queue at once. This thread is outside the
+        // runtime: opened from here, the wake-ups would go one by one through the
+        // runtime's shared queue while the worker already runs the first clients, and
+        // the burst's first commands would reach the stream a few at a time.
+        let go = tokio::spawn(async move { go.send(true).map(|()| go) })
+            .await?
+            .context("open the gate")?;
         let mut sold = 0u64;
         let mut latencies = Vec::with_capacity(DEMAND);
         for task in tasks {
