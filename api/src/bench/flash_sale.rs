@@ -291,14 +291,7 @@ async fn run_pipeline(commands: &Commands, sku: &Sku, clients: usize) -> Result<
     ready.wait().await;
     let cpu_before = process_cpu_ns();
     let started = Instant::now();
-    // The gate opens on a runtime worker, where the clients run, so every client is
-    // woken into that worker's own queue at once. This thread is outside the
-    // runtime: opened from here, the wake-ups would go one by one through the
-    // runtime's shared queue while the worker already runs the first clients, and
-    // the burst's first commands would reach the stream a few at a time.
-    let go = tokio::spawn(async move { go.send(true).map(|()| go) })
-        .await?
-        .context("open the gate")?;
+    let go = open_gate(go).await?;
     let mut sold = 0u64;
     let mut out_of_stock = 0u64;
     let mut latencies = Vec::with_capacity(DEMAND);
@@ -328,6 +321,19 @@ async fn run_pipeline(commands: &Commands, sku: &Sku, clients: usize) -> Result<
         latency: Percentiles::of(&mut latencies),
         cpu_us_per_command,
     })
+}
+
+/// Opens the gate the clients wait at, and hands its sender back (the clients'
+/// `wait_for` ends with an error once it is dropped). It opens on a runtime worker,
+/// where the clients run, so every client is woken into that worker's own queue at
+/// once. The benchmark's thread is outside the runtime: opened from there, the
+/// wake-ups would go one by one through the runtime's shared queue while the worker
+/// already runs the first clients, and the burst's first commands would reach the
+/// stream a few at a time.
+async fn open_gate(go: watch::Sender<bool>) -> Result<watch::Sender<bool>> {
+    tokio::spawn(async move { go.send(true).map(|()| go) })
+        .await?
+        .context("open the gate")
 }
 
 /// Nanoseconds of CPU this process's threads have run, from Linux's per-thread
@@ -418,14 +424,7 @@ impl BaselineTable {
             }));
         }
         let started = Instant::now();
-        // The gate opens on a runtime worker, where the clients run, so every client is
-        // woken into that worker's own queue at once. This thread is outside the
-        // runtime: opened from here, the wake-ups would go one by one through the
-        // runtime's shared queue while the worker already runs the first clients, and
-        // the burst's first commands would reach the stream a few at a time.
-        let go = tokio::spawn(async move { go.send(true).map(|()| go) })
-            .await?
-            .context("open the gate")?;
+        let go = open_gate(go).await?;
         let mut sold = 0u64;
         let mut latencies = Vec::with_capacity(DEMAND);
         for task in tasks {
