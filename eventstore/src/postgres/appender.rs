@@ -1113,7 +1113,8 @@ async fn write_rows(
 ) -> Result<(u64, [u8; 32]), tokio_postgres::Error> {
     let mut sink = std::pin::pin!(sink);
     let rows = events.positions.len();
-    let mut out = BytesMut::with_capacity(COPY_CHUNK_BYTES + 4096);
+    // Room for the rows (about 400 bytes each) up to a chunk and a row more.
+    let mut out = BytesMut::with_capacity((64 + rows * 400).min(COPY_CHUNK_BYTES + 4096));
     out.put_slice(b"PGCOPY\n\xff\r\n\0");
     out.put_i32(0); // flags
     out.put_i32(0); // header extension
