@@ -33,6 +33,7 @@ use async_trait::async_trait;
 pub use memory::MemoryStore;
 pub use postgres::{
     db_error, migrate, Migration, PostgresConfig, PostgresStore, EVENTSTORE_MIGRATIONS,
+    LOG_WRITERS_LOCK_KEY,
 };
 pub use scratch::{recreate_database, ScratchDatabase};
 pub use subscription::{Subscription, SubscriptionOptions};

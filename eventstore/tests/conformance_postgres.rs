@@ -91,6 +91,89 @@ async fn three_processes_writing_and_following_at_once_see_one_gapless_order() {
     .await;
 }
 
+/// Another process's chained batch is in flight: its rows are copied in past the head
+/// and its head move is still to come. A batch written under the head lock (a store's
+/// first) must wait for it to end rather than lock the head and then wait for those
+/// rows, which would leave the chained head move waiting for the head until its lock
+/// timeout, or the two deadlocked. The head move goes through, and the locked batch
+/// lands after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_batch_waits_for_another_process_chained_batch() {
+    use eventstore::{AppendRequest, ExpectedVersion, NewEvent, LOG_WRITERS_LOCK_KEY};
+    use std::time::Duration;
+    let db = test_database().await.expect("a test database");
+    let store = PostgresStore::connect(PostgresConfig::new(db.url.clone()))
+        .await
+        .expect("store");
+
+    // The other process's chained batch, statement by statement.
+    let (chained, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    chained.batch_execute("BEGIN").await.expect("begin");
+    chained
+        .execute(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[&LOG_WRITERS_LOCK_KEY],
+        )
+        .await
+        .expect("the writers' lock, shared");
+    let head = chained
+        .query_one("SELECT position, hash FROM log_head", &[])
+        .await
+        .expect("head");
+    let (position, hash): (i64, Vec<u8>) = (head.get(0), head.get(1));
+    assert_eq!(position, 0);
+    let new_hash = vec![7u8; 32];
+    chained
+        .execute(
+            "INSERT INTO events (position, stream_id, version, event_id, event_type, \
+                                 schema_version, data, metadata, recorded_at, hash) \
+             VALUES (1, 'inventory-chained', 1, gen_random_uuid(), 'StockReserved', 1, \
+                     '{}', '{}', clock_timestamp(), $1)",
+            &[&new_hash],
+        )
+        .await
+        .expect("the chained row, past the head");
+
+    let appending = tokio::spawn(async move {
+        store
+            .append(AppendRequest {
+                stream_id: "inventory-locked".into(),
+                expected: ExpectedVersion::NoStream,
+                events: vec![NewEvent::new("StockReserved", serde_json::json!({}))],
+                command_id: None,
+                preconditions: Vec::new(),
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !appending.is_finished(),
+        "the locked batch waits for the chained one"
+    );
+    chained
+        .execute(
+            "SELECT log_advance_head($1, $2, 1, $3, clock_timestamp(), 'commerce_events')",
+            &[&position, &hash, &new_hash],
+        )
+        .await
+        .expect("the chained head move finds the head free");
+    chained.batch_execute("COMMIT").await.expect("commit");
+
+    let written = tokio::time::timeout(Duration::from_secs(30), appending)
+        .await
+        .expect("the locked batch ends")
+        .expect("task")
+        .expect("the locked batch is written");
+    assert_eq!(
+        (written.first_position, written.stream_version),
+        (2, 1),
+        "after the chained batch"
+    );
+}
+
 /// A subscriber that never hears a notification still sees every event another
 /// process commits, by polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

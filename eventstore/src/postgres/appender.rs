@@ -2,7 +2,8 @@
 //! appends, and writes each drained batch in one transaction.
 //!
 //! Per batch, four round trips and one fsync:
-//! 1. `BEGIN`, lock the `log_head` row, and read the versions of the batch's streams
+//! 1. `BEGIN`, take the writers' advisory lock ([`LOG_WRITERS_LOCK_KEY`]) and the
+//!    `log_head` row lock, and read the versions of the batch's streams
 //!    and the first results of its command ids (pipelined: sent together, answered in
 //!    order, all after the lock is held).
 //! 2. In memory, decide every append in arrival order against those versions (and the
@@ -29,7 +30,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, CopyInSink, NoTls, Statement};
 use uuid::Uuid;
 
-use super::{advance_head, db_error, PostgresConfig, NOTIFY_CHANNEL};
+use super::{advance_head, db_error, PostgresConfig, LOG_WRITERS_LOCK_KEY, NOTIFY_CHANNEL};
 use crate::hash::{chain_hash, ChainedFields};
 use crate::prepare::{decide, Decision, PreparedAppend, StoredCommand};
 use crate::types::{AppendResult, StoreError};
@@ -43,6 +44,8 @@ pub(crate) struct AppendJob {
 }
 
 struct Statements {
+    lock_writers: Statement,
+    share_writers: Statement,
     lock_head: Statement,
     clock: Statement,
     stream_versions: Statement,
@@ -456,14 +459,20 @@ struct Chained {
 /// - if the batch ahead fails, this one fails too and both are written again;
 /// - another process's appends break the chain: its rows take the positions first
 ///   (this COPY then fails on the primary key) or its head move comes first (the
-///   head check fails). A wait for each other's rows ends by `log_advance_head`'s
-///   lock timeout. Either way the batch is written again the ordinary way, and
+///   head check fails). Either way the batch is written again the ordinary way, and
 ///   chaining pauses for [`UNCHAINED_AFTER_REFUSAL`].
+/// - the transaction holds the writers' advisory lock shared from its first
+///   statement: a batch written the ordinary way (another process's, or this one's
+///   after a failure) takes it exclusively before the head, so it waits for this
+///   batch to end instead of locking the head and then waiting for these rows while
+///   this batch's head move waits for it. Two chained batches of different processes
+///   can still wait for each other's rows and head move; `log_advance_head`'s lock
+///   timeout ends that.
 ///
 /// Refusals are answered only if the batch commits, so a refusal decided against
 /// the batch ahead's versions stands only if that batch is in the log.
 ///
-/// Two round trips: `BEGIN`, the clock, the versions of uncached streams and the
+/// Two round trips: `BEGIN`, the shared lock, the clock, the versions of uncached streams and the
 /// `COPY` statement; then the rows.
 async fn chain_batch(
     conn: &Connection,
@@ -489,14 +498,16 @@ async fn chain_batch(
             client.query(&st.stream_versions, &version_params).await
         }
     };
-    let (begin, clock_row, version_rows, sink) = futures::join!(
+    let (begin, shared, clock_row, version_rows, sink) = futures::join!(
         client.batch_execute("BEGIN"),
+        client.execute(&st.share_writers, &[&LOG_WRITERS_LOCK_KEY]),
         client.query_one(&st.clock, &[]),
         read_versions,
         client.copy_in::<_, Bytes>(&st.copy_events),
     );
     let read = (|| {
         begin?;
+        shared?;
         Ok::<_, tokio_postgres::Error>((clock_row?, version_rows?, sink?))
     })();
     let (clock_row, version_rows, sink) = match read {
@@ -649,6 +660,8 @@ async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> 
         async move { client.prepare(sql).await.map_err(db_error) }
     };
     let statements = Statements {
+        lock_writers: prepare("SELECT pg_advisory_xact_lock($1)").await?,
+        share_writers: prepare("SELECT pg_advisory_xact_lock_shared($1)").await?,
         lock_head: prepare("SELECT position, hash, recorded_at FROM log_head FOR UPDATE").await?,
         // Sent right behind the lock, so it runs once the lock is held: events are
         // stamped with the time they were ordered, not when their transaction began
@@ -764,12 +777,14 @@ async fn write_batch(
     };
 
     // Round trip 1. `futures::join!` polls in order, and each query is sent on its
-    // first poll, so the server sees BEGIN, the lock, then the reads (empty lookups
-    // are cheap no-ops).
+    // first poll, so the server sees BEGIN, the locks, then the reads (empty lookups
+    // are cheap no-ops). The writers' lock, exclusive, waits for every chained batch
+    // in flight (of any process) to end, so no uncommitted rows lie past the head.
     let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
     let command_params: [&(dyn ToSql + Sync); 1] = [&command_ids];
-    let (begin, head_row, clock_row, version_rows, command_rows) = futures::join!(
+    let (begin, writers, head_row, clock_row, version_rows, command_rows) = futures::join!(
         client.batch_execute("BEGIN"),
+        client.execute(&st.lock_writers, &[&LOG_WRITERS_LOCK_KEY]),
         client.query_one(&st.lock_head, &[]),
         client.query_one(&st.clock, &[]),
         client.query(&st.stream_versions, &version_params),
@@ -777,6 +792,7 @@ async fn write_batch(
     );
     let read = (|| {
         begin?;
+        writers?;
         Ok::<_, tokio_postgres::Error>((head_row?, clock_row?, version_rows?, command_rows?))
     })();
     let (head_row, clock_row, mut version_rows, command_rows) = match read {

@@ -29,6 +29,14 @@ use crate::EventStore;
 /// The channel the appender notifies on after each commit; the payload is the head.
 pub(crate) const NOTIFY_CHANNEL: &str = "commerce_events";
 
+/// The advisory lock key of the log's writers (`pg_advisory_xact_lock*`). A chained
+/// batch (written without the `log_head` lock) holds it shared from its first
+/// statement to its commit; a batch written under the `log_head` lock takes it
+/// exclusively first. So a writer holding `log_head` never meets the uncommitted rows
+/// of a chained batch, which would wait for that lock: the two could not deadlock.
+/// Anything else that writes the log must take it exclusively too.
+pub const LOG_WRITERS_LOCK_KEY: i64 = 0x636f_6d6d_6c6f_6777; // "commlogw"
+
 /// How to reach PostgreSQL and how hard to push it.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
