@@ -311,6 +311,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                     None
                 },
                 preconditions: std::mem::take(&mut round.preconditions),
+                guards: Vec::new(),
             };
             let limit = shared.limits.store_call_timeout;
             let Ok(appended) = tokio::time::timeout(limit, shared.store.append(request)).await

@@ -21,7 +21,11 @@ use crate::EventStore;
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     head_tx: Arc<watch::Sender<u64>>,
+    kept_answers: Option<KeptAnswers>,
 }
+
+/// Whether a guard key has a kept answer (see [`AppendRequest::guards`]).
+pub type KeptAnswers = Arc<dyn Fn(&Uuid) -> bool + Send + Sync>;
 
 #[derive(Default)]
 struct Inner {
@@ -46,7 +50,14 @@ impl MemoryStore {
         MemoryStore {
             inner: Arc::new(Mutex::new(Inner::default())),
             head_tx: Arc::new(head_tx),
+            kept_answers: None,
         }
+    }
+
+    /// Refuses appends whose guard keys `kept` says have a kept answer.
+    pub fn with_kept_answers(mut self, kept: KeptAnswers) -> Self {
+        self.kept_answers = Some(kept);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -71,7 +82,9 @@ impl EventStore for MemoryStore {
             .command_id
             .and_then(|id| inner.commands.get(&id).copied());
         let version_of = |stream: &str| inner.streams.get(stream).map_or(0, |p| p.len() as u64);
-        let first_version = match decide(&append, current, version_of, previous.as_ref())? {
+        let answered = |key: &Uuid| self.kept_answers.as_ref().is_some_and(|kept| kept(key));
+        let first_version = match decide(&append, current, version_of, previous.as_ref(), answered)?
+        {
             Decision::Replay(result) => return Ok(result),
             Decision::Write { first_version } => first_version,
         };

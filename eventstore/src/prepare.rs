@@ -10,8 +10,9 @@ use uuid::Uuid;
 use crate::hash::{canonical_json, canonical_metadata, fingerprint};
 use crate::types::{
     AppendRequest, AppendResult, ExpectedVersion, Metadata, Precondition, StoreError,
-    ACTOR_MAX_BYTES, APPEND_MAX_EVENTS, APPEND_MAX_PRECONDITIONS, EVENT_DATA_MAX_BYTES,
-    EVENT_METADATA_MAX_BYTES, EVENT_TYPE_MAX_BYTES, STREAM_ID_MAX_BYTES, VERSION_MAX,
+    ACTOR_MAX_BYTES, APPEND_MAX_EVENTS, APPEND_MAX_GUARDS, APPEND_MAX_PRECONDITIONS,
+    EVENT_DATA_MAX_BYTES, EVENT_METADATA_MAX_BYTES, EVENT_TYPE_MAX_BYTES, STREAM_ID_MAX_BYTES,
+    VERSION_MAX,
 };
 
 /// An append that passed validation, with its JSON already in canonical form.
@@ -25,6 +26,7 @@ pub(crate) struct PreparedAppend {
     pub fingerprint: [u8; 32],
     pub events: Vec<PreparedEvent>,
     pub preconditions: Vec<Precondition>,
+    pub guards: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,15 @@ pub(crate) fn prepare(request: AppendRequest) -> Result<PreparedAppend, StoreErr
     }
     for precondition in &request.preconditions {
         validate_stream_id(&precondition.stream_id)?;
+    }
+    if request.guards.len() > APPEND_MAX_GUARDS {
+        return Err(StoreError::invalid(
+            "guards",
+            format!(
+                "at most {APPEND_MAX_GUARDS} per append, got {}",
+                request.guards.len()
+            ),
+        ));
     }
     let mut seen = HashSet::with_capacity(request.events.len());
     let mut events = Vec::with_capacity(request.events.len());
@@ -159,19 +170,31 @@ pub(crate) fn prepare(request: AppendRequest) -> Result<PreparedAppend, StoreErr
         fingerprint,
         events,
         preconditions: request.preconditions,
+        guards: request.guards,
     })
 }
 
 /// Decides one append against the stream's current version, the current versions
-/// of the streams it read (`version_of`) and the command id's first result, if any.
-/// Idempotency is checked first: a repeat with an exact expected version would
-/// otherwise look like a conflict.
+/// of the streams it read (`version_of`), the command id's first result, if any, and
+/// which of its guard keys have a kept answer (`answered`). Guards are checked first
+/// (the request was answered: nothing else matters), then idempotency: a repeat with
+/// an exact expected version would otherwise look like a conflict.
 pub(crate) fn decide(
     append: &PreparedAppend,
     current_version: u64,
     version_of: impl Fn(&str) -> u64,
     previous: Option<&StoredCommand>,
+    answered: impl Fn(&Uuid) -> bool,
 ) -> Result<Decision, StoreError> {
+    let keys: Vec<Uuid> = append
+        .guards
+        .iter()
+        .filter(|key| answered(key))
+        .copied()
+        .collect();
+    if !keys.is_empty() {
+        return Err(StoreError::AlreadyAnswered { keys });
+    }
     if let (Some(command_id), Some(previous)) = (append.command_id, previous) {
         if previous.fingerprint == append.fingerprint {
             return Ok(Decision::Replay(previous.result));

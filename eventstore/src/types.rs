@@ -14,6 +14,8 @@ pub const EVENT_TYPE_MAX_BYTES: usize = 128;
 pub const APPEND_MAX_EVENTS: usize = 10_000;
 /// Most preconditions (streams read) one append may carry.
 pub const APPEND_MAX_PRECONDITIONS: usize = 64;
+/// Most guard keys one append carries ([`AppendRequest::guards`]).
+pub const APPEND_MAX_GUARDS: usize = APPEND_MAX_EVENTS;
 /// Largest serialized `data` of one event, in bytes.
 pub const EVENT_DATA_MAX_BYTES: usize = 1 << 20;
 /// Largest serialized metadata of one event, in bytes.
@@ -120,6 +122,15 @@ pub struct AppendRequest {
     /// from memory appends with the product at that version instead of asking the
     /// database whether its copy is current. At most [`APPEND_MAX_PRECONDITIONS`].
     pub preconditions: Vec<Precondition>,
+    /// Keys of requests the writer answers with this append (an API's idempotency
+    /// keys). If the store's record of kept answers holds any of them, the request was
+    /// answered before: the append is refused with [`StoreError::AlreadyAnswered`]
+    /// and nothing is written, checked in the same commit as the expected version. So
+    /// a writer need not look a new key up before it writes, only when its append is
+    /// refused. A store without such a record (`PostgresConfig::kept_answers`,
+    /// [`crate::MemoryStore::with_kept_answers`]) finds none. At most
+    /// [`APPEND_MAX_GUARDS`].
+    pub guards: Vec<Uuid>,
 }
 
 /// A stream an append depends on, at the version its writer read.
@@ -194,6 +205,9 @@ pub enum StoreError {
         read: u64,
         actual: u64,
     },
+    /// Keys among the append's guards that have a kept answer. Nothing was written.
+    #[error("{} of the append's keys already has an answer", keys.len())]
+    AlreadyAnswered { keys: Vec<Uuid> },
     #[error("command {command_id} was already appended with other events")]
     CommandIdReused { command_id: Uuid },
     #[error("event id {event_id} is already in the log")]

@@ -31,6 +31,7 @@ async fn store_with_events(count: u64) -> (Arc<dyn EventStore>, PostgresStore, S
             )],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         })
         .collect();
     for chunk in requests.chunks(500) {
@@ -206,6 +207,7 @@ async fn the_database_refuses_to_update_delete_or_truncate_events() {
             events: vec![NewEvent::new("Noted", json!({}))],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         })
         .await
         .expect("appends still work");
@@ -250,6 +252,7 @@ async fn the_copy_verification_hashes_every_kind_of_json_as_the_store_did() {
         events,
         command_id: None,
         preconditions: Vec::new(),
+        guards: Vec::new(),
     })
     .await
     .expect("append");
@@ -361,6 +364,7 @@ async fn a_log_stored_as_jsonb_reads_and_verifies_the_same_once_migrated_to_json
             events: vec![NewEvent::new("Noted", json!({ "zz": 1, "a": [1, 2] }))],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         })
         .await
         .expect("append");

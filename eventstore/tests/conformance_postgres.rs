@@ -35,6 +35,7 @@ async fn two_processes_appending_to_one_stream_see_each_others_versions() {
         events: vec![NewEvent::new("StockReserved", serde_json::json!({}))],
         command_id: None,
         preconditions: Vec::new(),
+        guards: Vec::new(),
     };
     a.append(append(ExpectedVersion::NoStream))
         .await
@@ -145,6 +146,7 @@ async fn a_locked_batch_waits_for_another_process_chained_batch() {
                 events: vec![NewEvent::new("StockReserved", serde_json::json!({}))],
                 command_id: None,
                 preconditions: Vec::new(),
+                guards: Vec::new(),
             })
             .await
     });
@@ -174,6 +176,35 @@ async fn a_locked_batch_waits_for_another_process_chained_batch() {
     );
 }
 
+/// Guard keys checked against a table of kept answers, as an API keeps its
+/// idempotency keys' answers. The table is created after the store starts, as the
+/// API's migrations do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_appends_are_refused_once_a_key_has_an_answer() {
+    let db = test_database().await.expect("a test database");
+    let mut config = PostgresConfig::new(db.url.clone());
+    config.kept_answers = Some("SELECT key FROM kept_answers WHERE key = ANY($1)".into());
+    let store = PostgresStore::connect(config).await.expect("store");
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let answered = uuid::Uuid::new_v4();
+    client
+        .batch_execute("CREATE TABLE kept_answers (key uuid PRIMARY KEY)")
+        .await
+        .expect("the table");
+    client
+        .execute("INSERT INTO kept_answers VALUES ($1)", &[&answered])
+        .await
+        .expect("a kept answer");
+    eventstore::testing::conformance::guarded_appends_are_refused_once_a_key_has_an_answer(
+        Arc::new(store),
+        answered,
+    )
+    .await;
+}
+
 /// A subscriber that never hears a notification still sees every event another
 /// process commits, by polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +232,7 @@ async fn a_subscription_without_notifications_follows_by_polling() {
                     events: vec![NewEvent::new("OrderNoted", serde_json::json!({ "i": i }))],
                     command_id: None,
                     preconditions: Vec::new(),
+                    guards: Vec::new(),
                 })
                 .await
                 .expect("append");

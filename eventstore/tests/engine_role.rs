@@ -28,6 +28,7 @@ async fn append(store: &PostgresStore, count: u64) {
                 events: vec![NewEvent::new("Noted", json!({ "i": i }))],
                 command_id: None,
                 preconditions: Vec::new(),
+                guards: Vec::new(),
             })
             .await
             .expect("append");

@@ -123,6 +123,7 @@ fn run<A: Aggregate>(
         events: new_events,
         command_id: None,
         preconditions: Vec::new(),
+        guards: Vec::new(),
     });
     stream.version += events.len() as u64;
     Ok(events.len())

@@ -128,6 +128,7 @@ pub(super) async fn run_level(
                     events: vec![event],
                     command_id: Some(Uuid::now_v7()),
                     preconditions: Vec::new(),
+                    guards: Vec::new(),
                 };
                 let sent = Instant::now();
                 let result = store.append(request).await?;

@@ -138,6 +138,7 @@ async fn generate(store: &Arc<dyn EventStore>, events: u64) -> Result<()> {
                                 .collect(),
                             command_id: None,
                             preconditions: Vec::new(),
+                            guards: Vec::new(),
                         }
                     })
                     .collect();

@@ -188,6 +188,7 @@ pub async fn append(
         events: events.clone(),
         command_id: Some(command_id),
         preconditions: Vec::new(),
+        guards: Vec::new(),
     };
     let success = |result: AppendResult| AppendOutcome::Success {
         current_revision: codec::revision_of(result.stream_version),
@@ -309,6 +310,7 @@ async fn refuse_if_tombstoned_meanwhile(
         events: vec![tombstone_event(principal)],
         command_id: None,
         preconditions: Vec::new(),
+        guards: Vec::new(),
     };
     store
         .append(close_again)
@@ -393,6 +395,7 @@ pub async fn delete(
             events: vec![event],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         };
         match store.append(request).await {
             Ok(result) => return Ok(Some(result.last_position)),
@@ -457,6 +460,7 @@ pub async fn tombstone(
             events: vec![event],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         };
         match store.append(request).await {
             Ok(result) => return Ok(result.last_position),

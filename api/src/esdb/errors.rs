@@ -84,9 +84,10 @@ pub fn from_store(error: StoreError) -> Status {
         }
         StoreError::Unavailable(reason) => Status::unavailable(reason),
         StoreError::Overloaded(reason) => Status::resource_exhausted(reason),
-        e @ (StoreError::WrongExpectedVersion { .. } | StoreError::StreamMoved { .. }) => {
-            Status::failed_precondition(e.to_string())
-        }
+        // The endpoint's appends carry no guard keys; mapped for completeness.
+        e @ (StoreError::WrongExpectedVersion { .. }
+        | StoreError::StreamMoved { .. }
+        | StoreError::AlreadyAnswered { .. }) => Status::failed_precondition(e.to_string()),
         StoreError::Database(reason) | StoreError::Corrupt(reason) => {
             tracing::error!(error = %reason, "event store failure behind the esdb endpoint");
             Status::internal("the event store failed")

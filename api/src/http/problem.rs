@@ -255,6 +255,14 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateEventId { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "duplicate-event-id", detail)
             }
+            // A command's key was answered meanwhile (by another process); the command
+            // path answers with that answer, and this is what is left if the answer
+            // could not be read: a retry with the same key gets it.
+            StoreError::AlreadyAnswered { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency-key-in-flight", detail)
+                    .with_field("Idempotency-Key")
+                    .retry_after(1)
+            }
             StoreError::InvalidRequest { field, .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", detail)
                     .with_field(field)

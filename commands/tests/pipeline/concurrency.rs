@@ -214,6 +214,7 @@ impl EventStore for MovingStream {
                     events: vec![foreign],
                     command_id: None,
                     preconditions: Vec::new(),
+                    guards: Vec::new(),
                 })
                 .await?;
         }
@@ -381,6 +382,7 @@ impl EventStore for Choreographed {
                         events: vec![NewEvent::new(foreign.event_type(), foreign.to_data())],
                         command_id: None,
                         preconditions: Vec::new(),
+                        guards: Vec::new(),
                     })
                     .await?;
             }

@@ -25,6 +25,7 @@ async fn a_stock_received_event_stored_at_v1_is_loaded_as_v2_in_the_default_ware
             events: vec![v1],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         })
         .await
         .unwrap();
@@ -65,6 +66,7 @@ async fn an_event_this_build_cannot_read_stops_the_stream_with_a_decode_error(ba
             events: vec![NewEvent::new("StockTeleported", json!({ "quantity": 1 }))],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         })
         .await
         .unwrap();

@@ -17,7 +17,7 @@
 //! is written and its appends are retried one per transaction, so only the faulty
 //! one fails.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,44 @@ struct Statements {
 struct Connection {
     client: Client,
     statements: Statements,
+    /// [`PostgresConfig::kept_answers`], and its statement once prepared.
+    kept_answers_sql: Option<String>,
+    kept_answers: tokio::sync::OnceCell<Statement>,
+}
+
+impl Connection {
+    /// The statement that finds which of `guards` have a kept answer; `None` when
+    /// there is nothing to look up. Prepared on first use: the record it reads
+    /// belongs to the store's user, which may create it after the store starts.
+    async fn kept_answers(&self, guards: &[Uuid]) -> Result<Option<&Statement>, StoreError> {
+        let Some(sql) = self.kept_answers_sql.as_deref() else {
+            return Ok(None);
+        };
+        if guards.is_empty() {
+            return Ok(None);
+        }
+        self.kept_answers
+            .get_or_try_init(|| self.client.prepare(sql))
+            .await
+            .map(Some)
+            .map_err(db_error)
+    }
+}
+
+/// The guard keys of `batch`'s appends, each once.
+fn batch_guards(batch: &[AppendJob]) -> Vec<Uuid> {
+    let mut keys: Vec<Uuid> = batch
+        .iter()
+        .flat_map(|j| j.append.guards.iter().copied())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The keys in rows of the kept-answers statement.
+fn answered_keys(rows: &[tokio_postgres::Row]) -> HashSet<Uuid> {
+    rows.iter().map(|row| row.get(0)).collect()
 }
 
 pub(crate) async fn run(
@@ -334,7 +372,7 @@ impl Appender {
         if let Some(conn) = &self.slots[slot].connection {
             return Ok(conn.clone());
         }
-        let conn = Arc::new(connect(&self.pg).await?);
+        let conn = Arc::new(connect(&self.pg, self.config.kept_answers.clone()).await?);
         self.slots[slot].connection = Some(conn.clone());
         Ok(conn)
     }
@@ -488,6 +526,18 @@ async fn chain_batch(
         .copied()
         .filter(|s| !cache.versions.contains_key(*s))
         .collect();
+    let guards = batch_guards(batch);
+    let kept_answers = conn
+        .kept_answers(&guards)
+        .await
+        .map_err(Unchained::Failed)?;
+    let guard_params: [&(dyn ToSql + Sync); 1] = [&guards];
+    let read_answers = async {
+        match kept_answers {
+            Some(statement) => client.query(statement, &guard_params).await,
+            None => Ok(Vec::new()),
+        }
+    };
     let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
     // Streams of the batch ahead, and of every batch since the cache last started
     // afresh, are cached: under load most batches have nothing to read.
@@ -498,19 +548,20 @@ async fn chain_batch(
             client.query(&st.stream_versions, &version_params).await
         }
     };
-    let (begin, shared, clock_row, version_rows, sink) = futures::join!(
+    let (begin, shared, clock_row, version_rows, answer_rows, sink) = futures::join!(
         client.batch_execute("BEGIN"),
         client.execute(&st.share_writers, &[&LOG_WRITERS_LOCK_KEY]),
         client.query_one(&st.clock, &[]),
         read_versions,
+        read_answers,
         client.copy_in::<_, Bytes>(&st.copy_events),
     );
     let read = (|| {
         begin?;
         shared?;
-        Ok::<_, tokio_postgres::Error>((clock_row?, version_rows?, sink?))
+        Ok::<_, tokio_postgres::Error>((clock_row?, version_rows?, answer_rows?, sink?))
     })();
-    let (clock_row, version_rows, sink) = match read {
+    let (clock_row, version_rows, answer_rows, sink) = match read {
         Ok(read) => read,
         Err(e) => return Err(Unchained::Failed(rollback(client, e).await)),
     };
@@ -523,7 +574,14 @@ async fn chain_batch(
         }
     }
     add_read_versions(&mut versions, &stream_ids, &version_rows);
-    let plan = plan_batch(batch, versions, &mut HashMap::new(), tip.position);
+    let answered = answered_keys(&answer_rows);
+    let plan = plan_batch(
+        batch,
+        versions,
+        &mut HashMap::new(),
+        tip.position,
+        &answered,
+    );
     let suspect = batch.iter().zip(&plan.results).any(|(job, r)| {
         job.append.command_id.is_some()
             && matches!(
@@ -640,7 +698,10 @@ async fn commit_chained(
     }
 }
 
-async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> {
+async fn connect(
+    pg: &tokio_postgres::Config,
+    kept_answers_sql: Option<String>,
+) -> Result<Connection, StoreError> {
     let (client, connection) = pg.connect(NoTls).await.map_err(db_error)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -698,7 +759,12 @@ async fn connect(pg: &tokio_postgres::Config) -> Result<Connection, StoreError> 
         )
         .await?,
     };
-    Ok(Connection { client, statements })
+    Ok(Connection {
+        client,
+        statements,
+        kept_answers_sql,
+        kept_answers: tokio::sync::OnceCell::new(),
+    })
 }
 
 struct Written {
@@ -780,25 +846,42 @@ async fn write_batch(
     // first poll, so the server sees BEGIN, the locks, then the reads (empty lookups
     // are cheap no-ops). The writers' lock, exclusive, waits for every chained batch
     // in flight (of any process) to end, so no uncommitted rows lie past the head.
+    let guards = batch_guards(batch);
+    let kept_answers = conn.kept_answers(&guards).await?;
+    let guard_params: [&(dyn ToSql + Sync); 1] = [&guards];
+    let read_answers = async {
+        match kept_answers {
+            Some(statement) => client.query(statement, &guard_params).await,
+            None => Ok(Vec::new()),
+        }
+    };
     let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
     let command_params: [&(dyn ToSql + Sync); 1] = [&command_ids];
-    let (begin, writers, head_row, clock_row, version_rows, command_rows) = futures::join!(
+    let (begin, writers, head_row, clock_row, version_rows, command_rows, answer_rows) = futures::join!(
         client.batch_execute("BEGIN"),
         client.execute(&st.lock_writers, &[&LOG_WRITERS_LOCK_KEY]),
         client.query_one(&st.lock_head, &[]),
         client.query_one(&st.clock, &[]),
         client.query(&st.stream_versions, &version_params),
         client.query(&st.commands, &command_params),
+        read_answers,
     );
     let read = (|| {
         begin?;
         writers?;
-        Ok::<_, tokio_postgres::Error>((head_row?, clock_row?, version_rows?, command_rows?))
+        Ok::<_, tokio_postgres::Error>((
+            head_row?,
+            clock_row?,
+            version_rows?,
+            command_rows?,
+            answer_rows?,
+        ))
     })();
-    let (head_row, clock_row, mut version_rows, command_rows) = match read {
+    let (head_row, clock_row, mut version_rows, command_rows, answer_rows) = match read {
         Ok(rows) => rows,
         Err(e) => return Err(rollback(client, e).await),
     };
+    let answered = answered_keys(&answer_rows);
 
     let head_position: i64 = head_row.get(0);
     let head_hash: &[u8] = head_row.get(1);
@@ -843,6 +926,7 @@ async fn write_batch(
         versions.clone(),
         &mut commands.clone(),
         head_position as u64,
+        &answered,
     );
     if command_check == CommandIds::AssumeNew {
         // A refused append may be the repeat of one already written (its expected
@@ -865,7 +949,13 @@ async fn write_batch(
             };
             if !rows.is_empty() {
                 commands.extend(stored_commands(&rows));
-                plan = plan_batch(batch, versions, &mut commands, head_position as u64);
+                plan = plan_batch(
+                    batch,
+                    versions,
+                    &mut commands,
+                    head_position as u64,
+                    &answered,
+                );
             }
         }
     }
@@ -981,6 +1071,7 @@ fn plan_batch<'a>(
     mut versions: HashMap<&'a str, u64>,
     commands: &mut HashMap<Uuid, StoredCommand>,
     head_position: u64,
+    answered: &HashSet<Uuid>,
 ) -> Plan<'a> {
     let mut position = head_position;
     let mut events = EventColumns::default();
@@ -993,7 +1084,8 @@ fn plan_batch<'a>(
             .unwrap_or(0);
         let previous = append.command_id.and_then(|id| commands.get(&id));
         let version_of = |stream: &str| versions.get(stream).copied().unwrap_or(0);
-        let first_version = match decide(append, current, version_of, previous) {
+        let is_answered = |key: &Uuid| answered.contains(key);
+        let first_version = match decide(append, current, version_of, previous, is_answered) {
             Ok(Decision::Replay(result)) => {
                 results.push(Ok(result));
                 continue;

@@ -58,6 +58,12 @@ pub struct PostgresConfig {
     /// Follow other processes' commits with `LISTEN`; without it, subscribers in this
     /// process notice them by polling only.
     pub listen_for_commits: bool,
+    /// The record of kept answers that appends' guard keys are checked against
+    /// ([`crate::AppendRequest::guards`]): a statement that takes the keys as one
+    /// `uuid[]` parameter and returns, in its first column, those with a kept answer
+    /// (an API's table of idempotency keys, say). Prepared on the first append that
+    /// carries guards; without it, no guard key has an answer.
+    pub kept_answers: Option<String>,
 }
 
 impl PostgresConfig {
@@ -72,6 +78,7 @@ impl PostgresConfig {
             append_batch_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             listen_for_commits: true,
+            kept_answers: None,
         }
     }
 

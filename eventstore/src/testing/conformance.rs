@@ -67,6 +67,7 @@ fn append(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> App
         events,
         command_id: None,
         preconditions: Vec::new(),
+        guards: Vec::new(),
     }
 }
 
@@ -908,6 +909,95 @@ pub async fn concurrent_exact_appends_admit_one_winner_per_version(store: Store)
     }
     assert_eq!(won, 1);
     assert_eq!(store.head().await.expect("head"), 1);
+}
+
+/// Appends guarded by request keys, on a store whose record of kept answers holds
+/// `answered` (and no other key): an append carrying that key is refused with the
+/// key and writes nothing, whether alone or in a batch beside appends that are
+/// written; an append whose keys have no answer is written.
+pub async fn guarded_appends_are_refused_once_a_key_has_an_answer(store: Store, answered: Uuid) {
+    let fresh = Uuid::new_v4();
+    let guarded = |stream: &str, expected, guards: Vec<Uuid>| AppendRequest {
+        guards,
+        ..append(stream, expected, vec![event("StockReserved", 1)])
+    };
+    let written = store
+        .append(guarded(
+            "inventory-A",
+            ExpectedVersion::NoStream,
+            vec![fresh],
+        ))
+        .await
+        .expect("a key without an answer");
+    assert_eq!(written.stream_version, 1);
+
+    let refused = store
+        .append(guarded(
+            "inventory-A",
+            ExpectedVersion::Exact(1),
+            vec![fresh, answered],
+        ))
+        .await
+        .expect_err("a key with an answer");
+    assert_eq!(
+        refused,
+        StoreError::AlreadyAnswered {
+            keys: vec![answered]
+        }
+    );
+    assert_eq!(
+        store.stream_version("inventory-A").await.expect("version"),
+        1
+    );
+    assert_eq!(store.head().await.expect("head"), 1);
+
+    // A guard is checked before the expected version: the request was answered, so
+    // whatever else the append would meet does not matter.
+    let refused = store
+        .append(guarded(
+            "inventory-A",
+            ExpectedVersion::NoStream,
+            vec![answered],
+        ))
+        .await
+        .expect_err("answered");
+    assert!(
+        matches!(refused, StoreError::AlreadyAnswered { .. }),
+        "{refused:?}"
+    );
+
+    let results = store
+        .append_batch(vec![
+            guarded("inventory-B", ExpectedVersion::NoStream, vec![answered]),
+            guarded(
+                "inventory-C",
+                ExpectedVersion::NoStream,
+                vec![Uuid::new_v4()],
+            ),
+            append(
+                "inventory-D",
+                ExpectedVersion::NoStream,
+                vec![event("StockReserved", 2)],
+            ),
+        ])
+        .await;
+    assert!(
+        matches!(&results[0], Err(StoreError::AlreadyAnswered { keys }) if keys == &vec![answered]),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[1].as_ref().expect("C is written").first_position, 2);
+    assert_eq!(results[2].as_ref().expect("D is written").first_position, 3);
+    assert_eq!(
+        store.stream_version("inventory-B").await.expect("version"),
+        0
+    );
+    let log = whole_log(&store).await;
+    assert_eq!(
+        log.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>(),
+        vec!["inventory-A", "inventory-C", "inventory-D"]
+    );
+    verify_chain(GENESIS_HASH, &log).expect("chain intact");
 }
 
 /// 32 writers append to 8 overlapping streams, each append expecting the version it

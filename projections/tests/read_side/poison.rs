@@ -47,6 +47,7 @@ async fn a_poison_event_stops_only_its_projection_with_a_clear_status() -> TestR
             events: vec![NewEvent::new("OrderConfirmed", json!({"at": "yesterday"}))],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         })
         .await?
         .last_position;
@@ -116,6 +117,7 @@ async fn an_event_that_breaks_an_invariant_is_poison_too() -> TestResult {
             )],
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         })
         .await?
         .last_position;

@@ -54,6 +54,7 @@ impl TestDb {
                 .collect(),
             command_id: None,
             preconditions: Vec::new(),
+            guards: Vec::new(),
         };
         Ok(self.store.append(request).await?.last_position)
     }
