@@ -14,6 +14,12 @@ pub struct CommandContext {
     pub causation_id: Option<Uuid>,
     /// The principal, e.g. `customer:42` or `system:checkout`.
     pub actor: String,
+    /// The request this command answers, by key (an HTTP `Idempotency-Key`'s row
+    /// id), if its first answer may already be kept: every append of the command
+    /// carries it as a guard ([`eventstore::AppendRequest::guards`]) and is refused
+    /// with `StoreError::AlreadyAnswered` if it is, so the caller need not look the
+    /// key up before running the command.
+    pub guard: Option<Uuid>,
 }
 
 impl CommandContext {
@@ -25,6 +31,7 @@ impl CommandContext {
             correlation_id: id,
             causation_id: None,
             actor: actor.into(),
+            guard: None,
         }
     }
 
@@ -37,6 +44,7 @@ impl CommandContext {
             correlation_id: self.correlation_id,
             causation_id: Some(self.command_id),
             actor: self.actor.clone(),
+            guard: self.guard,
         }
     }
 

@@ -147,6 +147,8 @@ struct Round<A: StreamAggregate> {
     accepted: usize,
     /// The command id of the first accepted command.
     first_command_id: Option<Uuid>,
+    /// The request keys the accepted commands answer ([`CommandContext::guard`]).
+    guards: Vec<Uuid>,
 }
 
 impl<A: StreamAggregate> StreamTask<A> {
@@ -311,7 +313,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                     None
                 },
                 preconditions: std::mem::take(&mut round.preconditions),
-                guards: Vec::new(),
+                guards: std::mem::take(&mut round.guards),
             };
             let limit = shared.limits.store_call_timeout;
             let Ok(appended) = tokio::time::timeout(limit, shared.store.append(request)).await
@@ -383,6 +385,17 @@ impl<A: StreamAggregate> StreamTask<A> {
                         actual,
                     };
                     answer_stream_moved(round, &moved, pending);
+                }
+                Err(StoreError::AlreadyAnswered { keys }) => {
+                    // Requests the commands answer were answered before (a retry that
+                    // reached another process first): those commands fail with their
+                    // keys, the others are decided again. As for a moved stream, the
+                    // state folded the round's events and is reloaded.
+                    tracing::debug!(
+                        stream = %self.stream_id, keys = keys.len(),
+                        "a round's request keys were answered before"
+                    );
+                    answer_already_answered(round, &keys, pending);
                 }
                 Err(e) if e.is_transient() => {
                     // The outcome may be unknown. Callers retry with the same command
@@ -466,6 +479,7 @@ impl<A: StreamAggregate> StreamTask<A> {
             preconditions: Vec::new(),
             accepted: 0,
             first_command_id: None,
+            guards: Vec::new(),
         };
         let command_ids = &mut self.round_command_ids;
         command_ids.clear();
@@ -541,6 +555,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                                     }
                                     round.accepted += 1;
                                     round.first_command_id.get_or_insert(context.command_id);
+                                    round.guards.extend(context.guard);
                                     Some(Decided::Accepted {
                                         events,
                                         first_event,
@@ -886,6 +901,33 @@ fn answer_stream_moved<A: StreamAggregate>(
                 if reads.iter().any(|r| &r.stream_id == stream_id) =>
             {
                 let _ = reply.send(Err(CommandError::Store(moved.clone())));
+            }
+            (job, _) => others.push(job),
+        }
+    }
+    for job in others.into_iter().rev() {
+        pending.push_front(job);
+    }
+}
+
+/// Answers the round's commands whose guard is among `keys` with
+/// [`StoreError::AlreadyAnswered`], and puts the others back at the front of the
+/// queue, in their order.
+fn answer_already_answered<A: StreamAggregate>(
+    round: Round<A>,
+    keys: &[Uuid],
+    pending: &mut VecDeque<Job<A>>,
+) {
+    let mut others = Vec::new();
+    for (job, decided) in round.jobs {
+        match (job, decided) {
+            (Job::Execute { context, reply, .. }, Decided::Accepted { .. })
+                if context.guard.is_some_and(|key| keys.contains(&key)) =>
+            {
+                let answered = StoreError::AlreadyAnswered {
+                    keys: context.guard.into_iter().collect(),
+                };
+                let _ = reply.send(Err(CommandError::Store(answered)));
             }
             (job, _) => others.push(job),
         }

@@ -61,6 +61,7 @@ fn context(checkout_id: CheckoutId, causation: Uuid, name: &str) -> CommandConte
         correlation_id: *checkout_id.as_uuid(),
         causation_id: Some(causation),
         actor: SAGA_ACTOR.to_owned(),
+        guard: None,
     }
 }
 

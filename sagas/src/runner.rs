@@ -356,6 +356,7 @@ fn saga_context(id: CheckoutId, causation: Uuid, name: &str) -> CommandContext {
         correlation_id: *id.as_uuid(),
         causation_id: Some(causation),
         actor: SAGA_ACTOR.to_owned(),
+        guard: None,
     }
 }
 

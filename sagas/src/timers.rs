@@ -86,6 +86,7 @@ impl TimerWorker {
             correlation_id: timer.id,
             causation_id: None,
             actor: SAGA_ACTOR.to_owned(),
+            guard: None,
         };
         match &timer.action {
             TimerAction::Checkout {

@@ -268,6 +268,7 @@ async fn run_pipeline(commands: &Commands, sku: &Sku, clients: usize) -> Result<
                     correlation_id: command_id,
                     causation_id: None,
                     actor: "customer:bench".to_owned(),
+                    guard: None,
                 };
                 let outcome = commands.inventory().execute(command, &context).await;
                 let answered = Instant::now();

@@ -163,6 +163,7 @@ impl CommandMeta {
             correlation_id: self.request_id.unwrap_or(command_id),
             causation_id: None,
             actor: scope.clone(),
+            guard: None,
         };
         // The command and the keeping of its response run in a task of their own, so
         // a client that hangs up midway (which drops this future) cannot cut a

@@ -1,5 +1,8 @@
-use commands::{CommandContext, Commands, Committed, Limits};
+use std::sync::Arc;
+
+use commands::{CommandContext, CommandError, Commands, Committed, Limits, MemorySnapshots};
 use domain::{Inventory, InventoryCommand, InventoryEvent};
+use eventstore::{EventStore, MemoryStore, StoreError};
 use uuid::Uuid;
 
 use crate::support::{on_both_stores, qty, reserve, sku, warehouse, Backend};
@@ -27,6 +30,7 @@ async fn every_event_carries_who_sent_the_command_and_why(backend: Backend) {
         correlation_id: checkout.correlation_id,
         causation_id: Some(checkout.command_id),
         actor: "customer:42".into(),
+        guard: None,
     };
 
     let written = env
@@ -166,4 +170,49 @@ async fn a_repeat_of_a_command_appended_in_a_batch_gets_the_first_outcome(backen
             .len(),
         101
     );
+}
+
+/// Commands that carry the key of the request they answer: one whose key has a kept
+/// answer fails with its key and writes nothing, while one beside it in the same
+/// burst on the stream (most likely in the same round, so the same append) is
+/// decided again and written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_request_was_answered_writes_nothing() {
+    let answered = Uuid::new_v4();
+    let store =
+        Arc::new(MemoryStore::new().with_kept_answers(Arc::new(move |key| *key == answered)));
+    let commands = Commands::new(
+        store.clone(),
+        Arc::new(MemorySnapshots::new()),
+        Limits::default(),
+    );
+    let guarded = |guard| CommandContext {
+        guard: Some(guard),
+        ..CommandContext::new("customer:1")
+    };
+    let inventory = commands.inventory();
+    let (a, b, c) = (
+        guarded(answered),
+        guarded(Uuid::new_v4()),
+        CommandContext::new("staff:1"),
+    );
+    let (first, second, third) = tokio::join!(
+        inventory.execute(receive("BOLT", 2), &a),
+        inventory.execute(receive("BOLT", 3), &b),
+        inventory.execute(receive("BOLT", 4), &c),
+    );
+    match first {
+        Err(CommandError::Store(StoreError::AlreadyAnswered { keys })) => {
+            assert_eq!(keys, vec![answered])
+        }
+        other => panic!("expected the answered key, got {other:?}"),
+    }
+    second.expect("a key without an answer");
+    third.expect("no key");
+    let log = store.read_all(0, 10, None).await.expect("log");
+    let received: Vec<u64> = log
+        .iter()
+        .map(|e| e.data["quantity"].as_u64().expect("quantity"))
+        .collect();
+    assert_eq!(received, vec![3, 4]);
 }
