@@ -40,6 +40,12 @@ pub struct CommandAccepted {
     pub position: Option<u64>,
     /// Each stream written, with its version afterwards.
     pub streams: Vec<StreamWritten>,
+    /// Whether every command of the pipeline appended events of its own just now (none
+    /// was a repeat answered with its first outcome, none decided to no events). Not
+    /// part of the response.
+    #[serde(skip)]
+    #[schema(ignore)]
+    fresh: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -54,7 +60,13 @@ impl CommandAccepted {
             ids: BTreeMap::new(),
             position: None,
             streams: Vec::new(),
+            fresh: None,
         }
+    }
+
+    /// True if every command of the pipeline appended events of its own just now.
+    pub fn wrote_fresh(&self) -> bool {
+        self.fresh == Some(true)
     }
 
     pub fn id(mut self, name: &'static str, value: impl ToString) -> Self {
@@ -64,6 +76,9 @@ impl CommandAccepted {
 
     /// Adds what one command of the pipeline wrote.
     pub fn wrote<E>(mut self, committed: &Committed<E>) -> Self {
+        self.fresh = Some(
+            self.fresh.unwrap_or(true) && committed.positions.is_some() && !committed.replayed,
+        );
         if let Some(positions) = committed.positions {
             self.position = Some(
                 self.position
@@ -115,12 +130,50 @@ impl FromRequestParts<AppState> for CommandMeta {
 impl CommandMeta {
     /// Runs `execute` once per idempotency key and answers with its response.
     /// `command` names the command for metrics; `body` is the request body's
-    /// fingerprint, if it has one.
+    /// fingerprint, if it has one. The key is looked up before the command runs.
     pub async fn run<F, Fut>(
         self,
         state: AppState,
         command: &'static str,
         body: Option<&[u8; 32]>,
+        execute: F,
+    ) -> Response
+    where
+        F: FnOnce(CommandContext) -> Fut,
+        Fut: Future<Output = Result<(StatusCode, CommandAccepted), ApiError>> + Send + 'static,
+    {
+        self.run_with(state, command, body, KeyCheck::Before, execute)
+            .await
+    }
+
+    /// [`Self::run`] for a command whose every append carries the key as its guard
+    /// (`CommandContext::guard`; the command side passes it on to each append): the
+    /// event store refuses such an append if the key has a kept answer. So the key is
+    /// looked up only when the command did not append events of its own (refused by
+    /// the domain or by that guard, a repeat, nothing to write), not on the way of
+    /// every new request: the lookup is a trip through the batcher and the database
+    /// that a request would otherwise wait for (see docs/benchmarks.md).
+    pub async fn run_guarded<F, Fut>(
+        self,
+        state: AppState,
+        command: &'static str,
+        body: Option<&[u8; 32]>,
+        execute: F,
+    ) -> Response
+    where
+        F: FnOnce(CommandContext) -> Fut,
+        Fut: Future<Output = Result<(StatusCode, CommandAccepted), ApiError>> + Send + 'static,
+    {
+        self.run_with(state, command, body, KeyCheck::Guarded, execute)
+            .await
+    }
+
+    async fn run_with<F, Fut>(
+        self,
+        state: AppState,
+        command: &'static str,
+        body: Option<&[u8; 32]>,
+        check: KeyCheck,
         execute: F,
     ) -> Response
     where
@@ -149,12 +202,14 @@ impl CommandMeta {
         };
         // The key's row id, for its lookup now and its record later.
         let key_id = IdempotencyKeys::key_id(&scope, key);
-        match keys.lookup(key_id, &fingerprint).await {
-            Ok(Prior::New) => {}
-            Ok(prior) => return answer_prior(command, prior),
-            Err(e) => {
-                metrics::command_outcome(command, e.code);
-                return e.into_response();
+        if check == KeyCheck::Before {
+            match keys.lookup(key_id, &fingerprint).await {
+                Ok(Prior::New) => {}
+                Ok(prior) => return answer_prior(command, prior),
+                Err(e) => {
+                    metrics::command_outcome(command, e.code);
+                    return e.into_response();
+                }
             }
         }
         let command_id = IdempotencyKeys::command_id(&scope, key);
@@ -163,7 +218,7 @@ impl CommandMeta {
             correlation_id: self.request_id.unwrap_or(command_id),
             causation_id: None,
             actor: scope.clone(),
-            guard: None,
+            guard: (check == KeyCheck::Guarded).then_some(key_id),
         };
         // The command and the keeping of its response run in a task of their own, so
         // a client that hangs up midway (which drops this future) cannot cut a
@@ -177,6 +232,20 @@ impl CommandMeta {
             let started = std::time::Instant::now();
             let outcome = work.await;
             metrics::command_duration(command, started.elapsed());
+            // A guarded command that wrote nothing of its own may be the retry of a
+            // request answered before (its append refused by the guard, or a repeat of
+            // its command id): that answer stands.
+            let wrote_fresh = matches!(&outcome, Ok((_, accepted)) if accepted.wrote_fresh());
+            if check == KeyCheck::Guarded && !wrote_fresh {
+                match keys.lookup(key_id, &fingerprint).await {
+                    Ok(Prior::New) => {}
+                    Ok(prior) => return Ok(Finished::Prior(prior)),
+                    Err(e) => {
+                        metrics::command_outcome(command, e.code);
+                        return Err(e);
+                    }
+                }
+            }
             let (status, body) = match outcome {
                 Ok((status, accepted)) => {
                     metrics::command_outcome(command, "accepted");
@@ -210,11 +279,12 @@ impl CommandMeta {
                 claim,
                 tracker.token(),
             );
-            Ok((status, body))
+            Ok(Finished::Answered(status, body))
         };
         // Dropping the task's handle at the deadline leaves the task running.
         match tokio::time::timeout_at(deadline, state.in_flight().spawn(finish)).await {
-            Ok(Ok(Ok((status, body)))) => respond(status, &body),
+            Ok(Ok(Ok(Finished::Answered(status, body)))) => respond(status, &body),
+            Ok(Ok(Ok(Finished::Prior(prior)))) => answer_prior(command, prior),
             Ok(Ok(Err(error))) => error.into_response(),
             Ok(Err(e)) => {
                 ApiError::internal(format!("the command's task failed: {e}")).into_response()
@@ -225,6 +295,24 @@ impl CommandMeta {
             }
         }
     }
+}
+
+/// When a command's idempotency key is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyCheck {
+    /// Before the command runs.
+    Before,
+    /// Only if the command, whose appends carry the key as a guard, wrote nothing of
+    /// its own.
+    Guarded,
+}
+
+/// How a command's task ended.
+enum Finished {
+    /// With this response, now kept.
+    Answered(StatusCode, Value),
+    /// The request was answered before.
+    Prior(Prior),
 }
 
 /// The answer to a retry whose first response is known.

@@ -210,7 +210,13 @@ impl AppState {
         authenticator: Authenticator,
         config: ServerConfig,
     ) -> anyhow::Result<Self> {
-        let store = PostgresStore::connect(PostgresConfig::new(database_url)).await?;
+        let mut store_config = PostgresConfig::new(database_url);
+        // Guarded commands' appends are refused once their key has a kept answer
+        // (`CommandMeta::run_guarded`).
+        store_config.kept_answers = Some(idempotency::kept_answers_statement(
+            config.idempotency_key_ttl,
+        ));
+        let store = PostgresStore::connect(store_config).await?;
         let commands = Commands::on_postgres(store.clone(), config.command_limits.clone()).await?;
         // The trail of rebuilds, exports and erasures (`/v1/audit/trail`).
         eventstore::audit::AuditTrail::connect(store.pool().clone()).await?;

@@ -317,3 +317,71 @@ async fn migration_2_gives_the_rows_before_it_the_ids_the_server_looks_them_up_b
         assert_eq!(row.get::<_, String>(2), "{\"ids\": {}}");
     }
 }
+
+/// Adding a line runs without looking its key up first: its append carries the key,
+/// and the event store refuses it if the key has a kept answer. Here another process
+/// answered the key (its row is copied from an answer of this one to the same
+/// request under another key): the request gets that answer and writes nothing. A
+/// key kept for another request gets the 422, and writes nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_whose_key_another_process_answered_writes_nothing() {
+    let app = spawn_app().await;
+    let product = app.seed_catalog().await;
+    let alice = customer("alice");
+    let cart = app.create_cart(&alice, "EUR").await;
+    let path = format!("/v1/carts/{cart}/lines");
+    let body = json!({"product_id": product, "sku": SKU, "quantity": 1});
+    let mut client = app.store.connection().await.expect("a connection");
+    let client: &mut tokio_postgres::Client = &mut client;
+
+    let first_key = new_key();
+    let first = app
+        .command(Method::POST, &path, &alice, &first_key, Some(body.clone()))
+        .await;
+    let answer = first.ok(202).clone();
+    kept(client, &first_key, false).await;
+
+    let answered_elsewhere = new_key();
+    let key_id =
+        api::http::idempotency::IdempotencyKeys::key_id("customer:alice", &answered_elsewhere);
+    let copied = client
+        .execute(
+            "INSERT INTO api_idempotency_keys (key_id, principal, key, fingerprint, status, response) \
+             SELECT $1, principal, $2, fingerprint, status, response FROM api_idempotency_keys \
+             WHERE key = $3",
+            &[&key_id, &answered_elsewhere, &first_key],
+        )
+        .await
+        .expect("the other process's answer");
+    assert_eq!(copied, 1);
+    let reused_elsewhere = new_key();
+    let key_id =
+        api::http::idempotency::IdempotencyKeys::key_id("customer:alice", &reused_elsewhere);
+    client
+        .execute(
+            "INSERT INTO api_idempotency_keys (key_id, principal, key, fingerprint, status, response) \
+             VALUES ($1, 'customer:alice', $2, '\\x00', 202, '{\"ids\": {}}')",
+            &[&key_id, &reused_elsewhere],
+        )
+        .await
+        .expect("an answer to another request");
+    let head = app.head().await;
+
+    let retry = app
+        .command(
+            Method::POST,
+            &path,
+            &alice,
+            &answered_elsewhere,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(retry.ok(202), &answer);
+    assert_eq!(retry.headers[REPLAYED], "true");
+    app.command(Method::POST, &path, &alice, &reused_elsewhere, Some(body))
+        .await
+        .problem(422, "idempotency-key-reused");
+    assert_eq!(app.head().await, head, "a request answered before wrote");
+    let view = app.get(&format!("/v1/carts/{cart}"), &alice).await;
+    assert_eq!(view.ok(200)["lines"][0]["quantity"], 1);
+}

@@ -207,7 +207,9 @@ pub async fn add_line(
     let fingerprint = body.fingerprint;
     let request = body.value;
     let principal = meta.principal.clone();
-    meta.run(
+    // Adding a line is one append to the cart, which carries the key: see
+    // `CommandMeta::run_guarded`.
+    meta.run_guarded(
         state.clone(),
         "AddCartLine",
         Some(&fingerprint),
