@@ -102,6 +102,7 @@ pub struct CommandMeta {
     request_id: Option<Uuid>,
     method: Method,
     path: String,
+    check: KeyCheck,
 }
 
 impl FromRequestParts<AppState> for CommandMeta {
@@ -123,14 +124,28 @@ impl FromRequestParts<AppState> for CommandMeta {
             request_id,
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
+            check: KeyCheck::Before,
         })
     }
 }
 
 impl CommandMeta {
+    /// For a command whose every append carries the key as its guard
+    /// (`CommandContext::guard`; the command side passes it on to each append), which
+    /// the event store refuses if the key has a kept answer: [`Self::run`] then looks
+    /// the key up only when the command did not append events of its own (refused by
+    /// the domain or by that guard, a repeat, nothing to write), not on the way of
+    /// every new request. The lookup is a trip through the batcher and the database
+    /// that a request would otherwise wait for (see docs/benchmarks.md).
+    pub fn guarded(mut self) -> Self {
+        self.check = KeyCheck::Guarded;
+        self
+    }
+
     /// Runs `execute` once per idempotency key and answers with its response.
     /// `command` names the command for metrics; `body` is the request body's
-    /// fingerprint, if it has one. The key is looked up before the command runs.
+    /// fingerprint, if it has one. The key is looked up before the command runs,
+    /// unless the command is [`Self::guarded`].
     pub async fn run<F, Fut>(
         self,
         state: AppState,
@@ -142,44 +157,7 @@ impl CommandMeta {
         F: FnOnce(CommandContext) -> Fut,
         Fut: Future<Output = Result<(StatusCode, CommandAccepted), ApiError>> + Send + 'static,
     {
-        self.run_with(state, command, body, KeyCheck::Before, execute)
-            .await
-    }
-
-    /// [`Self::run`] for a command whose every append carries the key as its guard
-    /// (`CommandContext::guard`; the command side passes it on to each append): the
-    /// event store refuses such an append if the key has a kept answer. So the key is
-    /// looked up only when the command did not append events of its own (refused by
-    /// the domain or by that guard, a repeat, nothing to write), not on the way of
-    /// every new request: the lookup is a trip through the batcher and the database
-    /// that a request would otherwise wait for (see docs/benchmarks.md).
-    pub async fn run_guarded<F, Fut>(
-        self,
-        state: AppState,
-        command: &'static str,
-        body: Option<&[u8; 32]>,
-        execute: F,
-    ) -> Response
-    where
-        F: FnOnce(CommandContext) -> Fut,
-        Fut: Future<Output = Result<(StatusCode, CommandAccepted), ApiError>> + Send + 'static,
-    {
-        self.run_with(state, command, body, KeyCheck::Guarded, execute)
-            .await
-    }
-
-    async fn run_with<F, Fut>(
-        self,
-        state: AppState,
-        command: &'static str,
-        body: Option<&[u8; 32]>,
-        check: KeyCheck,
-        execute: F,
-    ) -> Response
-    where
-        F: FnOnce(CommandContext) -> Fut,
-        Fut: Future<Output = Result<(StatusCode, CommandAccepted), ApiError>> + Send + 'static,
-    {
+        let check = self.check;
         let scope = self.principal.actor();
         let key = self.key.0.as_str();
         let fingerprint = IdempotencyKeys::fingerprint(self.method.as_str(), &self.path, body);

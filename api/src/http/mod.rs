@@ -212,7 +212,7 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let mut store_config = PostgresConfig::new(database_url);
         // Guarded commands' appends are refused once their key has a kept answer
-        // (`CommandMeta::run_guarded`).
+        // (`CommandMeta::guarded`).
         store_config.kept_answers = Some(idempotency::kept_answers_statement(
             config.idempotency_key_ttl,
         ));

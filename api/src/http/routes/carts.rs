@@ -208,35 +208,36 @@ pub async fn add_line(
     let request = body.value;
     let principal = meta.principal.clone();
     // Adding a line is one append to the cart, which carries the key: see
-    // `CommandMeta::run_guarded`.
-    meta.run_guarded(
-        state.clone(),
-        "AddCartLine",
-        Some(&fingerprint),
-        |context| async move {
-            writable_cart(&state, &principal, cart_id).await?;
-            let sku = request.sku.clone();
-            let action = CartAction::AddItem {
-                cart_id,
-                product_id: request.product_id,
-                sku: request.sku,
-                quantity: request.quantity,
-            };
-            let committed = state
-                .commands()
-                .cart(action, &context)
-                .await
-                .map_err(unknown_product)?;
-            Ok((
-                StatusCode::ACCEPTED,
-                CommandAccepted::new()
-                    .id("cart_id", cart_id)
-                    .id("sku", sku)
-                    .wrote(&committed),
-            ))
-        },
-    )
-    .await
+    // `CommandMeta::guarded`.
+    meta.guarded()
+        .run(
+            state.clone(),
+            "AddCartLine",
+            Some(&fingerprint),
+            |context| async move {
+                writable_cart(&state, &principal, cart_id).await?;
+                let sku = request.sku.clone();
+                let action = CartAction::AddItem {
+                    cart_id,
+                    product_id: request.product_id,
+                    sku: request.sku,
+                    quantity: request.quantity,
+                };
+                let committed = state
+                    .commands()
+                    .cart(action, &context)
+                    .await
+                    .map_err(unknown_product)?;
+                Ok((
+                    StatusCode::ACCEPTED,
+                    CommandAccepted::new()
+                        .id("cart_id", cart_id)
+                        .id("sku", sku)
+                        .wrote(&committed),
+                ))
+            },
+        )
+        .await
 }
 
 /// Sets a line's quantity.
