@@ -94,6 +94,18 @@ fn batch_guards(batch: &[AppendJob]) -> Vec<Uuid> {
     keys
 }
 
+/// The rows of the kept-answers statement for `guards` (none without a statement).
+async fn read_kept_answers(
+    client: &Client,
+    statement: Option<&Statement>,
+    guards: &Vec<Uuid>,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    match statement {
+        Some(statement) => client.query(statement, &[guards]).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The keys in rows of the kept-answers statement.
 fn answered_keys(rows: &[tokio_postgres::Row]) -> HashSet<Uuid> {
     rows.iter().map(|row| row.get(0)).collect()
@@ -531,13 +543,6 @@ async fn chain_batch(
         .kept_answers(&guards)
         .await
         .map_err(Unchained::Failed)?;
-    let guard_params: [&(dyn ToSql + Sync); 1] = [&guards];
-    let read_answers = async {
-        match kept_answers {
-            Some(statement) => client.query(statement, &guard_params).await,
-            None => Ok(Vec::new()),
-        }
-    };
     let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
     // Streams of the batch ahead, and of every batch since the cache last started
     // afresh, are cached: under load most batches have nothing to read.
@@ -553,7 +558,7 @@ async fn chain_batch(
         client.execute(&st.share_writers, &[&LOG_WRITERS_LOCK_KEY]),
         client.query_one(&st.clock, &[]),
         read_versions,
-        read_answers,
+        read_kept_answers(client, kept_answers, &guards),
         client.copy_in::<_, Bytes>(&st.copy_events),
     );
     let read = (|| {
@@ -848,13 +853,6 @@ async fn write_batch(
     // in flight (of any process) to end, so no uncommitted rows lie past the head.
     let guards = batch_guards(batch);
     let kept_answers = conn.kept_answers(&guards).await?;
-    let guard_params: [&(dyn ToSql + Sync); 1] = [&guards];
-    let read_answers = async {
-        match kept_answers {
-            Some(statement) => client.query(statement, &guard_params).await,
-            None => Ok(Vec::new()),
-        }
-    };
     let version_params: [&(dyn ToSql + Sync); 1] = [&uncached];
     let command_params: [&(dyn ToSql + Sync); 1] = [&command_ids];
     let (begin, writers, head_row, clock_row, version_rows, command_rows, answer_rows) = futures::join!(
@@ -864,7 +862,7 @@ async fn write_batch(
         client.query_one(&st.clock, &[]),
         client.query(&st.stream_versions, &version_params),
         client.query(&st.commands, &command_params),
-        read_answers,
+        read_kept_answers(client, kept_answers, &guards),
     );
     let read = (|| {
         begin?;
