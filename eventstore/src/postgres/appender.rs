@@ -30,6 +30,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, CopyInSink, NoTls, Statement};
 use uuid::Uuid;
 
+use super::versions::STREAM_VERSIONS_SQL;
 use super::{advance_head, db_error, PostgresConfig, LOG_WRITERS_LOCK_KEY, NOTIFY_CHANNEL};
 use crate::hash::{chain_hash, ChainedFields};
 use crate::prepare::{decide, Decision, PreparedAppend, StoredCommand};
@@ -734,12 +735,7 @@ async fn connect(
         // (which, for a transaction that waited on the lock, may be before the time
         // of the batch ahead of it).
         clock: prepare("SELECT clock_timestamp()").await?,
-        stream_versions: prepare(
-            "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id) \
-             CROSS JOIN LATERAL (SELECT version FROM events WHERE stream_id = s.id \
-                                 ORDER BY version DESC LIMIT 1) AS v",
-        )
-        .await?,
+        stream_versions: prepare(STREAM_VERSIONS_SQL).await?,
         commands: prepare(
             "SELECT command_id, fingerprint, position, version, append_size \
              FROM events WHERE command_id = ANY($1::uuid[])",

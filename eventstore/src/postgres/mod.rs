@@ -8,6 +8,7 @@
 mod appender;
 mod listener;
 mod migrate;
+mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +101,7 @@ impl PostgresConfig {
 pub struct PostgresStore {
     pool: Pool,
     appends: mpsc::Sender<Vec<appender::AppendJob>>,
+    versions: mpsc::Sender<versions::VersionRead>,
     head: watch::Receiver<u64>,
     head_tx: Arc<watch::Sender<u64>>,
     enqueue_timeout: Duration,
@@ -158,6 +160,8 @@ impl PostgresStore {
             jobs,
             head_tx.clone(),
         ));
+        let (versions, reads) = mpsc::channel(versions::VERSION_QUEUE_MAX);
+        tokio::spawn(versions::run(pool.clone(), reads));
         let listener = if config.listen_for_commits {
             Some(tokio::spawn(listener::run(pg, head_tx.clone())))
         } else {
@@ -166,6 +170,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             appends,
+            versions,
             head: head_rx,
             head_tx,
             enqueue_timeout: config.append_enqueue_timeout,
@@ -380,18 +385,17 @@ impl EventStore for PostgresStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
-        let client = self.connection().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT version FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1",
-            )
+        // Read together with the other calls of the moment (see `versions`).
+        let stopped = || StoreError::Unavailable("the version reader has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.versions
+            .send(versions::VersionRead {
+                stream_id: stream_id.to_owned(),
+                reply,
+            })
             .await
-            .map_err(db_error)?;
-        let row = client
-            .query_opt(&statement, &[&stream_id])
-            .await
-            .map_err(db_error)?;
-        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+            .map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     async fn head(&self) -> Result<u64, StoreError> {

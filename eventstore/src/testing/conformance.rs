@@ -38,6 +38,7 @@ macro_rules! conformance_suite {
             category_subscription_sees_only_its_category,
             bad_input_is_refused_and_writes_nothing,
             concurrent_exact_appends_admit_one_winner_per_version,
+            concurrent_version_reads_see_each_stream_as_of_the_call,
             append_batch_decides_each_append_in_order,
             preconditions_admit_an_append_only_while_the_streams_read_stand_still,
             concurrent_writers_and_subscribers_see_one_gapless_order,
@@ -909,6 +910,53 @@ pub async fn concurrent_exact_appends_admit_one_winner_per_version(store: Store)
     }
     assert_eq!(won, 1);
     assert_eq!(store.head().await.expect("head"), 1);
+}
+
+/// Many version reads at once, over many streams (some read twice, some with no
+/// events): each gets its own stream's version, and a read made after an append
+/// returned sees that append, while other writers append to other streams.
+pub async fn concurrent_version_reads_see_each_stream_as_of_the_call(store: Store) {
+    const STREAMS: u64 = 40;
+    const ROUNDS: u64 = 5;
+    let mut writers = Vec::new();
+    for s in 0..STREAMS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let stream = format!("order-v{s}");
+            for round in 0..ROUNDS {
+                // Streams grow at different rates: stream `s` takes `s % 3 + 1` events
+                // a round.
+                let events = (0..s % 3 + 1).map(|n| event("A", round * 10 + n)).collect();
+                let expected = round * (s % 3 + 1);
+                let written = store
+                    .append(append(&stream, ExpectedVersion::Exact(expected), events))
+                    .await
+                    .expect("append");
+                let (read, again) =
+                    tokio::join!(store.stream_version(&stream), store.stream_version(&stream));
+                assert_eq!(read.expect("version"), written.stream_version, "{stream}");
+                assert_eq!(again.expect("version"), written.stream_version, "{stream}");
+            }
+        }));
+    }
+    let missing = futures::future::join_all((0..STREAMS).map(|s| {
+        let store = store.clone();
+        async move { store.stream_version(&format!("order-none{s}")).await }
+    }));
+    for version in missing.await {
+        assert_eq!(version.expect("version of a stream with no events"), 0);
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let versions = futures::future::join_all((0..STREAMS).map(|s| {
+        let store = store.clone();
+        async move { store.stream_version(&format!("order-v{s}")).await }
+    }))
+    .await;
+    for (s, version) in versions.into_iter().enumerate() {
+        assert_eq!(version.expect("version"), ROUNDS * (s as u64 % 3 + 1));
+    }
 }
 
 /// Appends guarded by request keys, on a store whose record of kept answers holds

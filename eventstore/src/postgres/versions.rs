@@ -1,0 +1,106 @@
+//! Stream versions read together: concurrent [`crate::EventStore::stream_version`]
+//! calls share one statement.
+//!
+//! A command that writes nothing (a load, a refused or repeated command) is answered
+//! only once a read of its stream's version confirms the state it was decided on. A
+//! checkout makes several across its streams (the saga loads the checkout before each
+//! step, the order and the payment after changing them), so under load thousands a
+//! second arrive from different streams at once. Each as a statement of its own costs
+//! a round trip, a pooled connection, and a wake-up of a server backend for an index
+//! probe of microseconds. Here one task takes every read waiting in the queue and
+//! sends one statement for their streams ([`STREAM_VERSIONS_SQL`], the probe the
+//! appender uses), with at most [`READS_IN_FLIGHT`] statements out at once: while they
+//! run, the next reads gather.
+//!
+//! A read is answered by a statement sent after it was asked for, so it sees every
+//! commit that ended before the call, as a statement of its own would.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::db_error;
+use crate::types::StoreError;
+
+/// The latest version of each stream in a `text[]` of stream ids; streams with no
+/// events have no row.
+pub(crate) const STREAM_VERSIONS_SQL: &str =
+    "SELECT s.id, v.version FROM unnest($1::text[]) AS s(id) \
+     CROSS JOIN LATERAL (SELECT version FROM events WHERE stream_id = s.id \
+                         ORDER BY version DESC LIMIT 1) AS v";
+
+/// Most statements of version reads running at once. Two keep a read from waiting
+/// behind a slow one, and still leave the reads arriving meanwhile to gather.
+const READS_IN_FLIGHT: usize = 2;
+/// Most streams one statement reads.
+const READ_BATCH_MAX: usize = 1_024;
+/// Most reads waiting for a statement.
+pub(crate) const VERSION_QUEUE_MAX: usize = 65_536;
+
+pub(crate) struct VersionRead {
+    pub stream_id: String,
+    pub reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Answers reads until every sender is gone.
+pub(crate) async fn run(pool: Pool, mut reads: mpsc::Receiver<VersionRead>) {
+    let permits = Arc::new(Semaphore::new(READS_IN_FLIGHT));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = reads.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < READ_BATCH_MAX {
+            match reads.try_recv() {
+                Ok(read) => batch.push(read),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            answer(&pool, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(pool: &Pool, batch: Vec<VersionRead>) {
+    match versions(pool, &batch).await {
+        Ok(versions) => {
+            for read in batch {
+                let version = versions.get(read.stream_id.as_str()).copied().unwrap_or(0);
+                let _ = read.reply.send(Ok(version));
+            }
+        }
+        Err(e) => {
+            for read in batch {
+                let _ = read.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// The latest version of each stream of `batch` that has events.
+async fn versions(pool: &Pool, batch: &[VersionRead]) -> Result<HashMap<String, u64>, StoreError> {
+    let mut ids: Vec<&str> = batch.iter().map(|r| r.stream_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let statement = client
+        .prepare_cached(STREAM_VERSIONS_SQL)
+        .await
+        .map_err(db_error)?;
+    let rows = client.query(&statement, &[&ids]).await.map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1) as u64))
+        .collect())
+}
