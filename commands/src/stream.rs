@@ -59,6 +59,12 @@ use crate::{CommandError, Committed, Loaded, Positions, StreamAggregate};
 
 /// Most times a stream task yields to let a burst's commands join a round.
 const STREAM_LINGER_YIELDS_MAX: usize = 16;
+/// Fewest queued jobs for which a round reads its stream's version before deciding
+/// (see `process_pending`). Deciding a handful of jobs takes microseconds, less than
+/// starting the read; and a stream that takes turns between a load and a write (a
+/// saga checking a checkout, then recording a step on it) would start a read for
+/// every write, which the write then makes useless.
+const EARLY_READ_MIN_JOBS: usize = 16;
 
 pub(crate) async fn run<A: StreamAggregate>(
     shared: Arc<Shared<A>>,
@@ -237,11 +243,13 @@ impl<A: StreamAggregate> StreamTask<A> {
             // A round that writes nothing is answered once a read of the stream's
             // version confirms the state it was decided on. After a round that wrote
             // nothing (a sold-out SKU refusing a burst), the next one most likely
-            // writes nothing either: its read then starts before the round is decided
-            // and runs on a task of its own meanwhile. It confirms the round's answers
+            // writes nothing either: if it is a burst too ([`EARLY_READ_MIN_JOBS`]),
+            // its read then starts before the round is decided and runs on a task of
+            // its own meanwhile. It confirms the round's answers
             // as well as a read started after deciding, because every job of the
             // round was queued before it started.
-            let early_read = (!self.last_round_wrote).then(|| self.read_version_in_background());
+            let early_read = (!self.last_round_wrote && pending.len() >= EARLY_READ_MIN_JOBS)
+                .then(|| self.read_version_in_background());
             if early_read.is_some() {
                 // The new task waits in this worker's next-task slot, which no other
                 // worker steals: one yield lets it send the query (and the connection
