@@ -71,11 +71,18 @@ impl SnapshotStore for MemorySnapshots {
 
 /// The command side's own schema, applied with the event store's migration runner
 /// under the component name `commands`.
-pub const COMMANDS_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "aggregate_snapshots",
-    sql: include_str!("../migrations/0001_aggregate_snapshots.sql"),
-}];
+pub const COMMANDS_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "aggregate_snapshots",
+        sql: include_str!("../migrations/0001_aggregate_snapshots.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "snapshot_compression",
+        sql: include_str!("../migrations/0002_snapshot_compression.sql"),
+    },
+];
 
 const LOAD_SNAPSHOT: &str =
     "SELECT version, state_schema, state FROM aggregate_snapshots WHERE stream_id = $1";
