@@ -318,28 +318,30 @@ pub async fn wait_until_ended(
 async fn count_ended_after(store: &PostgresStore, after: u64) -> Result<(u64, Ended)> {
     let client = store.connection().await?;
     let after = i64::try_from(after)?;
+    // Every event up to the head has committed (the head moves in the transaction
+    // that commits its events), so the events are counted up to a head read first.
+    // With both bounds known, the planner scans that range of positions only.
+    let last: i64 = client
+        .query_one("SELECT position FROM log_head", &[])
+        .await?
+        .get(0);
     let row = client
         .query_one(
-            // The head and the events up to it, read in one snapshot: the head moves
-            // in the transaction that commits its events.
-            "WITH head AS (SELECT position FROM log_head) \
-             SELECT (SELECT position FROM head), \
-                    count(*) FILTER (WHERE event_type = 'CheckoutCompleted'), \
+            "SELECT count(*) FILTER (WHERE event_type = 'CheckoutCompleted'), \
                     count(*) FILTER (WHERE event_type = 'CheckoutRejected'), \
                     count(*) FILTER (WHERE event_type = 'CheckoutCancelled') \
-             FROM events WHERE position > $1 AND position <= (SELECT position FROM head) \
+             FROM events WHERE position > $1 AND position <= $2 \
                AND stream_id >= 'checkout-' AND stream_id < 'checkout.' \
                AND event_type IN ('CheckoutCompleted', 'CheckoutRejected', 'CheckoutCancelled')",
-            &[&after],
+            &[&after, &last],
         )
         .await?;
-    let last: i64 = row.get(0);
     Ok((
         u64::try_from(last)?,
         Ended {
-            completed: row.get::<_, i64>(1) as u64,
-            rejected: row.get::<_, i64>(2) as u64,
-            cancelled: row.get::<_, i64>(3) as u64,
+            completed: row.get::<_, i64>(0) as u64,
+            rejected: row.get::<_, i64>(1) as u64,
+            cancelled: row.get::<_, i64>(2) as u64,
         },
     ))
 }
