@@ -31,6 +31,10 @@ pub(crate) const STREAM_VERSIONS_SQL: &str =
      CROSS JOIN LATERAL (SELECT version FROM events WHERE stream_id = s.id \
                          ORDER BY version DESC LIMIT 1) AS v";
 
+/// The latest version of one stream; no row for a stream with no events.
+const STREAM_VERSION_SQL: &str =
+    "SELECT version FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1";
+
 /// Most statements of version reads running at once. Two keep a read from waiting
 /// behind a slow one, and still leave the reads arriving meanwhile to gather.
 const READS_IN_FLIGHT: usize = 2;
@@ -94,6 +98,22 @@ async fn versions(pool: &Pool, batch: &[VersionRead]) -> Result<HashMap<String, 
         .get()
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    if let [id] = ids[..] {
+        // One stream (a hot stream's rounds, a quiet moment): the plain probe, which
+        // the server plans in a fraction of the time of the array's.
+        let statement = client
+            .prepare_cached(STREAM_VERSION_SQL)
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_opt(&statement, &[&id])
+            .await
+            .map_err(db_error)?;
+        return Ok(row
+            .map(|row| (id.to_owned(), row.get::<_, i64>(0) as u64))
+            .into_iter()
+            .collect());
+    }
     let statement = client
         .prepare_cached(STREAM_VERSIONS_SQL)
         .await
