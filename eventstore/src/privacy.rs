@@ -160,9 +160,10 @@ impl KeyVault {
         }
         let fresh: [u8; 32] = rand::random();
         let client = self.client().await?;
-        // Two writers racing both read the row that won.
-        let row = client
-            .query_one(
+        // Two writers racing both read the row that won. Prepared once per pooled
+        // connection: every new customer's first order runs it.
+        let statement = client
+            .prepare_cached(
                 "WITH inserted AS (
                      INSERT INTO privacy_keys (subject, key_id, data_key) VALUES ($1, $2, $3)
                      ON CONFLICT (subject) DO NOTHING
@@ -171,8 +172,11 @@ impl KeyVault {
                  UNION ALL
                  SELECT key_id, data_key FROM privacy_keys WHERE subject = $1
                  LIMIT 1",
-                &[&subject, &Uuid::new_v4(), &&fresh[..]],
             )
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_one(&statement, &[&subject, &Uuid::new_v4(), &&fresh[..]])
             .await
             .map_err(db_error)?;
         let key = data_key(row.get(0), row.get(1))?;
@@ -195,11 +199,14 @@ impl KeyVault {
             return Ok(());
         }
         let client = self.client().await?;
-        let rows = client
-            .query(
+        let statement = client
+            .prepare_cached(
                 "SELECT subject, key_id, data_key FROM privacy_keys WHERE subject = ANY($1)",
-                &[&missing],
             )
+            .await
+            .map_err(db_error)?;
+        let rows = client
+            .query(&statement, &[&missing])
             .await
             .map_err(db_error)?;
         let mut found = HashMap::with_capacity(rows.len());
