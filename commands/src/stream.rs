@@ -245,9 +245,9 @@ impl<A: StreamAggregate> StreamTask<A> {
             // nothing (a sold-out SKU refusing a burst), the next one most likely
             // writes nothing either: if it is a burst too ([`EARLY_READ_MIN_JOBS`]),
             // its read then starts before the round is decided and runs on a task of
-            // its own meanwhile. It confirms the round's answers
-            // as well as a read started after deciding, because every job of the
-            // round was queued before it started.
+            // its own meanwhile. It confirms the round's answers as well as a read
+            // started after deciding, because every job of the round was queued
+            // before it started.
             let early_read = (!self.last_round_wrote && pending.len() >= EARLY_READ_MIN_JOBS)
                 .then(|| self.read_version_in_background());
             if early_read.is_some() {
