@@ -228,16 +228,25 @@ pub async fn add_line(
                     .cart(action, &context)
                     .await
                     .map_err(unknown_product)?;
-                Ok((
-                    StatusCode::ACCEPTED,
-                    CommandAccepted::new()
-                        .id("cart_id", cart_id)
-                        .id("sku", sku)
-                        .wrote(&committed),
-                ))
+                Ok(line_accepted(cart_id, sku, &committed))
             },
         )
         .await
+}
+
+/// The answer to a command on one line of a cart.
+fn line_accepted<E>(
+    cart_id: CartId,
+    sku: impl ToString,
+    committed: &commands::Committed<E>,
+) -> (StatusCode, CommandAccepted) {
+    (
+        StatusCode::ACCEPTED,
+        CommandAccepted::new()
+            .id("cart_id", cart_id)
+            .id("sku", sku)
+            .wrote(committed),
+    )
 }
 
 /// Sets a line's quantity.
@@ -271,13 +280,7 @@ pub async fn change_quantity(
                 quantity: request.quantity,
             };
             let committed = state.commands().cart(action, &context).await?;
-            Ok((
-                StatusCode::ACCEPTED,
-                CommandAccepted::new()
-                    .id("cart_id", cart_id)
-                    .id("sku", sku)
-                    .wrote(&committed),
-            ))
+            Ok(line_accepted(cart_id, sku, &committed))
         },
     )
     .await
@@ -310,13 +313,7 @@ pub async fn remove_line(
                 sku: sku.clone(),
             };
             let committed = state.commands().cart(action, &context).await?;
-            Ok((
-                StatusCode::ACCEPTED,
-                CommandAccepted::new()
-                    .id("cart_id", cart_id)
-                    .id("sku", sku)
-                    .wrote(&committed),
-            ))
+            Ok(line_accepted(cart_id, sku, &committed))
         },
     )
     .await
