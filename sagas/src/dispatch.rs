@@ -87,10 +87,15 @@ impl Dispatcher<'_> {
             // has begun compensating since (the deadline fired, the order was
             // cancelled): going forward would only give the compensation more to
             // undo, and skipping leaves nothing outstanding.
+            //
+            // The state this process holds will do, without a read of the log: the
+            // check saves work, it does not make the step safe. Compensation can
+            // begin right after any check, and then the step's recorded outcome is a
+            // late fact the compensation undoes (`react` compensates again).
             let now = self
                 .commands
                 .checkouts()
-                .load(&Checkout::stream_id(&checkout_id))
+                .peek(&Checkout::stream_id(&checkout_id))
                 .await?
                 .state;
             if now
@@ -146,7 +151,17 @@ impl Dispatcher<'_> {
                         &ctx("place-order"),
                     )
                     .await;
-                let order = self.load_order(order_id).await?;
+                // Placed just now: this process holds the order as it wrote it.
+                let order = match placed {
+                    Ok(_) => {
+                        self.commands
+                            .orders()
+                            .peek(&Order::stream_id(&order_id))
+                            .await?
+                            .state
+                    }
+                    Err(_) => self.load_order(order_id).await?,
+                };
                 if order.id().is_none() {
                     let why = match placed {
                         Err(error) => match refusal(&error) {
