@@ -479,7 +479,7 @@ async fn drive(
             task.await??;
         }
         let accepted = seen.lock().expect("not poisoned").checkouts.len() as u64;
-        shop::wait_until_ended(&store, accepted, settings.settle_max).await?;
+        shop::wait_until_ended(&store, 0, accepted, settings.settle_max).await?;
         Ok::<_, anyhow::Error>(())
     };
     tokio::time::timeout(settings.settle_max, settle)

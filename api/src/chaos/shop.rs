@@ -273,7 +273,8 @@ impl Ended {
 /// How often [`wait_until_ended`] looks at the log.
 const ENDED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Waits until the log holds `expected` ended checkouts, for at most `timeout`.
+/// Waits until the log holds `expected` ended checkouts after position `after` (a
+/// head read before the first of them was asked for, or 0), for at most `timeout`.
 ///
 /// Each look reads only the events committed since the one before: positions commit
 /// in order, so what a reader sees of the log is always a prefix of it, and counting
@@ -282,12 +283,12 @@ const ENDED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// time per look by the end of a benchmark run, taken from the system it measures.)
 pub async fn wait_until_ended(
     store: &PostgresStore,
+    mut after: u64,
     expected: u64,
     timeout: std::time::Duration,
 ) -> Result<Ended> {
     let deadline = std::time::Instant::now() + timeout;
     let mut ended = Ended::default();
-    let mut after = 0u64;
     loop {
         match count_ended_after(store, after).await {
             Ok((last, more)) => {
