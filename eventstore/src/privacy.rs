@@ -37,9 +37,10 @@ use base64::Engine;
 use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::postgres::{db_error, migrate, Migration};
+use crate::postgres::{batches, db_error, migrate, Migration};
 use crate::types::{AppendRequest, AppendResult, Direction, NewEvent, RecordedEvent, StoreError};
 use crate::EventStore;
 
@@ -85,12 +86,54 @@ struct Cached {
     read_at: Instant,
 }
 
+/// Most new keys one statement creates.
+const CREATE_BATCH_MAX: usize = 1_024;
+/// Most statements creating keys at once.
+const CREATES_IN_FLIGHT: usize = 2;
+/// Most key creations waiting for a statement.
+const CREATE_QUEUE_MAX: usize = 65_536;
+
+/// Creates the keys of the subjects that have none, and reads the key of those that
+/// do (another writer won), for a `text[]` of distinct subjects with a `uuid[]` of
+/// key ids and a `bytea[]` of keys. Inside the statement the table is read as it was
+/// before the insert, so each subject comes back once: from the insert or from the
+/// table. A subject whose key another writer committed during the statement does not
+/// come back at all, and is asked for again.
+const CREATE_KEYS_SQL: &str = "\
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[]) AS i(subject, key_id, data_key)),
+    inserted AS (
+        INSERT INTO privacy_keys (subject, key_id, data_key)
+        SELECT subject, key_id, data_key FROM input
+        ON CONFLICT (subject) DO NOTHING
+        RETURNING subject, key_id, data_key)
+    SELECT subject, key_id, data_key FROM inserted
+    UNION ALL
+    SELECT p.subject, p.key_id, p.data_key FROM privacy_keys p JOIN input i ON i.subject = p.subject";
+
+/// A subject's key, to create if it has none.
+struct KeyCreation {
+    subject: String,
+    reply: oneshot::Sender<Result<DataKey, StoreError>>,
+}
+
 /// The subjects' data keys, read from `privacy_keys` and cached for
 /// [`KEY_CACHE_TTL_SECS`]. Cloning is cheap and clones share the cache.
+///
+/// New keys are created together: every new customer's first order seals their
+/// address, and in a rush thousands a second would each be a transaction, and a
+/// flush of the server's log, of their own. A task per vault takes the creations
+/// waiting in its queue and sends one statement for them ([`CREATE_KEYS_SQL`]).
 #[derive(Clone)]
 pub struct KeyVault {
+    keys: Arc<Keys>,
+    creations: mpsc::Sender<KeyCreation>,
+}
+
+/// The key table and this process's copy of what it read of it.
+struct Keys {
     pool: Pool,
-    cache: Arc<Mutex<HashMap<String, Cached>>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl KeyVault {
@@ -101,87 +144,47 @@ impl KeyVault {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         migrate(&mut client, "privacy", PRIVACY_MIGRATIONS).await?;
-        Ok(KeyVault {
-            pool,
-            cache: Arc::default(),
-        })
+        Ok(KeyVault::new(pool))
     }
 
     /// The vault on a database whose `privacy_keys` table exists already (see
-    /// [`KeyVault::connect`]), with a cache of its own.
+    /// [`KeyVault::connect`]), with a cache of its own. Runs on the current tokio
+    /// runtime.
     pub fn new(pool: Pool) -> Self {
-        KeyVault {
+        let keys = Arc::new(Keys {
             pool,
-            cache: Arc::default(),
-        }
-    }
-
-    fn cache(&self) -> MutexGuard<'_, HashMap<String, Cached>> {
-        // Each holder does one map operation, so a panic cannot leave it half-done.
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn cached(&self, subject: &str) -> Option<Option<DataKey>> {
-        let ttl = Duration::from_secs(KEY_CACHE_TTL_SECS);
-        self.cache()
-            .get(subject)
-            .filter(|c| c.read_at.elapsed() < ttl)
-            .map(|c| c.key)
-    }
-
-    fn remember(&self, subject: &str, key: Option<DataKey>) {
-        let mut cache = self.cache();
-        if cache.len() >= KEY_CACHE_MAX_SUBJECTS {
-            cache.clear();
-        }
-        cache.insert(
-            subject.to_owned(),
-            Cached {
-                key,
-                read_at: Instant::now(),
+            cache: Mutex::default(),
+        });
+        let (creations, queue) = mpsc::channel(CREATE_QUEUE_MAX);
+        let creator = keys.clone();
+        tokio::spawn(batches::serve(
+            queue,
+            CREATES_IN_FLIGHT,
+            CREATE_BATCH_MAX,
+            move |batch| {
+                let keys = creator.clone();
+                async move { keys.create(batch).await }
             },
-        );
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+        ));
+        KeyVault { keys, creations }
     }
 
     /// The subject's key, created if it has none (a forgotten subject that comes
     /// back gets a new key; what was sealed under the old one stays erased).
     async fn key_for_sealing(&self, subject: &str) -> Result<DataKey, StoreError> {
-        if let Some(Some(key)) = self.cached(subject) {
+        if let Some(Some(key)) = self.keys.cached(subject) {
             return Ok(key);
         }
-        let fresh: [u8; 32] = rand::random();
-        let client = self.client().await?;
-        // Two writers racing both read the row that won. Prepared once per pooled
-        // connection: every new customer's first order runs it.
-        let statement = client
-            .prepare_cached(
-                "WITH inserted AS (
-                     INSERT INTO privacy_keys (subject, key_id, data_key) VALUES ($1, $2, $3)
-                     ON CONFLICT (subject) DO NOTHING
-                     RETURNING key_id, data_key)
-                 SELECT key_id, data_key FROM inserted
-                 UNION ALL
-                 SELECT key_id, data_key FROM privacy_keys WHERE subject = $1
-                 LIMIT 1",
-            )
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the key vault has stopped".into());
+        self.creations
+            .send(KeyCreation {
+                subject: subject.to_owned(),
+                reply,
+            })
             .await
-            .map_err(db_error)?;
-        let row = client
-            .query_one(&statement, &[&subject, &Uuid::new_v4(), &&fresh[..]])
-            .await
-            .map_err(db_error)?;
-        let key = data_key(row.get(0), row.get(1))?;
-        self.remember(subject, Some(key));
-        Ok(key)
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// Reads the keys of the subjects not cached, in one query.
@@ -191,14 +194,14 @@ impl KeyVault {
     ) -> Result<(), StoreError> {
         let mut missing: Vec<&str> = subjects
             .into_iter()
-            .filter(|s| self.cached(s).is_none())
+            .filter(|s| self.keys.cached(s).is_none())
             .collect();
         missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
             return Ok(());
         }
-        let client = self.client().await?;
+        let client = self.keys.client().await?;
         let statement = client
             .prepare_cached(
                 "SELECT subject, key_id, data_key FROM privacy_keys WHERE subject = ANY($1)",
@@ -215,7 +218,7 @@ impl KeyVault {
             found.insert(subject, data_key(row.get(1), row.get(2))?);
         }
         for subject in missing {
-            self.remember(subject, found.get(subject).copied());
+            self.keys.remember(subject, found.get(subject).copied());
         }
         Ok(())
     }
@@ -224,12 +227,12 @@ impl KeyVault {
     /// now on (in other processes within [`KEY_CACHE_TTL_SECS`]). Returns whether
     /// there was a key.
     pub async fn forget(&self, subject: &str) -> Result<bool, StoreError> {
-        let client = self.client().await?;
+        let client = self.keys.client().await?;
         let deleted = client
             .execute("DELETE FROM privacy_keys WHERE subject = $1", &[&subject])
             .await
             .map_err(db_error)?;
-        self.remember(subject, None);
+        self.keys.remember(subject, None);
         Ok(deleted > 0)
     }
 
@@ -320,7 +323,7 @@ impl KeyVault {
                     let key = marker
                         .get("subject")
                         .and_then(Value::as_str)
-                        .and_then(|s| self.cached(s).flatten());
+                        .and_then(|s| self.keys.cached(s).flatten());
                     match open_fields(key, &marker) {
                         Some(fields) => map.extend(fields),
                         None => {
@@ -339,6 +342,109 @@ impl KeyVault {
             Value::Array(items) => items.iter_mut().map(|i| self.open_cached(i)).sum(),
             _ => 0,
         }
+    }
+}
+
+impl Keys {
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, Cached>> {
+        // Each holder does one map operation, so a panic cannot leave it half-done.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached(&self, subject: &str) -> Option<Option<DataKey>> {
+        let ttl = Duration::from_secs(KEY_CACHE_TTL_SECS);
+        self.cache()
+            .get(subject)
+            .filter(|c| c.read_at.elapsed() < ttl)
+            .map(|c| c.key)
+    }
+
+    fn remember(&self, subject: &str, key: Option<DataKey>) {
+        let mut cache = self.cache();
+        if cache.len() >= KEY_CACHE_MAX_SUBJECTS {
+            cache.clear();
+        }
+        cache.insert(
+            subject.to_owned(),
+            Cached {
+                key,
+                read_at: Instant::now(),
+            },
+        );
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Creates (or reads, where another writer won) the keys of a batch of
+    /// [`KeyCreation`]s, and answers each.
+    async fn create(&self, batch: Vec<KeyCreation>) {
+        let mut subjects: Vec<&str> = batch.iter().map(|c| c.subject.as_str()).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        let mut keys = HashMap::with_capacity(subjects.len());
+        let mut failure = None;
+        // A subject left out was inserted by another writer during the statement; the
+        // next statement sees that writer's key (unless it is forgotten again in
+        // between, hence more than two tries).
+        for _ in 0..3 {
+            let missing: Vec<&str> = subjects
+                .iter()
+                .copied()
+                .filter(|s| !keys.contains_key(*s))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            match self.insert(&missing).await {
+                Ok(created) => keys.extend(created),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        for (subject, key) in &keys {
+            self.remember(subject, Some(*key));
+        }
+        for creation in batch {
+            let result = match keys.get(creation.subject.as_str()) {
+                Some(key) => Ok(*key),
+                None => Err(failure.clone().unwrap_or_else(|| {
+                    StoreError::Unavailable(format!(
+                        "no key could be created for subject {}",
+                        creation.subject
+                    ))
+                })),
+            };
+            let _ = creation.reply.send(result);
+        }
+    }
+
+    async fn insert(&self, subjects: &[&str]) -> Result<Vec<(String, DataKey)>, StoreError> {
+        let key_ids: Vec<Uuid> = subjects.iter().map(|_| Uuid::new_v4()).collect();
+        let fresh: Vec<Vec<u8>> = subjects
+            .iter()
+            .map(|_| rand::random::<[u8; 32]>().to_vec())
+            .collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(CREATE_KEYS_SQL)
+            .await
+            .map_err(db_error)?;
+        let rows = client
+            .query(&statement, &[&subjects, &key_ids, &fresh])
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| Ok((row.get::<_, String>(0), data_key(row.get(1), row.get(2))?)))
+            .collect()
     }
 }
 

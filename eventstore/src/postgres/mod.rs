@@ -6,6 +6,7 @@
 //! polling as the fallback when notifications are lost.
 
 mod appender;
+pub(crate) mod batches;
 mod listener;
 mod migrate;
 mod versions;

@@ -2,26 +2,23 @@
 //! calls share one statement.
 //!
 //! A command that writes nothing (a load, a refused or repeated command) is answered
-//! only once a read of its stream's version confirms the state it was decided on. A
-//! checkout makes several across its streams (the saga loads the checkout before each
-//! step, the order and the payment after changing them), so under load thousands a
-//! second arrive from different streams at once. Each as a statement of its own costs
+//! only once a read of its stream's version confirms the state it was decided on.
+//! Under load thousands a second arrive from different streams at once (a checkout
+//! makes about three). Each as a statement of its own costs
 //! a round trip, a pooled connection, and a wake-up of a server backend for an index
-//! probe of microseconds. Here one task takes every read waiting in the queue and
-//! sends one statement for their streams ([`STREAM_VERSIONS_SQL`], the probe the
-//! appender uses), with at most [`READS_IN_FLIGHT`] statements out at once: while they
-//! run, the next reads gather.
+//! probe of microseconds. Here the reads waiting in the queue share one statement for
+//! their streams ([`STREAM_VERSIONS_SQL`], the probe the appender uses), with at most
+//! [`READS_IN_FLIGHT`] statements out at once (see [`batches`]).
 //!
 //! A read is answered by a statement sent after it was asked for, so it sees every
 //! commit that ended before the call, as a statement of its own would.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
-use super::db_error;
+use super::{batches, db_error};
 use crate::types::StoreError;
 
 /// The latest version of each stream in a `text[]` of stream ids; streams with no
@@ -49,28 +46,12 @@ pub(crate) struct VersionRead {
 }
 
 /// Answers reads until every sender is gone.
-pub(crate) async fn run(pool: Pool, mut reads: mpsc::Receiver<VersionRead>) {
-    let permits = Arc::new(Semaphore::new(READS_IN_FLIGHT));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = reads.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < READ_BATCH_MAX {
-            match reads.try_recv() {
-                Ok(read) => batch.push(read),
-                Err(_) => break,
-            }
-        }
+pub(crate) async fn run(pool: Pool, reads: mpsc::Receiver<VersionRead>) {
+    batches::serve(reads, READS_IN_FLIGHT, READ_BATCH_MAX, move |batch| {
         let pool = pool.clone();
-        tokio::spawn(async move {
-            answer(&pool, batch).await;
-            drop(permit);
-        });
-    }
+        async move { answer(&pool, batch).await }
+    })
+    .await;
 }
 
 async fn answer(pool: &Pool, batch: Vec<VersionRead>) {
