@@ -37,8 +37,12 @@ pub const STREAM_BATCH_MAX_EVENTS: usize = 4_096;
 /// Appends (or freshness checks) tried for one batch before giving up with
 /// `CommandError::Conflict`.
 pub const CONFLICT_ATTEMPTS_MAX: u32 = 5;
-/// A snapshot is due once a stream has this many events past its last one.
+/// A snapshot is due once a stream has this many events past its last one (times
+/// one more for each [`SNAPSHOT_BYTES_PER_INTERVAL`] of its last snapshot).
 pub const SNAPSHOT_EVERY_EVENTS: u64 = 1_000;
+/// Snapshot bytes that stretch a stream's snapshot interval by one more
+/// `snapshot_every_events`: a 1 MB state is snapshot every 10,000 events by default.
+pub const SNAPSHOT_BYTES_PER_INTERVAL: u64 = 100_000;
 /// A snapshot that is due is written once its stream has had no command for this
 /// long, or at once when a second `SNAPSHOT_EVERY_EVENTS` has passed without one:
 /// serialising a hot stream's state in the middle of a burst takes milliseconds of a
@@ -73,6 +77,8 @@ pub struct Limits {
     pub stream_batch_max_events: usize,
     pub conflict_attempts_max: u32,
     pub snapshot_every_events: u64,
+    /// Snapshot bytes that stretch the interval by one more `snapshot_every_events`.
+    pub snapshot_bytes_per_interval: u64,
     pub snapshot_pause: Duration,
     pub recent_commands_per_stream: usize,
     pub load_page_events: usize,
@@ -91,6 +97,7 @@ impl Default for Limits {
             stream_batch_max_events: STREAM_BATCH_MAX_EVENTS,
             conflict_attempts_max: CONFLICT_ATTEMPTS_MAX,
             snapshot_every_events: SNAPSHOT_EVERY_EVENTS,
+            snapshot_bytes_per_interval: SNAPSHOT_BYTES_PER_INTERVAL,
             snapshot_pause: Duration::from_millis(SNAPSHOT_PAUSE_MS),
             recent_commands_per_stream: RECENT_COMMANDS_PER_STREAM,
             load_page_events: LOAD_PAGE_EVENTS,

@@ -41,6 +41,7 @@
 //! fails.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use domain::DomainError;
@@ -83,6 +84,7 @@ pub(crate) async fn run<A: StreamAggregate>(
         decisions: Vec::new(),
         last_round_wrote: true,
         snapshot_due: false,
+        snapshot_bytes: Arc::default(),
     };
     loop {
         let wait = if task.snapshot_due {
@@ -126,6 +128,8 @@ struct StreamTask<A: StreamAggregate> {
     last_round_wrote: bool,
     /// A snapshot is due and waits for a pause in the stream's commands.
     snapshot_due: bool,
+    /// The size of the stream's last snapshot, loaded or written (0: none yet).
+    snapshot_bytes: Arc<AtomicU64>,
 }
 
 /// How one command (or read) of a round was decided.
@@ -597,6 +601,8 @@ impl<A: StreamAggregate> StreamTask<A> {
                         held.state = state;
                         held.version = snapshot.version;
                         held.snapshot_version = snapshot.version;
+                        self.snapshot_bytes
+                            .store(snapshot.state.len() as u64, Ordering::Relaxed);
                     }
                     Err(e) => tracing::warn!(
                         stream = %self.stream_id, error = %e,
@@ -670,10 +676,22 @@ impl<A: StreamAggregate> StreamTask<A> {
         }
     }
 
-    /// Whether `held` is `times` × `snapshot_every_events` or more past its last
-    /// snapshot (never, with snapshots off).
+    /// Whether `held` is `times` × the snapshot interval or more past its last
+    /// snapshot (never, with snapshots off). The interval is `snapshot_every_events`,
+    /// stretched for a large state by one more `snapshot_every_events` per
+    /// `snapshot_bytes_per_interval` of its last snapshot: writing a snapshot costs
+    /// in proportion to its size (copy, serialisation, compression, the write), so a
+    /// state that only grows (an SKU remembers every reservation id it has used) would
+    /// otherwise cost more per event the longer it lives. Replaying the extra events
+    /// on a reload costs far less than the snapshots saved.
     fn snapshot_past(&self, held: &Held<A>, times: u64) -> bool {
-        let every = self.shared.limits.snapshot_every_events;
+        let limits = &self.shared.limits;
+        let bytes = self.snapshot_bytes.load(Ordering::Relaxed);
+        let stretch = bytes
+            .checked_div(limits.snapshot_bytes_per_interval)
+            .unwrap_or(0)
+            .max(1);
+        let every = limits.snapshot_every_events.saturating_mul(stretch);
         every > 0
             && held.version
                 >= held
@@ -707,10 +725,14 @@ impl<A: StreamAggregate> StreamTask<A> {
         let version = held.version;
         let stream = self.stream_id.clone();
         let shared = self.shared.clone();
+        let size = self.snapshot_bytes.clone();
         tokio::spawn(async move {
             let serialised = tokio::task::spawn_blocking(move || serde_json::to_vec(&state)).await;
             let state = match serialised {
-                Ok(Ok(state)) => state,
+                Ok(Ok(state)) => {
+                    size.store(state.len() as u64, Ordering::Relaxed);
+                    state
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(stream = %stream, error = %e, "state does not serialise");
                     return;

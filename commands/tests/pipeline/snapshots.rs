@@ -17,6 +17,7 @@ on_both_stores!(
     a_due_snapshot_is_written_when_the_stream_pauses,
     an_unreadable_snapshot_is_ignored_and_the_whole_stream_replayed,
     a_snapshot_of_another_state_schema_is_ignored,
+    a_large_state_is_snapshot_less_often,
 );
 
 /// A snapshot every ten events, written only once a second ten have passed: the
@@ -67,6 +68,41 @@ async fn a_long_stream_is_loaded_from_its_snapshot_and_only_the_events_after_it(
     assert_eq!(loaded.version, 25);
     assert_eq!(loaded.state, env.replay::<Inventory>(&stream).await);
     assert_eq!(loaded.state.reserved(), 24);
+}
+
+async fn a_large_state_is_snapshot_less_often(backend: Backend) {
+    // Every byte of the last snapshot stretches the interval by ten events: after the
+    // first snapshot (at 20, when none was known), the next falls due hundreds of
+    // events later.
+    let env = backend
+        .env_with(Limits {
+            snapshot_bytes_per_interval: 1,
+            ..every_ten_events()
+        })
+        .await;
+    env.receive("BIG", 100).await;
+    let inventory = env.commands.inventory();
+    for _ in 0..24 {
+        inventory.execute(reserve("BIG", 1), &ctx()).await.unwrap();
+    }
+    let stream = Inventory::stream_id(&sku("BIG"));
+    let first = snapshot_at(env.snapshots.as_ref(), &stream, 20).await;
+    assert_eq!(first.version, 20);
+    // Unstretched, these would write snapshots at 40 and 60.
+    for _ in 0..40 {
+        inventory.execute(reserve("BIG", 1), &ctx()).await.unwrap();
+    }
+    inventory.load(&stream).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(inventory.stats().snapshots, 1);
+    let last = env
+        .snapshots
+        .load(&stream)
+        .await
+        .unwrap()
+        .expect("a snapshot");
+    assert_eq!(last.version, 20);
 }
 
 async fn a_due_snapshot_is_written_when_the_stream_pauses(backend: Backend) {
