@@ -4,10 +4,10 @@
 //! A command that writes nothing (a load, a refused or repeated command) is answered
 //! only once a read of its stream's version confirms the state it was decided on.
 //! Under load thousands a second arrive from different streams at once (a checkout
-//! makes about three). Each as a statement of its own costs
-//! a round trip, a pooled connection, and a wake-up of a server backend for an index
-//! probe of microseconds. Here the reads waiting in the queue share one statement for
-//! their streams ([`STREAM_VERSIONS_SQL`], the probe the appender uses), with at most
+//! makes about three). Each as a statement of its own costs a round trip, a pooled
+//! connection, and a wake-up of a server backend for an index probe of microseconds.
+//! Here the reads waiting in the queue share one statement for their streams
+//! ([`STREAM_VERSIONS_SQL`], the probe the appender uses), with at most
 //! [`READS_IN_FLIGHT`] statements out at once (see [`batches`]).
 //!
 //! A read is answered by a statement sent after it was asked for, so it sees every
