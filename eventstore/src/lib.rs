@@ -78,6 +78,38 @@ pub trait EventStore: Send + Sync + 'static {
         category: Option<&str>,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Up to `limit` events of the log with `position > after` that `filter` matches,
+    /// ascending, from at most `window` positions. Returns them with the position the
+    /// read looked up to (`after` when nothing new is committed): every match up to it
+    /// was returned, so a reader following the log from a checkpoint moves it there
+    /// even when nothing matched, and a stretch without matches is read once.
+    ///
+    /// The default reads the window whole and filters it here; a store that can
+    /// filter where the events are kept sends only the matches.
+    async fn read_all_matching(
+        &self,
+        after: u64,
+        limit: usize,
+        filter: &LogFilter<'_>,
+        window: u64,
+    ) -> Result<(Vec<RecordedEvent>, u64), StoreError> {
+        let window = usize::try_from(window).unwrap_or(usize::MAX);
+        let events = self.read_all(after, window, None).await?;
+        let mut looked = events.last().map_or(after, |e| e.position);
+        let mut matched: Vec<RecordedEvent> = Vec::new();
+        for event in events {
+            if !filter.matches(&event) {
+                continue;
+            }
+            if matched.len() == limit {
+                looked = matched.last().map_or(after, |e| e.position);
+                break;
+            }
+            matched.push(event);
+        }
+        Ok((matched, looked))
+    }
+
     /// The current version of a stream (0 if it does not exist).
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError>;
 

@@ -41,7 +41,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::postgres::{batches, db_error, migrate, Migration};
-use crate::types::{AppendRequest, AppendResult, Direction, NewEvent, RecordedEvent, StoreError};
+use crate::types::{
+    AppendRequest, AppendResult, Direction, LogFilter, NewEvent, RecordedEvent, StoreError,
+};
 use crate::EventStore;
 
 /// What a sealed field reads as once its subject's key is gone.
@@ -682,6 +684,20 @@ impl EventStore for PrivateStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let events = self.inner.read_all(after, limit, category).await?;
         self.opened(events).await
+    }
+
+    async fn read_all_matching(
+        &self,
+        after: u64,
+        limit: usize,
+        filter: &LogFilter<'_>,
+        window: u64,
+    ) -> Result<(Vec<RecordedEvent>, u64), StoreError> {
+        let (events, looked) = self
+            .inner
+            .read_all_matching(after, limit, filter, window)
+            .await?;
+        Ok((self.opened(events).await?, looked))
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {

@@ -175,6 +175,21 @@ impl RecordedEvent {
     }
 }
 
+/// Which events of the log a reader wants: those of the streams of `categories`, and
+/// those of `event_types` in any stream.
+#[derive(Debug, Clone, Copy)]
+pub struct LogFilter<'a> {
+    pub categories: &'a [&'a str],
+    pub event_types: &'a [&'a str],
+}
+
+impl LogFilter<'_> {
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        self.categories.contains(&event.category())
+            || self.event_types.contains(&event.event_type.as_str())
+    }
+}
+
 /// The prefix of a stream id before its first `-` (the whole id if it has none).
 pub fn category_of(stream_id: &str) -> &str {
     stream_id.split('-').next().unwrap_or(stream_id)

@@ -25,7 +25,9 @@ use uuid::Uuid;
 pub use migrate::{migrate, Migration, EVENTSTORE_MIGRATIONS};
 
 use crate::prepare::{prepare, validate_stream_id};
-use crate::types::{AppendRequest, AppendResult, Direction, Metadata, RecordedEvent, StoreError};
+use crate::types::{
+    AppendRequest, AppendResult, Direction, LogFilter, Metadata, RecordedEvent, StoreError,
+};
 use crate::EventStore;
 
 /// The channel the appender notifies on after each commit; the payload is the head.
@@ -383,6 +385,53 @@ impl EventStore for PostgresStore {
         }
         .map_err(db_error)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn read_all_matching(
+        &self,
+        after: u64,
+        limit: usize,
+        filter: &LogFilter<'_>,
+        window: u64,
+    ) -> Result<(Vec<RecordedEvent>, u64), StoreError> {
+        // Every position up to the head is committed: the window ends there at most.
+        let upto = after.saturating_add(window).min(self.head().await?);
+        let limit = sql_limit(limit);
+        if upto <= after || limit == 0 {
+            return Ok((Vec::new(), after));
+        }
+        let client = self.connection().await?;
+        // The filter is tested on each row of the range of positions: no index serves
+        // it, so the plan (prepared once) is always that range.
+        let sql = format!(
+            "{SELECT_EVENT} WHERE position > $1 AND position <= $2 \
+             AND (split_part(stream_id, '-', 1) = ANY($3) OR event_type = ANY($4)) \
+             ORDER BY position LIMIT $5"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let to_i64 = |p: u64| p.min(i64::MAX as u64) as i64;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &to_i64(after),
+                    &to_i64(upto),
+                    &filter.categories,
+                    &filter.event_types,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        let events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let looked = match events.last() {
+            Some(last) if events.len() as i64 >= limit => last.position,
+            _ => upto,
+        };
+        Ok((events, looked))
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {

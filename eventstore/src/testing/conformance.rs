@@ -32,6 +32,7 @@ macro_rules! conformance_suite {
             reading_a_stream_forwards_and_backwards_with_paging,
             reading_the_log_from_a_position_with_paging,
             reading_the_log_by_category,
+            reading_the_log_matching_a_filter,
             envelope_round_trips_every_field,
             hash_chain_links_every_event,
             subscription_catches_up_then_follows_live_without_gap_or_duplicate,
@@ -474,6 +475,57 @@ pub async fn reading_the_log_by_category(store: Store) {
         .await
         .expect("none")
         .is_empty());
+}
+
+pub async fn reading_the_log_matching_a_filter(store: Store) {
+    // Positions 1..=8; the filter wants checkouts, and cancellations anywhere.
+    let appended = [
+        ("checkout-1", "Started"),
+        ("cart-1", "Cancelled"),
+        ("order-1", "Placed"),
+        ("checkout-2", "Started"),
+        ("order-1", "Cancelled"),
+        ("cart-2", "Added"),
+        ("checkouts-9", "Started"),
+        ("checkout-1", "Completed"),
+    ];
+    for (i, (stream, event_type)) in appended.iter().enumerate() {
+        store
+            .append(append(
+                stream,
+                ExpectedVersion::Any,
+                vec![event(event_type, i as u64)],
+            ))
+            .await
+            .expect("append");
+    }
+    let filter = crate::LogFilter {
+        categories: &["checkout"],
+        event_types: &["Cancelled"],
+    };
+    let read = |after: u64, limit: usize, window: u64| {
+        let store = store.clone();
+        async move {
+            let (events, looked) = store
+                .read_all_matching(after, limit, &filter, window)
+                .await
+                .expect("read");
+            (
+                events.iter().map(|e| e.position).collect::<Vec<_>>(),
+                looked,
+            )
+        }
+    };
+    assert_eq!(read(0, 100, 1_000).await, (vec![1, 2, 4, 5, 8], 8));
+    // A full page stops at its last match: the rest is read next time.
+    assert_eq!(read(0, 2, 1_000).await, (vec![1, 2], 2));
+    assert_eq!(read(2, 2, 1_000).await, (vec![4, 5], 5));
+    // A window without matches is passed over whole.
+    assert_eq!(read(5, 100, 2).await, (vec![], 7));
+    assert_eq!(read(7, 100, 2).await, (vec![8], 8));
+    // Nothing new: the read looks up to where it started.
+    assert_eq!(read(8, 100, 1_000).await, (vec![], 8));
+    assert_eq!(read(0, 0, 1_000).await, (vec![], 0));
 }
 
 pub async fn envelope_round_trips_every_field(store: Store) {
