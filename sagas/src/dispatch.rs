@@ -12,10 +12,10 @@
 use chrono::{DateTime, Utc};
 use commands::{CartAction, CommandContext, CommandError, Commands, PlaceOrder};
 use domain::{
-    CartStatus, Checkout, CheckoutCommand, CheckoutId, CheckoutOutcome, DomainError,
-    InventoryCommand, InventoryEvent, Order, OrderCommand, OrderStatus, Payment, PaymentCommand,
-    PaymentOperation, PaymentSettlement, PaymentStatus, ReservationOutcome, ReservedLine,
-    SettleFailure, Sku, UnavailableLine,
+    CartStatus, Checkout, CheckoutCommand, CheckoutId, CheckoutOutcome, CheckoutStatus,
+    DomainError, InventoryCommand, InventoryEvent, Order, OrderCommand, OrderStatus, Payment,
+    PaymentCommand, PaymentOperation, PaymentSettlement, PaymentStatus, ReservationOutcome,
+    ReservedLine, SettleFailure, Sku, UnavailableLine,
 };
 use futures::future::join_all;
 use uuid::Uuid;
@@ -82,16 +82,20 @@ fn refused(result: &Result<impl Sized, CommandError>) -> bool {
 
 impl Dispatcher<'_> {
     pub async fn run(&self, step: Step, causation: Uuid) -> Result<StepResult, SagaError> {
-        if let Some(checkout_id) = forward_only(&step) {
+        if let Some((checkout_id, wants)) = forward_only(&step) {
             // A step decided on the state as of an older event, while the checkout
-            // has begun compensating since (the deadline fired, the order was
-            // cancelled): going forward would only give the compensation more to
-            // undo, and skipping leaves nothing outstanding.
+            // has moved on since: it began compensating (the deadline fired, the
+            // order was cancelled), and going forward would only give the
+            // compensation more to undo; or a step before already did this one's
+            // work (a confirmation captures, a commit closes the cart) and recorded
+            // its outcome. Skipping leaves nothing outstanding either way.
             //
             // The state this process holds will do, without a read of the log: the
             // check saves work, it does not make the step safe. Compensation can
             // begin right after any check, and then the step's recorded outcome is a
-            // late fact the compensation undoes (`react` compensates again).
+            // late fact the compensation undoes (`react` compensates again). A
+            // state this process holds may be behind the log, never ahead of it, and
+            // a checkout never moves backwards: only a state past `wants` skips.
             let now = self
                 .commands
                 .checkouts()
@@ -100,7 +104,7 @@ impl Dispatcher<'_> {
                 .state;
             if now
                 .status()
-                .is_some_and(|s| s == domain::CheckoutStatus::Compensating || s.is_terminal())
+                .is_some_and(|s| progress(s).is_none_or(|p| Some(p) > progress(wants)))
             {
                 return Ok(StepResult::default());
             }
@@ -332,57 +336,31 @@ impl Dispatcher<'_> {
                 order_id,
                 payment_id,
                 amount,
+                provider_ref,
             } => {
-                let ctx = |name| context(checkout_id, causation, name);
-                let orders = self.commands.orders();
-                let marked = orders
-                    .execute(
-                        OrderCommand::MarkPaymentAuthorized {
-                            order_id,
-                            payment_id,
-                            amount,
+                if let Some(withdrawn) = self
+                    .confirm_order(checkout_id, causation, order_id, payment_id, amount)
+                    .await?
+                {
+                    return Ok(record(withdrawn));
+                }
+                // The capture follows at once, and both outcomes are recorded in one
+                // append. Its first try is the one `CapturePayment` would make (the
+                // same idempotency key and command ids), so a re-run of either step
+                // finds what the other did.
+                let captured = self
+                    .capture(checkout_id, causation, payment_id, provider_ref, amount, 1)
+                    .await?;
+                Ok(StepResult {
+                    record: vec![
+                        CheckoutCommand::RecordOrderConfirmed {
+                            checkout_id,
                             at: self.now,
                         },
-                        &ctx("order-payment-authorized"),
-                    )
-                    .await;
-                if !refused(&marked) {
-                    marked?;
-                }
-                let confirmed = orders
-                    .execute(
-                        OrderCommand::Confirm {
-                            order_id,
-                            at: self.now,
-                        },
-                        &ctx("order-confirm"),
-                    )
-                    .await;
-                if refused(&confirmed) {
-                    let order = self.load_order(order_id).await?;
-                    match order.status() {
-                        Some(OrderStatus::Confirmed) => {}
-                        _ => {
-                            let why = order_closed(&order).unwrap_or_else(|| {
-                                format!(
-                                    "the order is {}",
-                                    order.status().map_or("missing", OrderStatus::as_str)
-                                )
-                            });
-                            return Ok(record(CheckoutCommand::RecordOrderWithdrawn {
-                                checkout_id,
-                                reason: why,
-                                at: self.now,
-                            }));
-                        }
-                    }
-                } else {
-                    confirmed?;
-                }
-                Ok(record(CheckoutCommand::RecordOrderConfirmed {
-                    checkout_id,
-                    at: self.now,
-                }))
+                        captured,
+                    ],
+                    timers: vec![],
+                })
             }
             Step::CapturePayment {
                 checkout_id,
@@ -390,41 +368,22 @@ impl Dispatcher<'_> {
                 provider_ref,
                 amount,
                 attempt,
+            } => Ok(record(
+                self.capture(
+                    checkout_id,
+                    causation,
+                    payment_id,
+                    provider_ref,
+                    amount,
+                    attempt,
+                )
+                .await?,
+            )),
+            Step::CommitStock {
+                checkout_id,
+                lines,
+                cart_id,
             } => {
-                let answer = self
-                    .gateway
-                    .capture(MoneyMovement {
-                        idempotency_key: key(checkout_id, "capture"),
-                        provider_ref,
-                        amount,
-                    })
-                    .await;
-                match answer {
-                    Ok(_) => {
-                        self.record_payment(
-                            PaymentCommand::Capture {
-                                payment_id,
-                                amount,
-                                at: self.now,
-                            },
-                            &context(checkout_id, causation, "payment-captured"),
-                        )
-                        .await?;
-                        Ok(record(CheckoutCommand::RecordPaymentCaptured {
-                            checkout_id,
-                            at: self.now,
-                        }))
-                    }
-                    Err(error) => Ok(record(self.payment_failed(
-                        checkout_id,
-                        PaymentOperation::Capture,
-                        attempt,
-                        &error,
-                        None,
-                    ))),
-                }
-            }
-            Step::CommitStock { checkout_id, lines } => {
                 let commits = lines
                     .iter()
                     .map(|line| self.commit(checkout_id, causation, line));
@@ -436,43 +395,166 @@ impl Dispatcher<'_> {
                         Err(line) => failed.push(line),
                     }
                 }
-                Ok(record(CheckoutCommand::RecordStockCommit {
+                let all_committed = failed.is_empty();
+                let mut result = record(CheckoutCommand::RecordStockCommit {
                     checkout_id,
                     committed,
                     failed,
                     at: self.now,
-                }))
+                });
+                // Every line committed: the cart is closed in the same step, and both
+                // outcomes are recorded in one append (as `CloseCart` would).
+                if let (true, Some(cart_id)) = (all_committed, cart_id) {
+                    let order_id = Checkout::order_id(checkout_id);
+                    result.record.push(
+                        self.close_cart(checkout_id, causation, cart_id, order_id)
+                            .await?,
+                    );
+                }
+                Ok(result)
             }
             Step::CloseCart {
                 checkout_id,
                 cart_id,
                 order_id,
-            } => {
-                let closed = self
-                    .commands
-                    .cart(
-                        CartAction::Close { cart_id, order_id },
-                        &context(checkout_id, causation, "cart-close"),
-                    )
-                    .await;
-                if let Err(error) = closed {
-                    if refusal(&error).is_none() {
-                        return Err(error.into());
-                    }
-                    let cart = self.commands.load_cart(cart_id).await?.state;
-                    if cart.status() != Some(CartStatus::Closed) {
-                        // The order is paid and its stock committed: the checkout is
-                        // complete even if the cart went elsewhere.
-                        tracing::warn!(%checkout_id, %cart_id, %error, "the cart could not be closed");
-                    }
-                }
-                Ok(record(CheckoutCommand::RecordCartClosed {
-                    checkout_id,
-                    at: self.now,
-                }))
-            }
+            } => Ok(record(
+                self.close_cart(checkout_id, causation, cart_id, order_id)
+                    .await?,
+            )),
             Step::Compensate(compensation) => self.compensate(compensation, causation).await,
         }
+    }
+
+    /// Records the authorization on the order and confirms it. `Some`: the order
+    /// could not be confirmed (it was closed), with the outcome to record.
+    async fn confirm_order(
+        &self,
+        checkout_id: CheckoutId,
+        causation: Uuid,
+        order_id: domain::OrderId,
+        payment_id: domain::PaymentId,
+        amount: domain::Money,
+    ) -> Result<Option<CheckoutCommand>, SagaError> {
+        let ctx = |name| context(checkout_id, causation, name);
+        let orders = self.commands.orders();
+        let marked = orders
+            .execute(
+                OrderCommand::MarkPaymentAuthorized {
+                    order_id,
+                    payment_id,
+                    amount,
+                    at: self.now,
+                },
+                &ctx("order-payment-authorized"),
+            )
+            .await;
+        if !refused(&marked) {
+            marked?;
+        }
+        let confirmed = orders
+            .execute(
+                OrderCommand::Confirm {
+                    order_id,
+                    at: self.now,
+                },
+                &ctx("order-confirm"),
+            )
+            .await;
+        if !refused(&confirmed) {
+            confirmed?;
+            return Ok(None);
+        }
+        let order = self.load_order(order_id).await?;
+        if matches!(order.status(), Some(OrderStatus::Confirmed)) {
+            return Ok(None);
+        }
+        let why = order_closed(&order).unwrap_or_else(|| {
+            format!(
+                "the order is {}",
+                order.status().map_or("missing", OrderStatus::as_str)
+            )
+        });
+        Ok(Some(CheckoutCommand::RecordOrderWithdrawn {
+            checkout_id,
+            reason: why,
+            at: self.now,
+        }))
+    }
+
+    /// Try `attempt` of the capture, and its outcome to record.
+    async fn capture(
+        &self,
+        checkout_id: CheckoutId,
+        causation: Uuid,
+        payment_id: domain::PaymentId,
+        provider_ref: String,
+        amount: domain::Money,
+        attempt: u32,
+    ) -> Result<CheckoutCommand, SagaError> {
+        let answer = self
+            .gateway
+            .capture(MoneyMovement {
+                idempotency_key: key(checkout_id, "capture"),
+                provider_ref,
+                amount,
+            })
+            .await;
+        match answer {
+            Ok(_) => {
+                self.record_payment(
+                    PaymentCommand::Capture {
+                        payment_id,
+                        amount,
+                        at: self.now,
+                    },
+                    &context(checkout_id, causation, "payment-captured"),
+                )
+                .await?;
+                Ok(CheckoutCommand::RecordPaymentCaptured {
+                    checkout_id,
+                    at: self.now,
+                })
+            }
+            Err(error) => Ok(self.payment_failed(
+                checkout_id,
+                PaymentOperation::Capture,
+                attempt,
+                &error,
+                None,
+            )),
+        }
+    }
+
+    /// Closes the cart the checkout paid for, and the outcome to record. A cart
+    /// that went elsewhere does not hold the checkout back: the order is paid and
+    /// its stock committed.
+    async fn close_cart(
+        &self,
+        checkout_id: CheckoutId,
+        causation: Uuid,
+        cart_id: domain::CartId,
+        order_id: domain::OrderId,
+    ) -> Result<CheckoutCommand, SagaError> {
+        let closed = self
+            .commands
+            .cart(
+                CartAction::Close { cart_id, order_id },
+                &context(checkout_id, causation, "cart-close"),
+            )
+            .await;
+        if let Err(error) = closed {
+            if refusal(&error).is_none() {
+                return Err(error.into());
+            }
+            let cart = self.commands.load_cart(cart_id).await?.state;
+            if cart.status() != Some(CartStatus::Closed) {
+                tracing::warn!(%checkout_id, %cart_id, %error, "the cart could not be closed");
+            }
+        }
+        Ok(CheckoutCommand::RecordCartClosed {
+            checkout_id,
+            at: self.now,
+        })
     }
 
     async fn load_order(&self, order_id: domain::OrderId) -> Result<Order, SagaError> {
@@ -962,12 +1044,11 @@ impl Dispatcher<'_> {
                     .await?;
                     return Ok(Ok(PaymentSettlement::Voided));
                 }
-                // Not voidable: captured by a capture whose answer was lost, or
-                // already lapsed at the provider.
-                Err(GatewayError::Refused { .. }) if s.capture_attempted => {}
-                Err(GatewayError::Refused { .. }) => {
-                    return Ok(Ok(PaymentSettlement::NothingTaken))
-                }
+                // Not voidable: captured after all (a capture whose answer was
+                // lost, or one a confirming step made as compensation began, before
+                // any capture was recorded), or lapsed at the provider. The refund
+                // tells which: the provider refuses it when nothing was captured.
+                Err(GatewayError::Refused { .. }) => {}
                 Err(error) => return Ok(Err(error)),
             }
         }
@@ -1013,18 +1094,34 @@ impl Dispatcher<'_> {
 }
 
 /// The checkout of a step that only moves a checkout forward and whose skipping
-/// leaves nothing for a compensation to wait for.
-fn forward_only(step: &Step) -> Option<CheckoutId> {
+/// leaves nothing for a compensation to wait for, with the status it moves on from.
+fn forward_only(step: &Step) -> Option<(CheckoutId, CheckoutStatus)> {
     match step {
-        Step::ConfirmOrder { checkout_id, .. }
-        | Step::CapturePayment { checkout_id, .. }
-        | Step::CommitStock { checkout_id, .. }
-        | Step::CloseCart { checkout_id, .. } => Some(*checkout_id),
+        Step::ConfirmOrder { checkout_id, .. } => Some((*checkout_id, CheckoutStatus::Confirming)),
+        Step::CapturePayment { checkout_id, .. } => Some((*checkout_id, CheckoutStatus::Capturing)),
+        Step::CommitStock { checkout_id, .. } => Some((*checkout_id, CheckoutStatus::Committing)),
+        Step::CloseCart { checkout_id, .. } => Some((*checkout_id, CheckoutStatus::Closing)),
         Step::ScheduleTimer { .. }
         | Step::PlaceOrder { .. }
         | Step::ReserveStock { .. }
         | Step::AuthorizePayment { .. }
         | Step::Compensate(_) => None,
+    }
+}
+
+/// How far forward a checkout is; `None` once it compensates or has ended so.
+fn progress(status: CheckoutStatus) -> Option<u8> {
+    use CheckoutStatus as S;
+    match status {
+        S::Placing => Some(0),
+        S::Reserving => Some(1),
+        S::Authorizing => Some(2),
+        S::Confirming => Some(3),
+        S::Capturing => Some(4),
+        S::Committing => Some(5),
+        S::Closing => Some(6),
+        S::Completed => Some(7),
+        S::Compensating | S::Rejected | S::Cancelled => None,
     }
 }
 

@@ -40,10 +40,9 @@ pub struct Settle {
     /// `None`: an authorization was asked for and its answer is unknown; the same
     /// idempotency key tells whether it went through.
     pub provider_ref: Option<String>,
-    /// The capture is known to have gone through: refund.
+    /// The capture is known to have gone through: refund. Otherwise void, and
+    /// refund if the provider refuses the void.
     pub captured: bool,
-    /// A capture was asked for: if voiding is refused, refund.
-    pub capture_attempted: bool,
 }
 
 /// Everything a compensating checkout still has to undo.
@@ -93,12 +92,14 @@ pub enum Step {
         reservations: Vec<ReservationId>,
         attempt: u32,
     },
-    /// Record the authorization on the order and confirm it.
+    /// Record the authorization on the order and confirm it, then capture the
+    /// payment (the first try of [`Step::CapturePayment`], in the same step).
     ConfirmOrder {
         checkout_id: CheckoutId,
         order_id: OrderId,
         payment_id: PaymentId,
         amount: Money,
+        provider_ref: String,
     },
     CapturePayment {
         checkout_id: CheckoutId,
@@ -107,9 +108,12 @@ pub enum Step {
         amount: Money,
         attempt: u32,
     },
+    /// Commit every reserved line, then, if all were committed, close the cart
+    /// ([`Step::CloseCart`], in the same step).
     CommitStock {
         checkout_id: CheckoutId,
         lines: Vec<StockLine>,
+        cart_id: Option<CartId>,
     },
     CloseCart {
         checkout_id: CheckoutId,
@@ -182,14 +186,15 @@ pub fn react(state: &Checkout, event: &CheckoutEvent) -> Vec<Step> {
             _ => compensate_if_needed(),
         },
         CheckoutEvent::CheckoutPaymentAuthorized { .. } => match status {
-            CheckoutStatus::Confirming => match state.total() {
-                Some(amount) => vec![Step::ConfirmOrder {
+            CheckoutStatus::Confirming => match (state.total(), state.provider_ref()) {
+                (Some(amount), Some(provider_ref)) => vec![Step::ConfirmOrder {
                     checkout_id: id,
                     order_id: Checkout::order_id(id),
                     payment_id: Checkout::payment_id(id),
                     amount,
+                    provider_ref: provider_ref.to_owned(),
                 }],
-                None => Vec::new(),
+                _ => Vec::new(),
             },
             _ => compensate_if_needed(),
         },
@@ -198,6 +203,7 @@ pub fn react(state: &Checkout, event: &CheckoutEvent) -> Vec<Step> {
             CheckoutStatus::Committing => vec![Step::CommitStock {
                 checkout_id: id,
                 lines: lines_in(state, LineStock::Reserved),
+                cart_id: state.cart_id(),
             }],
             _ => compensate_if_needed(),
         },
@@ -313,7 +319,6 @@ pub fn compensation(state: &Checkout, id: CheckoutId, attempt: u32) -> Compensat
                 _ => state.provider_ref().map(str::to_owned),
             },
             captured: money == MoneyState::Captured,
-            capture_attempted: state.capture_attempted(),
         }),
         _ => None,
     };

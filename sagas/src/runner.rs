@@ -346,6 +346,10 @@ impl SagaRunner {
 
     /// Records a step's outcomes on the checkout stream. The command ids come from
     /// the event and the step, so a re-run records nothing twice.
+    ///
+    /// The outcomes are handed to the checkout's stream task together, in order, so
+    /// it decides them in one round and writes them in one append. Each is decided
+    /// on the state after the ones before it, as one at a time would be.
     async fn record(
         &self,
         id: CheckoutId,
@@ -353,12 +357,14 @@ impl SagaRunner {
         step: &'static str,
         result: StepResult,
     ) -> Result<Vec<Timer>, SagaError> {
-        for (n, command) in result.record.into_iter().enumerate() {
-            let name = format!("record:{step}:{n}");
-            self.commands
-                .checkouts()
-                .execute(command, &saga_context(id, causation, &name))
-                .await?;
+        let checkouts = self.commands.checkouts();
+        let recorded = result.record.into_iter().enumerate().map(|(n, command)| {
+            let context = saga_context(id, causation, &format!("record:{step}:{n}"));
+            async move { checkouts.execute(command, &context).await }
+        });
+        // `join_all` polls them in order, and each is queued at its first poll.
+        for outcome in futures::future::join_all(recorded).await {
+            outcome?;
         }
         Ok(result.timers)
     }

@@ -23,15 +23,19 @@ use chrono::{DateTime, TimeZone, Utc};
 use commands::{CartAction, CommandContext, Commands, Limits};
 use domain::{
     CartId, CartOwner, CartStatus, Checkout, CheckoutCommand, CheckoutEvent, CheckoutId,
-    CheckoutStatus, Currency, CustomerId, DomainEvent, Inventory, InventoryCommand, InventoryEvent,
-    LineStock, Money, Order, OrderCommand, OrderStatus, Payment, PaymentStatus, PriceTarget,
-    ProductCommand, ProductId, Quantity, ShippingAddress, Sku, SkuVariant, WarehouseId,
+    CheckoutStatus, CheckoutTimer, Currency, CustomerId, DomainEvent, Inventory, InventoryCommand,
+    InventoryEvent, LineStock, Money, Order, OrderCommand, OrderStatus, Payment, PaymentStatus,
+    PriceTarget, ProductCommand, ProductId, Quantity, ShippingAddress, Sku, SkuVariant,
+    WarehouseId,
 };
 use eventstore::{EventStore, MemoryStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sagas::testing::{GatewayFaults, SimulatedGateway, DECLINED_TOKEN};
-use sagas::{Clock, ManualClock, MemorySagaStore, SagaConfig, SagaRunner, SagaStore, TimerWorker};
+use sagas::{
+    Clock, ManualClock, MemorySagaStore, MoneyMovement, PaymentGateway, SagaConfig, SagaRunner,
+    SagaStore, TimerWorker,
+};
 use uuid::Uuid;
 
 const SKUS: usize = 6;
@@ -107,6 +111,110 @@ async fn a_seed_replays_the_same_run() {
     assert_eq!(first.provider_calls, second.provider_calls);
 }
 
+/// A healthy provider, the catalog, and one checkout started (by a card the provider
+/// approves).
+async fn one_checkout(seed: u64) -> (World, Process, CheckoutId) {
+    let world = World::new(seed, GatewayFaults::NONE);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (product_id, skus, _) = set_up_catalog(&world, &mut rng).await;
+    let process = world.process(None);
+    let id = start_checkout(&process.commands, &world, &mut rng, product_id, &skus).await;
+    let state = checkout_state(&process.commands, id).await;
+    assert_eq!(state.payment_method(), Some("tok_visa"), "seed {seed}");
+    (world, process, id)
+}
+
+async fn checkout_state(commands: &Commands, id: CheckoutId) -> Checkout {
+    commands
+        .checkouts()
+        .load(&Checkout::stream_id(&id))
+        .await
+        .unwrap()
+        .state
+}
+
+/// The confirming step captures too, and the committing step closes the cart, each
+/// recording both outcomes at once: a checkout completes in six batches of the runner
+/// (started, order placed, stock reserved, authorized, confirmed and captured,
+/// committed and completed), and the steps the second outcome of each pair calls
+/// for are skipped, so the provider sees one authorization and one capture.
+#[tokio::test(flavor = "current_thread")]
+async fn confirming_captures_and_committing_closes_the_cart_in_the_same_step() {
+    let (world, process, id) = one_checkout(11).await;
+    let mut batches = 0;
+    while process.runner.run_batch().await.unwrap() > 0 {
+        batches += 1;
+    }
+    let state = checkout_state(&process.commands, id).await;
+    assert_eq!(state.status(), Some(CheckoutStatus::Completed));
+    assert_eq!(batches, 6);
+    assert_eq!(world.gateway.calls(), 2, "one authorization, one capture");
+    let entries = world.gateway.entries_of(Checkout::payment_id(id));
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].captured, state.total().unwrap().minor);
+}
+
+/// The deadline fires while the order is being confirmed, after the confirming step
+/// captured at the provider but before it recorded anything: the checkout knows of
+/// no capture, so it voids; the provider refuses (the authorization was captured),
+/// and the compensation refunds instead of keeping the money.
+#[tokio::test(flavor = "current_thread")]
+async fn a_capture_made_as_compensation_began_is_refunded() {
+    let (world, process, id) = one_checkout(11).await;
+    let mut state = checkout_state(&process.commands, id).await;
+    while state.status() != Some(CheckoutStatus::Confirming) {
+        assert!(process.runner.run_batch().await.unwrap() > 0, "{state:?}");
+        state = checkout_state(&process.commands, id).await;
+    }
+    let amount = state.total().unwrap();
+    world
+        .gateway
+        .capture(MoneyMovement {
+            idempotency_key: format!("checkout-{id}-capture"),
+            provider_ref: state.provider_ref().unwrap().to_owned(),
+            amount,
+        })
+        .await
+        .unwrap();
+    process
+        .commands
+        .checkouts()
+        .execute(
+            CheckoutCommand::FireTimer {
+                checkout_id: id,
+                timer: CheckoutTimer::Deadline,
+                at: world.clock.now(),
+            },
+            &CommandContext::new("system:timers"),
+        )
+        .await
+        .unwrap();
+    while process.runner.run_batch().await.unwrap() > 0 {}
+
+    let state = checkout_state(&process.commands, id).await;
+    assert_eq!(state.status(), Some(CheckoutStatus::Cancelled));
+    let entries = world.gateway.entries_of(Checkout::payment_id(id));
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].captured, entries[0].refunded),
+        (amount.minor, amount.minor),
+        "captured and refunded in full"
+    );
+    let payment = process
+        .commands
+        .payments()
+        .load(&Payment::stream_id(&Checkout::payment_id(id)))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(payment.status(), Some(PaymentStatus::Captured));
+    assert_eq!(
+        payment.refunded(),
+        Some(amount),
+        "the refund is on the payment stream"
+    );
+}
+
 struct Report {
     outcomes: Vec<CheckoutStatus>,
     violations: Vec<String>,
@@ -162,6 +270,17 @@ struct World {
 }
 
 impl World {
+    /// An empty log at the start time, and a provider with `faults`.
+    fn new(seed: u64, faults: GatewayFaults) -> Self {
+        World {
+            store: Arc::new(MemoryStore::new()),
+            saga_store: Arc::new(MemorySagaStore::new()),
+            clock: Arc::new(ManualClock::new(start_time())),
+            gateway: Arc::new(SimulatedGateway::new(seed, faults)),
+            crash_counter: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// A fresh process; it crashes at its `crash_at`-th crash point, if any.
     fn process(&self, crash_at: Option<u64>) -> Process {
         let commands = Commands::with_memory_snapshots(self.store.clone(), Limits::default());
@@ -195,89 +314,16 @@ impl World {
 
 async fn simulate(seed: u64, checkouts: usize) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
-    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-    let world = World {
-        store: store.clone(),
-        saga_store: Arc::new(MemorySagaStore::new()),
-        clock: Arc::new(ManualClock::new(start_time())),
-        gateway: Arc::new(SimulatedGateway::new(
-            seed,
-            GatewayFaults {
-                unavailable: 0.08,
-                timeout_before: 0.05,
-                timeout_after: 0.05,
-                decline: 0.05,
-            },
-        )),
-        crash_counter: Arc::new(AtomicU64::new(0)),
-    };
-    let admin = CommandContext::new("admin:sim");
-
-    // The catalog: one product with scarce SKUs, stock split across warehouses.
-    let product_id = ProductId::from_uuid(uuid(&mut rng));
-    let skus: Vec<Sku> = (0..SKUS)
-        .map(|i| Sku::parse(format!("SIM-{i}")).unwrap())
-        .collect();
-    let setup = world.process(None);
-    let products = setup.commands.products();
-    products
-        .execute(
-            ProductCommand::CreateProduct {
-                product_id,
-                title: "Scarce thing".into(),
-                description: "There are never enough.".into(),
-                brand: "Sim".into(),
-                category: vec!["Things".into()],
-                skus: skus
-                    .iter()
-                    .map(|sku| SkuVariant {
-                        sku: sku.clone(),
-                        attributes: BTreeMap::new(),
-                    })
-                    .collect(),
-            },
-            &admin.follow_up("create"),
-        )
-        .await
-        .unwrap();
-    products
-        .execute(
-            ProductCommand::SetPrice {
-                product_id,
-                target: PriceTarget::Product,
-                price: eur(1_250),
-            },
-            &admin.follow_up("price"),
-        )
-        .await
-        .unwrap();
-    products
-        .execute(
-            ProductCommand::Publish { product_id },
-            &admin.follow_up("publish"),
-        )
-        .await
-        .unwrap();
-    let mut received: HashMap<Sku, u64> = HashMap::new();
-    for sku in &skus {
-        for warehouse in WAREHOUSES {
-            let units = rng.random_range(60..160u32);
-            setup
-                .commands
-                .inventory()
-                .execute(
-                    InventoryCommand::ReceiveStock {
-                        sku: sku.clone(),
-                        warehouse: WarehouseId::parse(warehouse).unwrap(),
-                        quantity: Quantity::new(units).unwrap(),
-                    },
-                    &admin.follow_up(&format!("receive:{sku}:{warehouse}")),
-                )
-                .await
-                .unwrap();
-            *received.entry(sku.clone()).or_default() += u64::from(units);
-        }
-    }
+    let world = World::new(
+        seed,
+        GatewayFaults {
+            unavailable: 0.08,
+            timeout_before: 0.05,
+            timeout_after: 0.05,
+            decline: 0.05,
+        },
+    );
+    let (product_id, skus, received) = set_up_catalog(&world, &mut rng).await;
 
     // Customers fill carts and start checkouts in waves, while the runner works,
     // crashes and restarts, timers fire, the clock moves and some customers cancel.
@@ -367,6 +413,82 @@ async fn simulate(seed: u64, checkouts: usize) -> Report {
         crashes,
         provider_calls: world.gateway.calls(),
     }
+}
+
+/// The catalog: one product with scarce SKUs, stock split across warehouses.
+/// Returns the product, its SKUs and the units each received.
+async fn set_up_catalog(
+    world: &World,
+    rng: &mut StdRng,
+) -> (ProductId, Vec<Sku>, HashMap<Sku, u64>) {
+    let admin = CommandContext::new("admin:sim");
+
+    let product_id = ProductId::from_uuid(uuid(rng));
+    let skus: Vec<Sku> = (0..SKUS)
+        .map(|i| Sku::parse(format!("SIM-{i}")).unwrap())
+        .collect();
+    let setup = world.process(None);
+    let products = setup.commands.products();
+    products
+        .execute(
+            ProductCommand::CreateProduct {
+                product_id,
+                title: "Scarce thing".into(),
+                description: "There are never enough.".into(),
+                brand: "Sim".into(),
+                category: vec!["Things".into()],
+                skus: skus
+                    .iter()
+                    .map(|sku| SkuVariant {
+                        sku: sku.clone(),
+                        attributes: BTreeMap::new(),
+                    })
+                    .collect(),
+            },
+            &admin.follow_up("create"),
+        )
+        .await
+        .unwrap();
+    products
+        .execute(
+            ProductCommand::SetPrice {
+                product_id,
+                target: PriceTarget::Product,
+                price: eur(1_250),
+            },
+            &admin.follow_up("price"),
+        )
+        .await
+        .unwrap();
+    products
+        .execute(
+            ProductCommand::Publish { product_id },
+            &admin.follow_up("publish"),
+        )
+        .await
+        .unwrap();
+    let mut received: HashMap<Sku, u64> = HashMap::new();
+    for sku in &skus {
+        for warehouse in WAREHOUSES {
+            let units = rng.random_range(60..160u32);
+            setup
+                .commands
+                .inventory()
+                .execute(
+                    InventoryCommand::ReceiveStock {
+                        sku: sku.clone(),
+                        warehouse: WarehouseId::parse(warehouse).unwrap(),
+                        quantity: Quantity::new(units).unwrap(),
+                    },
+                    &admin.follow_up(&format!("receive:{sku}:{warehouse}")),
+                )
+                .await
+                .unwrap();
+            *received.entry(sku.clone()).or_default() += u64::from(units);
+        }
+    }
+
+    (product_id, skus, received)
 }
 
 /// A new process after a crash; it may crash again at a random point.
