@@ -106,12 +106,13 @@ pub(crate) fn to_new_event<E: DomainEvent>(event: &E, context: &CommandContext) 
     }
 }
 
-/// The domain event in a stored envelope, upcast to its current schema version.
-pub(crate) fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, CommandError> {
+/// The domain event in a stored envelope, upcast to its current schema version. The
+/// envelope's data is moved into the event (it is left `null`), not copied.
+pub(crate) fn decode<E: DomainEvent>(recorded: &mut RecordedEvent) -> Result<E, CommandError> {
     E::from_stored(
         &recorded.event_type,
         recorded.schema_version,
-        recorded.data.clone(),
+        std::mem::take(&mut recorded.data),
     )
     .map_err(|source| CommandError::Decode {
         stream: recorded.stream_id.clone(),

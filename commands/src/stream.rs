@@ -637,7 +637,8 @@ impl<A: StreamAggregate> StreamTask<A> {
                     page_size,
                 ))
                 .await?;
-            for recorded in &page {
+            let read = page.len();
+            for mut recorded in page {
                 if recorded.version != held.version + 1 {
                     return Err(StoreError::Corrupt(format!(
                         "stream {} jumps from version {} to {}",
@@ -645,7 +646,7 @@ impl<A: StreamAggregate> StreamTask<A> {
                     ))
                     .into());
                 }
-                let event = decode::<A::Event>(recorded)?;
+                let event = decode::<A::Event>(&mut recorded)?;
                 let state = std::mem::take(&mut held.state);
                 held.state = state.evolve(&event);
                 held.version = recorded.version;
@@ -654,8 +655,8 @@ impl<A: StreamAggregate> StreamTask<A> {
                         .note_event(command_id, recorded.position, recorded.version);
                 }
             }
-            Counters::add(&shared.counters.events_read, page.len() as u64);
-            if page.len() < page_size {
+            Counters::add(&shared.counters.events_read, read as u64);
+            if read < page_size {
                 return Ok(());
             }
         }

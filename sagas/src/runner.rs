@@ -207,18 +207,18 @@ impl SagaRunner {
             .clear();
     }
 
-    /// The checkout's state as of `version`: from the cache when it holds exactly the
-    /// version before, else by reading the stream.
+    /// The checkout's state as of `version`: taken from the cache when it holds
+    /// exactly the version before (`remember` puts the next one back), else by reading
+    /// the stream.
     async fn state_before(&self, id: CheckoutId, version: u64) -> Result<Checkout, SagaError> {
-        {
-            let states = self
-                .states
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((cached, state)) = states.get(&id) {
-                if *cached + 1 == version {
-                    return Ok(state.clone());
-                }
+        let cached = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        if let Some((cached, state)) = cached {
+            if cached + 1 == version {
+                return Ok(state);
             }
         }
         let stream_id = Checkout::stream_id(&id);
@@ -233,15 +233,15 @@ impl SagaRunner {
             if page.is_empty() {
                 break;
             }
-            for recorded in &page {
-                state = state.evolve(&decode_checkout(recorded)?);
+            for mut recorded in page {
+                state = state.evolve(&decode_checkout(&mut recorded)?);
                 next = recorded.version + 1;
             }
         }
         Ok(state)
     }
 
-    fn remember(&self, id: CheckoutId, version: u64, state: &Checkout) {
+    fn remember(&self, id: CheckoutId, version: u64, state: Checkout) {
         let mut states = self
             .states
             .lock()
@@ -258,7 +258,7 @@ impl SagaRunner {
             // A full cache costs a stream read later, never a wrong state.
             states.clear();
         }
-        states.insert(id, (version, state.clone()));
+        states.insert(id, (version, state));
     }
 
     async fn apply_checkout(
@@ -269,8 +269,8 @@ impl SagaRunner {
         let mut timers = Vec::new();
         for item in work {
             match item {
-                Work::Checkout(recorded) => {
-                    let event = match decode_checkout(&recorded) {
+                Work::Checkout(mut recorded) => {
+                    let event = match decode_checkout(&mut recorded) {
                         Ok(event) => event,
                         // This build cannot read the event: this checkout stays
                         // where it is (its status shows where, the log says why)
@@ -299,7 +299,7 @@ impl SagaRunner {
                         self.crash_point("before-record")?;
                         timers.extend(self.record(id, recorded.event_id, name, result).await?);
                     }
-                    self.remember(id, recorded.version, &state);
+                    self.remember(id, recorded.version, state);
                 }
                 Work::OrderCancelled {
                     position,
@@ -382,11 +382,12 @@ fn saga_context(id: CheckoutId, causation: Uuid, name: &str) -> CommandContext {
     }
 }
 
-fn decode_checkout(recorded: &RecordedEvent) -> Result<CheckoutEvent, SagaError> {
+/// The checkout event of `recorded`, whose data is moved out (left `null`).
+fn decode_checkout(recorded: &mut RecordedEvent) -> Result<CheckoutEvent, SagaError> {
     CheckoutEvent::from_stored(
         &recorded.event_type,
         recorded.schema_version,
-        recorded.data.clone(),
+        std::mem::take(&mut recorded.data),
     )
     .map_err(|source| SagaError::Decode {
         position: recorded.position,
@@ -395,7 +396,7 @@ fn decode_checkout(recorded: &RecordedEvent) -> Result<CheckoutEvent, SagaError>
 }
 
 /// The checkout an event concerns and what to do with it, if any.
-fn relevant(event: RecordedEvent) -> Result<Option<(CheckoutId, Work)>, SagaError> {
+fn relevant(mut event: RecordedEvent) -> Result<Option<(CheckoutId, Work)>, SagaError> {
     let category = event.category();
     if category == Checkout::CATEGORY {
         let Some(id) = event
@@ -419,12 +420,15 @@ fn relevant(event: RecordedEvent) -> Result<Option<(CheckoutId, Work)>, SagaErro
         else {
             return Ok(None);
         };
-        let decoded =
-            OrderEvent::from_stored(&event.event_type, event.schema_version, event.data.clone())
-                .map_err(|source| SagaError::Decode {
-                    position: event.position,
-                    source,
-                })?;
+        let decoded = OrderEvent::from_stored(
+            &event.event_type,
+            event.schema_version,
+            std::mem::take(&mut event.data),
+        )
+        .map_err(|source| SagaError::Decode {
+            position: event.position,
+            source,
+        })?;
         let OrderEvent::OrderCancelled { reason, .. } = decoded else {
             return Ok(None);
         };

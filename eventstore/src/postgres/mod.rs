@@ -213,9 +213,11 @@ const SELECT_EVENT: &str =
 
 /// Decodes one row of [`SELECT_EVENT`].
 pub(crate) fn event_from_row(row: &Row) -> Result<RecordedEvent, StoreError> {
-    let metadata: serde_json::Value = row.get(7);
-    let metadata: Metadata = serde_json::from_value(metadata)
-        .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
+    // Straight from the column's text into the struct, without a `Value` between.
+    let metadata: Metadata = row
+        .try_get::<_, tokio_postgres::types::Json<Metadata>>(7)
+        .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?
+        .0;
     let hash: &[u8] = row.get(9);
     let hash: [u8; 32] = hash
         .try_into()
