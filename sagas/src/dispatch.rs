@@ -437,29 +437,32 @@ impl Dispatcher<'_> {
     ) -> Result<Option<CheckoutCommand>, SagaError> {
         let ctx = |name| context(checkout_id, causation, name);
         let orders = self.commands.orders();
-        let marked = orders
-            .execute(
+        // Both handed to the order's stream task together (queued in this order at
+        // their first poll), so they are decided in one round and written in one
+        // append; the confirmation is decided on the state after the mark.
+        let mark = ctx("order-payment-authorized");
+        let confirm = ctx("order-confirm");
+        let (marked, confirmed) = futures::join!(
+            orders.execute(
                 OrderCommand::MarkPaymentAuthorized {
                     order_id,
                     payment_id,
                     amount,
                     at: self.now,
                 },
-                &ctx("order-payment-authorized"),
-            )
-            .await;
-        if !refused(&marked) {
-            marked?;
-        }
-        let confirmed = orders
-            .execute(
+                &mark,
+            ),
+            orders.execute(
                 OrderCommand::Confirm {
                     order_id,
                     at: self.now,
                 },
-                &ctx("order-confirm"),
-            )
-            .await;
+                &confirm,
+            ),
+        );
+        if !refused(&marked) {
+            marked?;
+        }
         if !refused(&confirmed) {
             confirmed?;
             return Ok(None);
