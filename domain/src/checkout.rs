@@ -90,8 +90,9 @@ impl CheckoutStatus {
         }
     }
 
-    /// Before the order is confirmed, the checkout's deadline cancels it.
-    fn before_confirmation(self) -> bool {
+    /// Before the order is confirmed, the checkout's deadline cancels it; from then
+    /// on (and once it compensates) the deadline does nothing.
+    pub fn before_confirmation(self) -> bool {
         matches!(
             self,
             Self::Placing | Self::Reserving | Self::Authorizing | Self::Confirming

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use commands::{CommandContext, Commands};
 use domain::{
-    Aggregate, Checkout, CheckoutCommand, CheckoutEvent, CheckoutId, CheckoutStatus, DomainEvent,
-    Order, OrderEvent, OrderId,
+    Aggregate, Checkout, CheckoutCommand, CheckoutEvent, CheckoutId, CheckoutStatus, CheckoutTimer,
+    DomainEvent, Order, OrderEvent, OrderId,
 };
 use eventstore::{Direction, EventStore, LogFilter, RecordedEvent};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -62,6 +62,22 @@ pub struct SagaRunner {
     crash: Option<CrashSwitch>,
     /// Each checkout's state after the last event this runner applied.
     states: std::sync::Mutex<HashMap<CheckoutId, (u64, Checkout)>>,
+}
+
+/// What applying a checkout's events leaves for the end of the batch.
+#[derive(Default)]
+struct Applied {
+    /// Timers to schedule.
+    timers: Vec<Timer>,
+    /// Timers that can no longer do anything, to forget.
+    done_timers: Vec<Uuid>,
+}
+
+/// Whether the checkout's deadline would still cancel it.
+fn awaits_deadline(state: &Checkout) -> bool {
+    state
+        .status()
+        .is_some_and(CheckoutStatus::before_confirmation)
 }
 
 enum Work {
@@ -144,13 +160,22 @@ impl SagaRunner {
             .filter_map(|id| groups.remove(&id).map(|w| (id, w)));
         // The first failure drops the steps still in flight, as a crash would: the
         // batch runs again from the checkpoint either way.
-        let timers: Vec<Timer> = stream::iter(jobs)
+        let applied = stream::iter(jobs)
             .map(|(id, work)| self.apply_checkout(id, work))
             .buffer_unordered(self.config.concurrent_checkouts_max.max(1))
-            .try_concat()
+            .try_fold(Applied::default(), |mut all, one| async move {
+                all.timers.extend(one.timers);
+                all.done_timers.extend(one.done_timers);
+                Ok(all)
+            })
             .await?;
         self.crash_point("before-timers")?;
-        self.saga_store.schedule(&timers).await?;
+        self.saga_store.schedule(&applied.timers).await?;
+        // After the scheduling: a deadline scheduled and passed in the same batch
+        // goes too. A crash before this leaves a timer that fires and does nothing.
+        if !applied.done_timers.is_empty() {
+            self.saga_store.complete(&applied.done_timers).await?;
+        }
         self.crash_point("before-checkpoint")?;
         if !self.saga_store.advance(from, last).await? {
             return Err(SagaError::LeaseLost);
@@ -261,12 +286,8 @@ impl SagaRunner {
         states.insert(id, (version, state));
     }
 
-    async fn apply_checkout(
-        &self,
-        id: CheckoutId,
-        work: Vec<Work>,
-    ) -> Result<Vec<Timer>, SagaError> {
-        let mut timers = Vec::new();
+    async fn apply_checkout(&self, id: CheckoutId, work: Vec<Work>) -> Result<Applied, SagaError> {
+        let mut applied = Applied::default();
         for item in work {
             match item {
                 Work::Checkout(mut recorded) => {
@@ -277,13 +298,20 @@ impl SagaRunner {
                         // rather than every other checkout stopping behind it.
                         Err(error) => {
                             tracing::error!(checkout = %id, %error, "checkout event cannot be read; checkout skipped");
-                            return Ok(timers);
+                            return Ok(applied);
                         }
                     };
-                    let state = self
-                        .state_before(id, recorded.version)
-                        .await?
-                        .evolve(&event);
+                    let before = self.state_before(id, recorded.version).await?;
+                    let awaited_deadline = awaits_deadline(&before);
+                    let state = before.evolve(&event);
+                    if awaited_deadline && !awaits_deadline(&state) {
+                        // Confirmed, or compensating: the deadline's row would only
+                        // fire to no effect (after `checkout_timeout`, for every
+                        // checkout), so it goes with this batch.
+                        let deadline =
+                            Timer::for_checkout(id, CheckoutTimer::Deadline, self.clock.now());
+                        applied.done_timers.push(deadline.id);
+                    }
                     for step in react(&state, &event) {
                         self.crash_point("before-step")?;
                         let name = step.name();
@@ -297,7 +325,9 @@ impl SagaRunner {
                             timeout_ms: self.config.step_timeout.as_millis() as u64,
                         })??;
                         self.crash_point("before-record")?;
-                        timers.extend(self.record(id, recorded.event_id, name, result).await?);
+                        applied
+                            .timers
+                            .extend(self.record(id, recorded.event_id, name, result).await?);
                     }
                     self.remember(id, recorded.version, state);
                 }
@@ -332,7 +362,7 @@ impl SagaRunner {
                 }
             }
         }
-        Ok(timers)
+        Ok(applied)
     }
 
     fn dispatcher(&self) -> Dispatcher<'_> {

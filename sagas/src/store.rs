@@ -97,7 +97,7 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Up to `limit` timers due at `now`, earliest first.
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Timer>, SagaError>;
 
-    /// Forgets fired timers.
+    /// Forgets timers: fired ones, and ones that could no longer do anything.
     async fn complete(&self, ids: &[Uuid]) -> Result<(), SagaError>;
 
     /// When the earliest timer is due, if any (simulation moves its clock there).

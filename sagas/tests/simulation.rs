@@ -34,7 +34,7 @@ use rand::{Rng, SeedableRng};
 use sagas::testing::{GatewayFaults, SimulatedGateway, DECLINED_TOKEN};
 use sagas::{
     Clock, ManualClock, MemorySagaStore, MoneyMovement, PaymentGateway, SagaConfig, SagaRunner,
-    SagaStore, TimerWorker,
+    SagaStore, Timer, TimerWorker,
 };
 use uuid::Uuid;
 
@@ -152,6 +152,18 @@ async fn confirming_captures_and_committing_closes_the_cart_in_the_same_step() {
     let entries = world.gateway.entries_of(Checkout::payment_id(id));
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].captured, state.total().unwrap().minor);
+    assert!(
+        !deadline_scheduled(&world, id).await,
+        "a confirmed checkout's deadline is forgotten"
+    );
+}
+
+/// Whether the checkout's deadline is among the scheduled timers.
+async fn deadline_scheduled(world: &World, id: CheckoutId) -> bool {
+    let deadline = Timer::for_checkout(id, CheckoutTimer::Deadline, world.clock.now()).id;
+    let far = world.clock.now() + chrono::TimeDelta::days(365);
+    let timers = world.saga_store.due(far, usize::MAX).await.unwrap();
+    timers.iter().any(|timer| timer.id == deadline)
 }
 
 /// The deadline fires while the order is being confirmed, after the confirming step
@@ -166,6 +178,7 @@ async fn a_capture_made_as_compensation_began_is_refunded() {
         assert!(process.runner.run_batch().await.unwrap() > 0, "{state:?}");
         state = checkout_state(&process.commands, id).await;
     }
+    assert!(deadline_scheduled(&world, id).await);
     let amount = state.total().unwrap();
     world
         .gateway
@@ -212,6 +225,10 @@ async fn a_capture_made_as_compensation_began_is_refunded() {
         payment.refunded(),
         Some(amount),
         "the refund is on the payment stream"
+    );
+    assert!(
+        !deadline_scheduled(&world, id).await,
+        "a compensating checkout's deadline is forgotten"
     );
 }
 
