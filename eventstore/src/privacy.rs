@@ -95,23 +95,22 @@ const CREATES_IN_FLIGHT: usize = 2;
 /// Most key creations waiting for a statement.
 const CREATE_QUEUE_MAX: usize = 65_536;
 
-/// Creates the keys of the subjects that have none, and reads the key of those that
-/// do (another writer won), for a `text[]` of distinct subjects with a `uuid[]` of
-/// key ids and a `bytea[]` of keys. Inside the statement the table is read as it was
-/// before the insert, so each subject comes back once: from the insert or from the
-/// table. A subject whose key another writer committed during the statement does not
-/// come back at all, and is asked for again.
+/// Creates the keys of the subjects that have none, for a `text[]` of distinct
+/// subjects with a `uuid[]` of key ids and a `bytea[]` of keys, and returns the keys
+/// it created. A subject that has a key (another writer won) does not come back; its
+/// key is read with [`READ_KEYS_SQL`]. The server plans this plain insert in about a
+/// third of the time of one statement that also reads the existing keys (about 0.04
+/// against 0.13 ms, on every execution), and a subject sent here rarely has a key:
+/// the cache and the read before sealing found none.
 const CREATE_KEYS_SQL: &str = "\
-    WITH input AS (
-        SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[]) AS i(subject, key_id, data_key)),
-    inserted AS (
-        INSERT INTO privacy_keys (subject, key_id, data_key)
-        SELECT subject, key_id, data_key FROM input
-        ON CONFLICT (subject) DO NOTHING
-        RETURNING subject, key_id, data_key)
-    SELECT subject, key_id, data_key FROM inserted
-    UNION ALL
-    SELECT p.subject, p.key_id, p.data_key FROM privacy_keys p JOIN input i ON i.subject = p.subject";
+    INSERT INTO privacy_keys (subject, key_id, data_key) \
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[]) \
+    ON CONFLICT (subject) DO NOTHING \
+    RETURNING subject, key_id, data_key";
+
+/// The keys of a `text[]` of subjects; no row for a subject without one.
+const READ_KEYS_SQL: &str =
+    "SELECT subject, key_id, data_key FROM privacy_keys WHERE subject = ANY($1)";
 
 /// A subject's key, to create if it has none.
 struct KeyCreation {
@@ -205,9 +204,7 @@ impl KeyVault {
         }
         let client = self.keys.client().await?;
         let statement = client
-            .prepare_cached(
-                "SELECT subject, key_id, data_key FROM privacy_keys WHERE subject = ANY($1)",
-            )
+            .prepare_cached(READ_KEYS_SQL)
             .await
             .map_err(db_error)?;
         let rows = client
@@ -392,9 +389,9 @@ impl Keys {
         subjects.dedup();
         let mut keys = HashMap::with_capacity(subjects.len());
         let mut failure = None;
-        // A subject left out was inserted by another writer during the statement; the
-        // next statement sees that writer's key (unless it is forgotten again in
-        // between, hence more than two tries).
+        // A subject left out had a key when inserting and none when reading it (it
+        // was forgotten in between): the next try creates one (unless that happens
+        // again, hence more than two tries).
         for _ in 0..3 {
             let missing: Vec<&str> = subjects
                 .iter()
@@ -444,9 +441,33 @@ impl Keys {
             .query(&statement, &[&subjects, &key_ids, &fresh])
             .await
             .map_err(db_error)?;
-        rows.iter()
+        let mut keys = rows
+            .iter()
             .map(|row| Ok((row.get::<_, String>(0), data_key(row.get(1), row.get(2))?)))
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        if keys.len() < subjects.len() {
+            // Keyed by another writer: read theirs. One whose key was forgotten
+            // again in between is left out, and asked for again.
+            let created: std::collections::HashSet<&str> =
+                keys.iter().map(|(s, _)| s.as_str()).collect();
+            let existing: Vec<&str> = subjects
+                .iter()
+                .copied()
+                .filter(|s| !created.contains(s))
+                .collect();
+            let statement = client
+                .prepare_cached(READ_KEYS_SQL)
+                .await
+                .map_err(db_error)?;
+            let rows = client
+                .query(&statement, &[&existing])
+                .await
+                .map_err(db_error)?;
+            for row in rows {
+                keys.push((row.get(0), data_key(row.get(1), row.get(2))?));
+            }
+        }
+        Ok(keys)
     }
 }
 
