@@ -11,9 +11,10 @@ use domain::{
     OrderEvent, OrderId, Payment, Product, ShippingAddress,
 };
 use eventstore::privacy::{KeyVault, PrivateStore};
-use eventstore::{EventStore, PostgresStore};
+use eventstore::{EventStore, PostgresStore, Precondition, StoreError};
 
 use crate::cart::CartFactsMemory;
+use crate::handler::CONFLICT_ATTEMPTS_MAX;
 use crate::privacy::PERSONAL_DATA;
 use crate::snapshot::{MemorySnapshots, PostgresSnapshots, SnapshotStore};
 use crate::{CommandContext, CommandError, Committed, Handler, Limits, Loaded};
@@ -111,44 +112,92 @@ impl Commands {
         self.carts.load(&Cart::stream_id(&cart_id)).await
     }
 
+    /// The cart as this process holds it, without asking the log (see
+    /// [`Handler::peek`]).
+    pub async fn peek_cart(&self, cart_id: CartId) -> Result<Loaded<Cart>, CommandError> {
+        self.carts.peek(&Cart::stream_id(&cart_id)).await
+    }
+
     /// Places the order of a checked-out customer cart, with the cart's lines.
+    ///
+    /// The order is decided on the cart as this process holds it, and its append
+    /// names the cart at that version as a precondition: if another process moved
+    /// the cart since, nothing is written, the cart is read from the log and the
+    /// order decided again. A refusal decided on the held cart is checked against
+    /// the log's in the same way. So the cart costs no read of the log when this
+    /// process holds it current, as it does right after checking it out.
     pub async fn place_order(
         &self,
         order: PlaceOrder,
         context: &CommandContext,
     ) -> Result<Committed<OrderEvent>, CommandError> {
-        let cart = self.load_cart(order.cart_id).await?.state;
-        let (Some(owner), Some(status)) = (cart.owner(), cart.status()) else {
-            return Err(DomainError::NotFound { aggregate: "cart" }.into());
-        };
-        match status {
-            CartStatus::CheckedOut => {}
-            CartStatus::Open | CartStatus::Abandoned | CartStatus::Closed => {
-                return Err(DomainError::InvalidTransition {
-                    from: status.as_str(),
-                    command: "PlaceOrder",
+        let cart_stream = Cart::stream_id(&order.cart_id);
+        let mut cart = self.carts.peek(&cart_stream).await?;
+        let mut fresh = false;
+        let mut attempts = 0;
+        loop {
+            let command = match order_of(&cart.state, &order) {
+                Ok(command) => command,
+                Err(_) if !fresh => {
+                    cart = self.carts.load(&cart_stream).await?;
+                    fresh = true;
+                    continue;
                 }
-                .into())
+                Err(refusal) => return Err(refusal),
+            };
+            let read = Precondition {
+                stream_id: cart_stream.clone(),
+                version: cart.version,
+            };
+            match self
+                .orders
+                .execute_reading(command, context, vec![read])
+                .await
+            {
+                Err(CommandError::Store(StoreError::StreamMoved { .. }))
+                    if attempts + 1 < CONFLICT_ATTEMPTS_MAX =>
+                {
+                    attempts += 1;
+                    cart = self.carts.load(&cart_stream).await?;
+                    fresh = true;
+                }
+                outcome => return outcome,
             }
         }
-        let customer_id = match owner {
-            CartOwner::Customer(customer_id) => customer_id,
-            CartOwner::Guest(_) => {
-                return Err(DomainError::Invalid {
-                    field: "owner",
-                    reason: "a guest cart is merged into a customer's cart before ordering".into(),
-                }
-                .into())
-            }
-        };
-        let command = OrderCommand::PlaceOrder {
-            order_id: order.order_id,
-            customer_id,
-            cart_id: order.cart_id,
-            lines: cart.lines().to_vec(),
-            shipping_address: order.shipping_address,
-            placed_at: order.placed_at,
-        };
-        self.orders.execute(command, context).await
     }
+}
+
+/// The order a checked-out customer cart places, or why it cannot.
+fn order_of(cart: &Cart, order: &PlaceOrder) -> Result<OrderCommand, CommandError> {
+    let (Some(owner), Some(status)) = (cart.owner(), cart.status()) else {
+        return Err(DomainError::NotFound { aggregate: "cart" }.into());
+    };
+    match status {
+        CartStatus::CheckedOut => {}
+        CartStatus::Open | CartStatus::Abandoned | CartStatus::Closed => {
+            return Err(DomainError::InvalidTransition {
+                from: status.as_str(),
+                command: "PlaceOrder",
+            }
+            .into())
+        }
+    }
+    let customer_id = match owner {
+        CartOwner::Customer(customer_id) => customer_id,
+        CartOwner::Guest(_) => {
+            return Err(DomainError::Invalid {
+                field: "owner",
+                reason: "a guest cart is merged into a customer's cart before ordering".into(),
+            }
+            .into())
+        }
+    };
+    Ok(OrderCommand::PlaceOrder {
+        order_id: order.order_id,
+        customer_id,
+        cart_id: order.cart_id,
+        lines: cart.lines().to_vec(),
+        shipping_address: order.shipping_address.clone(),
+        placed_at: order.placed_at,
+    })
 }

@@ -125,10 +125,20 @@ impl Dispatcher<'_> {
                 shipping_address,
             } => {
                 let ctx = |name| context(checkout_id, causation, name);
-                let checked_out = self
-                    .commands
-                    .cart(CartAction::CheckOut { cart_id }, &ctx("cart-check-out"))
-                    .await;
+                // Checked out already: by the HTTP start, which locks the cart before
+                // the checkout exists, or by this step before a crash. The cart as
+                // this process holds it says so without a command the cart would
+                // refuse; a held state behind the log shows it open, and then the
+                // command below finds out.
+                let held = self.commands.peek_cart(cart_id).await?.state;
+                let checked_out = if held.status() == Some(CartStatus::CheckedOut) {
+                    Ok(())
+                } else {
+                    self.commands
+                        .cart(CartAction::CheckOut { cart_id }, &ctx("cart-check-out"))
+                        .await
+                        .map(drop)
+                };
                 if let Err(error) = checked_out {
                     let Some(why) = refusal(&error) else {
                         return Err(error.into());

@@ -13,6 +13,7 @@ on_both_stores!(
     an_order_placed_from_a_checked_out_cart_goes_all_the_way_to_delivery,
     an_illegal_order_transition_is_a_typed_refusal,
     an_open_cart_cannot_be_ordered,
+    an_order_is_not_placed_from_a_cart_another_process_reopened,
 );
 
 /// A customer's cart with two hats at 25.00 EUR, checked out when `check_out`.
@@ -196,4 +197,37 @@ async fn an_open_cart_cannot_be_ordered(backend: Backend) {
             command: "PlaceOrder"
         }
     );
+}
+
+/// This process holds the cart checked out; another reopens it. The order, decided
+/// on the held cart, names it as a precondition, so nothing is written: the cart is
+/// read again and the order refused.
+async fn an_order_is_not_placed_from_a_cart_another_process_reopened(backend: Backend) {
+    let env = backend.env().await;
+    let (cart_id, _) = cart_with_hats(&env, true).await;
+    env.another_process()
+        .cart(CartAction::Reopen { cart_id }, &ctx())
+        .await
+        .unwrap();
+    let order_id: OrderId = Uuid::now_v7().into();
+    let placed = env
+        .commands
+        .place_order(
+            PlaceOrder {
+                order_id,
+                cart_id,
+                shipping_address: address(),
+                placed_at: at(0),
+            },
+            &ctx(),
+        )
+        .await;
+    assert!(
+        matches!(
+            rejection(placed),
+            DomainError::InvalidTransition { from: "open", .. }
+        ),
+        "refused on the reopened cart"
+    );
+    assert!(env.stream(&Order::stream_id(&order_id)).await.is_empty());
 }
