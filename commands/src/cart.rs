@@ -9,10 +9,8 @@ use domain::{
     Cart, CartCommand, CartEvent, CartId, CartOwner, CartStatus, Currency, DomainError, Money,
     OrderId, Product, ProductId, Quantity, Sku,
 };
-use eventstore::{Precondition, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::handler::CONFLICT_ATTEMPTS_MAX;
 use crate::{CommandContext, CommandError, Commands, Committed};
 
 /// Most carts whose facts are remembered; past it the memory starts over.
@@ -202,45 +200,21 @@ impl Commands {
             .await?
             .ok_or(DomainError::NotFound { aggregate: "cart" })?
             .currency;
-        let product_stream = Product::stream_id(&product_id);
-        let mut product = self.products.peek(&product_stream).await?;
-        let mut fresh = false;
-        let mut attempts = 0;
-        loop {
-            let unit_price = match catalog_price(&product.state, product_id, &sku, currency) {
-                Ok(price) => price,
-                Err(_) if !fresh => {
-                    product = self.products.load(&product_stream).await?;
-                    fresh = true;
-                    continue;
-                }
-                Err(refusal) => return Err(refusal),
-            };
-            let command = CartCommand::AddLine {
-                cart_id,
-                sku: sku.clone(),
-                quantity,
-                unit_price,
-            };
-            let read = Precondition {
-                stream_id: product_stream.clone(),
-                version: product.version,
-            };
-            match self
-                .carts
-                .execute_reading(command, context, vec![read])
-                .await
-            {
-                Err(CommandError::Store(StoreError::StreamMoved { .. }))
-                    if attempts + 1 < CONFLICT_ATTEMPTS_MAX =>
-                {
-                    attempts += 1;
-                    product = self.products.load(&product_stream).await?;
-                    fresh = true;
-                }
-                outcome => return outcome,
-            }
-        }
+        self.carts
+            .execute_decided_on(
+                &self.products,
+                &Product::stream_id(&product_id),
+                context,
+                |product| {
+                    Ok(CartCommand::AddLine {
+                        cart_id,
+                        sku: sku.clone(),
+                        quantity,
+                        unit_price: catalog_price(product, product_id, &sku, currency)?,
+                    })
+                },
+            )
+            .await
     }
 
     async fn merge_guest_cart(

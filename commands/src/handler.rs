@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use eventstore::{EventStore, Precondition};
+use eventstore::{EventStore, Precondition, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::StateCache;
@@ -303,6 +303,53 @@ impl<A: StreamAggregate> Handler<A> {
             reply,
         })
         .await
+    }
+
+    /// Executes a command decided from another stream's state (a line's price from
+    /// the catalog, an order's lines from its cart) as this process holds it (a
+    /// peek), with that stream at the version read as the append's precondition. If
+    /// it moved since, the append writes nothing, and the stream is read from the
+    /// log and the command decided again (up to [`CONFLICT_ATTEMPTS_MAX`] times). A
+    /// refusal decided on the held state is decided again on the log's before it is
+    /// given. So a stream this process holds current costs no read of the log.
+    pub async fn execute_decided_on<R: StreamAggregate>(
+        &self,
+        source: &Handler<R>,
+        source_stream: &str,
+        context: &CommandContext,
+        decide: impl Fn(&R) -> Result<A::Command, CommandError>,
+    ) -> Result<Committed<A::Event>, CommandError> {
+        let mut read = source.peek(source_stream).await?;
+        let mut fresh = false;
+        let mut attempts = 0;
+        loop {
+            let command = match decide(&read.state) {
+                Ok(command) => command,
+                Err(_) if !fresh => {
+                    read = source.load(source_stream).await?;
+                    fresh = true;
+                    continue;
+                }
+                Err(refusal) => return Err(refusal),
+            };
+            let precondition = Precondition {
+                stream_id: source_stream.to_owned(),
+                version: read.version,
+            };
+            match self
+                .execute_reading(command, context, vec![precondition])
+                .await
+            {
+                Err(CommandError::Store(StoreError::StreamMoved { .. }))
+                    if attempts + 1 < CONFLICT_ATTEMPTS_MAX =>
+                {
+                    attempts += 1;
+                    read = source.load(source_stream).await?;
+                    fresh = true;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// The stream's current state (the empty state at version 0 for a new stream),

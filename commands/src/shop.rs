@@ -11,10 +11,9 @@ use domain::{
     OrderEvent, OrderId, Payment, Product, ShippingAddress,
 };
 use eventstore::privacy::{KeyVault, PrivateStore};
-use eventstore::{EventStore, PostgresStore, Precondition, StoreError};
+use eventstore::{EventStore, PostgresStore};
 
 use crate::cart::CartFactsMemory;
-use crate::handler::CONFLICT_ATTEMPTS_MAX;
 use crate::privacy::PERSONAL_DATA;
 use crate::snapshot::{MemorySnapshots, PostgresSnapshots, SnapshotStore};
 use crate::{CommandContext, CommandError, Committed, Handler, Limits, Loaded};
@@ -118,52 +117,23 @@ impl Commands {
         self.carts.peek(&Cart::stream_id(&cart_id)).await
     }
 
-    /// Places the order of a checked-out customer cart, with the cart's lines.
-    ///
-    /// The order is decided on the cart as this process holds it, and its append
-    /// names the cart at that version as a precondition: if another process moved
-    /// the cart since, nothing is written, the cart is read from the log and the
-    /// order decided again. A refusal decided on the held cart is checked against
-    /// the log's in the same way. So the cart costs no read of the log when this
+    /// Places the order of a checked-out customer cart, with the cart's lines, as
+    /// the cart is in this process, checked against the log by the append (see
+    /// [`Handler::execute_decided_on`]): the cart costs no read of the log when this
     /// process holds it current, as it does right after checking it out.
     pub async fn place_order(
         &self,
         order: PlaceOrder,
         context: &CommandContext,
     ) -> Result<Committed<OrderEvent>, CommandError> {
-        let cart_stream = Cart::stream_id(&order.cart_id);
-        let mut cart = self.carts.peek(&cart_stream).await?;
-        let mut fresh = false;
-        let mut attempts = 0;
-        loop {
-            let command = match order_of(&cart.state, &order) {
-                Ok(command) => command,
-                Err(_) if !fresh => {
-                    cart = self.carts.load(&cart_stream).await?;
-                    fresh = true;
-                    continue;
-                }
-                Err(refusal) => return Err(refusal),
-            };
-            let read = Precondition {
-                stream_id: cart_stream.clone(),
-                version: cart.version,
-            };
-            match self
-                .orders
-                .execute_reading(command, context, vec![read])
-                .await
-            {
-                Err(CommandError::Store(StoreError::StreamMoved { .. }))
-                    if attempts + 1 < CONFLICT_ATTEMPTS_MAX =>
-                {
-                    attempts += 1;
-                    cart = self.carts.load(&cart_stream).await?;
-                    fresh = true;
-                }
-                outcome => return outcome,
-            }
-        }
+        self.orders
+            .execute_decided_on(
+                &self.carts,
+                &Cart::stream_id(&order.cart_id),
+                context,
+                |cart| order_of(cart, &order),
+            )
+            .await
     }
 }
 

@@ -44,7 +44,14 @@ async fn cart_with_hats(env: &Env, check_out: bool) -> (CartId, CustomerId) {
 }
 
 async fn place(env: &Env, cart_id: CartId) -> Result<OrderId, commands::CommandError> {
-    let order_id: OrderId = Uuid::now_v7().into();
+    place_as(env, cart_id, Uuid::now_v7().into()).await
+}
+
+async fn place_as(
+    env: &Env,
+    cart_id: CartId,
+    order_id: OrderId,
+) -> Result<OrderId, commands::CommandError> {
     env.commands
         .place_order(
             PlaceOrder {
@@ -210,18 +217,7 @@ async fn an_order_is_not_placed_from_a_cart_another_process_reopened(backend: Ba
         .await
         .unwrap();
     let order_id: OrderId = Uuid::now_v7().into();
-    let placed = env
-        .commands
-        .place_order(
-            PlaceOrder {
-                order_id,
-                cart_id,
-                shipping_address: address(),
-                placed_at: at(0),
-            },
-            &ctx(),
-        )
-        .await;
+    let placed = place_as(&env, cart_id, order_id).await;
     assert!(
         matches!(
             rejection(placed),
