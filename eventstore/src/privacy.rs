@@ -203,19 +203,8 @@ impl KeyVault {
             return Ok(());
         }
         let client = self.keys.client().await?;
-        let statement = client
-            .prepare_cached(READ_KEYS_SQL)
-            .await
-            .map_err(db_error)?;
-        let rows = client
-            .query(&statement, &[&missing])
-            .await
-            .map_err(db_error)?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let subject: String = row.get(0);
-            found.insert(subject, data_key(row.get(1), row.get(2))?);
-        }
+        let found: HashMap<String, DataKey> =
+            read_keys(&client, &missing).await?.into_iter().collect();
         for subject in missing {
             self.keys.remember(subject, found.get(subject).copied());
         }
@@ -441,10 +430,7 @@ impl Keys {
             .query(&statement, &[&subjects, &key_ids, &fresh])
             .await
             .map_err(db_error)?;
-        let mut keys = rows
-            .iter()
-            .map(|row| Ok((row.get::<_, String>(0), data_key(row.get(1), row.get(2))?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut keys = key_rows(&rows)?;
         if keys.len() < subjects.len() {
             // Keyed by another writer: read theirs. One whose key was forgotten
             // again in between is left out, and asked for again.
@@ -455,20 +441,33 @@ impl Keys {
                 .copied()
                 .filter(|s| !created.contains(s))
                 .collect();
-            let statement = client
-                .prepare_cached(READ_KEYS_SQL)
-                .await
-                .map_err(db_error)?;
-            let rows = client
-                .query(&statement, &[&existing])
-                .await
-                .map_err(db_error)?;
-            for row in rows {
-                keys.push((row.get(0), data_key(row.get(1), row.get(2))?));
-            }
+            keys.extend(read_keys(&client, &existing).await?);
         }
         Ok(keys)
     }
+}
+
+/// The keys `subjects` have ([`READ_KEYS_SQL`]); a subject without one is left out.
+async fn read_keys(
+    client: &deadpool_postgres::Object,
+    subjects: &[&str],
+) -> Result<Vec<(String, DataKey)>, StoreError> {
+    let statement = client
+        .prepare_cached(READ_KEYS_SQL)
+        .await
+        .map_err(db_error)?;
+    let rows = client
+        .query(&statement, &[&subjects])
+        .await
+        .map_err(db_error)?;
+    key_rows(&rows)
+}
+
+/// Rows of `subject, key_id, data_key`.
+fn key_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<(String, DataKey)>, StoreError> {
+    rows.iter()
+        .map(|row| Ok((row.get(0), data_key(row.get(1), row.get(2))?)))
+        .collect()
 }
 
 fn data_key(id: Uuid, key: Vec<u8>) -> Result<DataKey, StoreError> {
