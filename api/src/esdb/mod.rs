@@ -103,7 +103,7 @@ pub async fn serve(
         }
         None => {
             let incoming = TcpListenerStream::new(listener)
-                .map(|accepted| accepted.and_then(tcp::QuickAckStream::new));
+                .map(|accepted| accepted.and_then(tcp::QuickAckStream::plaintext));
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;
