@@ -103,7 +103,7 @@ pub async fn serve(
         }
         None => {
             let incoming = TcpListenerStream::new(listener)
-                .map(|accepted| accepted.and_then(tcp::QuickAckStream::plaintext));
+                .map(|accepted| accepted.and_then(tcp::QuickAckStream::new));
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;

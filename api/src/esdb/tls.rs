@@ -71,7 +71,7 @@ pub fn incoming(
         .map(move |accepted| {
             let acceptor = acceptor.clone();
             async move {
-                let tcp = QuickAckStream::opaque(accepted?)?;
+                let tcp = QuickAckStream::new(accepted?)?;
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(handshake) => handshake,
                     Err(_) => Err(std::io::Error::new(
