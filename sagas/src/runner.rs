@@ -259,7 +259,7 @@ impl SagaRunner {
                 break;
             }
             for mut recorded in page {
-                state = state.evolve(&decode_checkout(&mut recorded)?);
+                state = state.evolve(&decode::<CheckoutEvent>(&mut recorded)?);
                 next = recorded.version + 1;
             }
         }
@@ -291,7 +291,7 @@ impl SagaRunner {
         for item in work {
             match item {
                 Work::Checkout(mut recorded) => {
-                    let event = match decode_checkout(&mut recorded) {
+                    let event = match decode::<CheckoutEvent>(&mut recorded) {
                         Ok(event) => event,
                         // This build cannot read the event: this checkout stays
                         // where it is (its status shows where, the log says why)
@@ -412,9 +412,9 @@ fn saga_context(id: CheckoutId, causation: Uuid, name: &str) -> CommandContext {
     }
 }
 
-/// The checkout event of `recorded`, whose data is moved out (left `null`).
-fn decode_checkout(recorded: &mut RecordedEvent) -> Result<CheckoutEvent, SagaError> {
-    CheckoutEvent::from_stored(
+/// The domain event of `recorded`, whose data is moved out (left `null`).
+fn decode<E: DomainEvent>(recorded: &mut RecordedEvent) -> Result<E, SagaError> {
+    E::from_stored(
         &recorded.event_type,
         recorded.schema_version,
         std::mem::take(&mut recorded.data),
@@ -450,16 +450,7 @@ fn relevant(mut event: RecordedEvent) -> Result<Option<(CheckoutId, Work)>, Saga
         else {
             return Ok(None);
         };
-        let decoded = OrderEvent::from_stored(
-            &event.event_type,
-            event.schema_version,
-            std::mem::take(&mut event.data),
-        )
-        .map_err(|source| SagaError::Decode {
-            position: event.position,
-            source,
-        })?;
-        let OrderEvent::OrderCancelled { reason, .. } = decoded else {
+        let OrderEvent::OrderCancelled { reason, .. } = decode(&mut event)? else {
             return Ok(None);
         };
         return Ok(Some((
