@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use super::round2;
+use super::{process_cpu_ns, round2, CoreTicks};
 
 /// Completed checkouts per second the issue asks for on this machine.
 const TARGET_CHECKOUTS_PER_SEC: f64 = 2_000.0;
@@ -112,6 +112,8 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     // The set-up holds no checkout: the count of ended ones starts past it, so the
     // harness's first look does not read the whole set-up from the server.
     let setup_head = state.store().head().await?;
+    let cpu_before = process_cpu_ns();
+    let cores_before = CoreTicks::read();
     let started = Instant::now();
     let accepted = post_checkouts(&base, requests, connections).await?;
     let posted = started.elapsed();
@@ -124,6 +126,7 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     .await
     .with_context(|| format!("after {:.0} s", started.elapsed().as_secs_f64()))?;
     let took = started.elapsed();
+    let cpu = CpuPerCheckout::measure(cpu_before, cores_before, took, ended.completed);
     saga.stop().await;
     let rate = ended.completed as f64 / took.as_secs_f64();
     println!(
@@ -137,6 +140,15 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
         ended.cancelled
     );
     println!("  end to end: {rate:.0} completed checkouts/s");
+    if let Some(cpu) = &cpu {
+        println!(
+            "  CPU a completed checkout: {:.3} ms in this process (engine, saga, provider, clients), {:.3} ms on the whole machine (PostgreSQL and the kernel too); the cores were busy {:.0}% of the run; {TARGET_CHECKOUTS_PER_SEC} checkouts/s leaves {:.3} ms",
+            cpu.process_ms,
+            cpu.machine_ms,
+            cpu.busy_share * 100.0,
+            cpu.budget_ms
+        );
+    }
 
     let baseline = provider_only(sandbox.url(), connections).await?;
     println!(
@@ -185,6 +197,9 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
             "oversold": oversold,
             "violations": violations,
             "target": TARGET_CHECKOUTS_PER_SEC,
+            "process_cpu_ms_per_checkout": cpu.as_ref().map(|c| round3(c.process_ms)),
+            "machine_cpu_ms_per_checkout": cpu.as_ref().map(|c| round3(c.machine_ms)),
+            "cores_busy_share": cpu.as_ref().map(|c| round2(c.busy_share)),
         })
     );
     ensure!(
@@ -192,6 +207,48 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
         "the log breaks the checkout's invariants"
     );
     Ok(())
+}
+
+/// What the checkouts cost in CPU, from the first request until every checkout ended:
+/// the measure that does not move with how busy the machine was, where the rate does.
+struct CpuPerCheckout {
+    /// This process's threads: the engine, the saga, the sandbox provider and the
+    /// benchmark's HTTP clients.
+    process_ms: f64,
+    /// Every core's busy time (PostgreSQL, the kernel, and anything else running).
+    machine_ms: f64,
+    /// The share of the cores' time that was busy.
+    busy_share: f64,
+    /// What the cores can give a checkout at the target rate.
+    budget_ms: f64,
+}
+
+impl CpuPerCheckout {
+    /// `None` where the counters cannot be read (not Linux), or with no checkout.
+    fn measure(
+        process_before: Option<u64>,
+        cores_before: Option<CoreTicks>,
+        took: Duration,
+        completed: u64,
+    ) -> Option<Self> {
+        if completed == 0 {
+            return None;
+        }
+        let process_ns = process_cpu_ns()?.checked_sub(process_before?)?;
+        let busy_share = CoreTicks::read()?.busy_share_since(&cores_before?)?;
+        let cores = std::thread::available_parallelism().ok()?.get() as f64;
+        let completed = completed as f64;
+        Some(CpuPerCheckout {
+            process_ms: process_ns as f64 / 1e6 / completed,
+            machine_ms: took.as_secs_f64() * 1e3 * cores * busy_share / completed,
+            busy_share,
+            budget_ms: cores * 1e3 / TARGET_CHECKOUTS_PER_SEC,
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// Posts every checkout from `connections` clients; returns the accepted ids.

@@ -26,7 +26,7 @@ use tokio::sync::{watch, Barrier};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use super::{round2, Percentiles};
+use super::{process_cpu_ns, round2, Percentiles};
 
 const STOCK: u32 = 1_000;
 const DEMAND: usize = 20_000;
@@ -335,23 +335,6 @@ async fn open_gate(go: watch::Sender<bool>) -> Result<watch::Sender<bool>> {
     tokio::spawn(async move { go.send(true).map(|()| go) })
         .await?
         .context("open the gate")
-}
-
-/// Nanoseconds of CPU this process's threads have run, from Linux's per-thread
-/// scheduler statistics (`getrusage` has no nanoseconds and the tick-based counters
-/// are too coarse for a trial of a tenth of a second); `None` elsewhere. The tokio
-/// workers live through the whole run, so a difference covers what they did.
-fn process_cpu_ns() -> Option<u64> {
-    let mut total = 0u64;
-    for thread in std::fs::read_dir("/proc/self/task").ok()? {
-        let Ok(thread) = thread else { continue };
-        // A thread that ended meanwhile has no file any more: skip it.
-        let Ok(stats) = std::fs::read_to_string(thread.path().join("schedstat")) else {
-            continue;
-        };
-        total += stats.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
 }
 
 fn micros_since(start: Instant) -> u32 {

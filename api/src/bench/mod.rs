@@ -238,6 +238,86 @@ pub fn runtime_workers() -> usize {
 }
 
 /// Rounds a figure for display and JSON.
+/// Nanoseconds of CPU this process's threads have run, from Linux's per-thread
+/// scheduler statistics (`getrusage` has no nanoseconds and the tick-based counters
+/// are too coarse for a trial of a tenth of a second); `None` elsewhere. The tokio
+/// workers live through the whole run, so a difference covers what they did.
+pub(crate) fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for thread in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(thread) = thread else { continue };
+        // A thread that ended meanwhile has no file any more: skip it.
+        let Ok(stats) = std::fs::read_to_string(thread.path().join("schedstat")) else {
+            continue;
+        };
+        total += stats.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// The machine's cores, busy and in all, from the first line of `/proc/stat` (every
+/// process, the kernel included; in the kernel's ticks); `None` elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CoreTicks {
+    busy: u64,
+    total: u64,
+}
+
+impl CoreTicks {
+    pub(crate) fn read() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .take(8)
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        let busy = user + nice + system + irq + softirq + steal;
+        Some(CoreTicks {
+            busy,
+            total: busy + idle + iowait,
+        })
+    }
+
+    /// The share of the cores' time that was busy between `earlier` and this reading.
+    pub(crate) fn busy_share_since(&self, earlier: &CoreTicks) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total)?;
+        let busy = self.busy.checked_sub(earlier.busy)?;
+        (total > 0).then(|| busy as f64 / total as f64)
+    }
+}
+
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CoreTicks;
+
+    #[test]
+    fn the_cores_busy_share_counts_every_busy_column_and_not_idle_or_iowait() {
+        let before = CoreTicks::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
+        // +60 user, +10 nice, +20 system, +5 irq, +5 softirq: 100 busy; +90 idle,
+        // +10 iowait: 100 not.
+        let after = CoreTicks::parse("cpu  160 10 70 890 60 5 5 0 0 0\n").unwrap();
+        assert_eq!(after.busy_share_since(&before), Some(0.5));
+        assert_eq!(before.busy_share_since(&after), None, "counters only grow");
+        assert_eq!(after.busy_share_since(&after), None, "no time passed");
+    }
+
+    #[test]
+    fn a_stat_file_of_another_shape_gives_nothing() {
+        assert!(CoreTicks::parse("").is_none());
+        assert!(CoreTicks::parse("cpu0 1 2 3 4 5 6 7 8\n").is_none());
+        assert!(CoreTicks::parse("cpu  1 2 3\n").is_none());
+        assert!(CoreTicks::parse("cpu  1 2 x 4 5 6 7 8\n").is_none());
+    }
 }
