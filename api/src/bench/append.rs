@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use super::{round2, Percentiles};
+use super::{round2, CpuMeter, CpuSpent, Percentiles};
 
 const LEVELS: [usize; 3] = [1, 16, 256];
 /// Connections of the naive baseline (the design note's "16 clients").
@@ -24,6 +24,8 @@ pub(super) struct Level {
     pub(super) events: u64,
     pub(super) rate: f64,
     pub(super) latency: Percentiles,
+    /// The CPU the level took, where it can be read.
+    pub(super) cpu: Option<CpuSpent>,
 }
 
 pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
@@ -108,6 +110,7 @@ pub(super) async fn run_level(
     appenders: usize,
     duration: Duration,
 ) -> Result<Level> {
+    let meter = CpuMeter::start();
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(appenders);
@@ -143,12 +146,14 @@ pub(super) async fn run_level(
         all.extend(task.await??);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = meter.stop();
     let events = all.len() as u64;
     Ok(Level {
         appenders,
         events,
         rate: events as f64 / elapsed,
         latency: Percentiles::of(&mut all),
+        cpu,
     })
 }
 

@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use super::{process_cpu_ns, round2, CoreTicks};
+use super::{round2, round3, CpuMeter, CpuSpent};
 
 /// Completed checkouts per second the issue asks for on this machine.
 const TARGET_CHECKOUTS_PER_SEC: f64 = 2_000.0;
@@ -112,8 +112,7 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     // The set-up holds no checkout: the count of ended ones starts past it, so the
     // harness's first look does not read the whole set-up from the server.
     let setup_head = state.store().head().await?;
-    let cpu_before = process_cpu_ns();
-    let cores_before = CoreTicks::read();
+    let meter = CpuMeter::start();
     let started = Instant::now();
     let accepted = post_checkouts(&base, requests, connections).await?;
     let posted = started.elapsed();
@@ -126,7 +125,9 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     .await
     .with_context(|| format!("after {:.0} s", started.elapsed().as_secs_f64()))?;
     let took = started.elapsed();
-    let cpu = CpuPerCheckout::measure(cpu_before, cores_before, took, ended.completed);
+    let cpu = meter
+        .stop()
+        .and_then(|spent| CpuPerCheckout::of(spent, ended.completed));
     saga.stop().await;
     let rate = ended.completed as f64 / took.as_secs_f64();
     println!(
@@ -224,31 +225,20 @@ struct CpuPerCheckout {
 }
 
 impl CpuPerCheckout {
-    /// `None` where the counters cannot be read (not Linux), or with no checkout.
-    fn measure(
-        process_before: Option<u64>,
-        cores_before: Option<CoreTicks>,
-        took: Duration,
-        completed: u64,
-    ) -> Option<Self> {
+    /// `None` with no checkout completed.
+    fn of(spent: CpuSpent, completed: u64) -> Option<Self> {
         if completed == 0 {
             return None;
         }
-        let process_ns = process_cpu_ns()?.checked_sub(process_before?)?;
-        let busy_share = CoreTicks::read()?.busy_share_since(&cores_before?)?;
         let cores = std::thread::available_parallelism().ok()?.get() as f64;
         let completed = completed as f64;
         Some(CpuPerCheckout {
-            process_ms: process_ns as f64 / 1e6 / completed,
-            machine_ms: took.as_secs_f64() * 1e3 * cores * busy_share / completed,
-            busy_share,
+            process_ms: spent.process_ms / completed,
+            machine_ms: spent.machine_ms / completed,
+            busy_share: spent.busy_share,
             budget_ms: cores * 1e3 / TARGET_CHECKOUTS_PER_SEC,
         })
     }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// Posts every checkout from `connections` clients; returns the accepted ids.

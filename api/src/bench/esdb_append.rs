@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::append::run_level;
-use super::{round2, Percentiles};
+use super::{round2, round3, CpuMeter, CpuSpent, Percentiles};
 
 /// Official clients appending side by side, each with a connection of its own.
 pub const CLIENTS: usize = 64;
@@ -42,12 +42,32 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
     let server = EsdbServer::spawn(listener, store.clone(), EsdbConfig { users, tls: None })?;
     let grpc = run_clients(server.address.port(), duration).await;
     server.stop().await?;
-    let (events, rate, mut latencies) = grpc?;
+    let (events, rate, mut latencies, cpu) = grpc?;
     let latency = Percentiles::of(&mut latencies);
     println!(
         "  gRPC, {CLIENTS} official clients:        {:>9.0} events/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} events)",
         rate, latency.p50_ms, latency.p99_ms, events
     );
+    let per_event = |cpu: Option<CpuSpent>, events: u64| {
+        cpu.filter(|_| events > 0).map(|spent| {
+            let events = events as f64;
+            (
+                spent.process_ms * 1e3 / events,
+                spent.machine_ms * 1e3 / events,
+                spent.busy_share,
+            )
+        })
+    };
+    let baseline_cpu = per_event(baseline.cpu, baseline.events);
+    let grpc_cpu = per_event(cpu, events);
+    for (what, cpu) in [("in-process", baseline_cpu), ("gRPC", grpc_cpu)] {
+        if let Some((process_us, machine_us, busy)) = cpu {
+            println!(
+                "  CPU an event, {what}: {process_us:.1} µs in this process (clients included), {machine_us:.1} µs on the whole machine (PostgreSQL and the kernel too); cores busy {:.0}%",
+                busy * 100.0
+            );
+        }
+    }
 
     // Correctness: every acknowledged append is in its stream, in order.
     let mut counted = 0u64;
@@ -84,6 +104,12 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
         "clients": CLIENTS,
         "events": events,
         "baseline_events": baseline.events,
+        "process_cpu_us_per_event": grpc_cpu.map(|c| round3(c.0)),
+        "machine_cpu_us_per_event": grpc_cpu.map(|c| round3(c.1)),
+        "cores_busy_share": grpc_cpu.map(|c| round2(c.2)),
+        "baseline_process_cpu_us_per_event": baseline_cpu.map(|c| round3(c.0)),
+        "baseline_machine_cpu_us_per_event": baseline_cpu.map(|c| round3(c.1)),
+        "baseline_cores_busy_share": baseline_cpu.map(|c| round2(c.2)),
     });
     println!("{line}");
     Ok(())
@@ -94,7 +120,10 @@ fn stream_name(client: usize) -> String {
 }
 
 /// The official clients, each appending to its own stream with the exact revision.
-async fn run_clients(port: u16, duration: Duration) -> Result<(u64, f64, Vec<u32>)> {
+async fn run_clients(
+    port: u16,
+    duration: Duration,
+) -> Result<(u64, f64, Vec<u32>, Option<CpuSpent>)> {
     let settings: ClientSettings = format!("esdb://{USER}:{PASSWORD}@127.0.0.1:{port}?tls=false")
         .parse()
         .context("a connection string")?;
@@ -114,6 +143,7 @@ async fn run_clients(port: u16, duration: Duration) -> Result<(u64, f64, Vec<u32
         Ok::<_, anyhow::Error>(())
     }))
     .await?;
+    let meter = CpuMeter::start();
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(CLIENTS);
@@ -143,6 +173,7 @@ async fn run_clients(port: u16, duration: Duration) -> Result<(u64, f64, Vec<u32
         all.extend(task.await??);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = meter.stop();
     let events = all.len() as u64;
-    Ok((events, events as f64 / elapsed, all))
+    Ok((events, events as f64 / elapsed, all, cpu))
 }

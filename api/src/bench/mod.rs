@@ -13,7 +13,7 @@ mod rebuild;
 mod search;
 mod verify;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -292,6 +292,54 @@ impl CoreTicks {
         let busy = self.busy.checked_sub(earlier.busy)?;
         (total > 0).then(|| busy as f64 / total as f64)
     }
+}
+
+/// CPU spent between [`CpuMeter::start`] and [`CpuMeter::stop`], by this process's
+/// threads and by the machine's cores.
+pub(crate) struct CpuMeter {
+    process_ns: Option<u64>,
+    cores: Option<CoreTicks>,
+    started: Instant,
+}
+
+/// What [`CpuMeter`] measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuSpent {
+    /// This process's threads, in milliseconds.
+    pub(crate) process_ms: f64,
+    /// Every core's busy time (every process, the kernel included), in milliseconds:
+    /// only meaningful on an otherwise quiet machine.
+    pub(crate) machine_ms: f64,
+    /// The share of the cores' time that was busy.
+    pub(crate) busy_share: f64,
+}
+
+impl CpuMeter {
+    pub(crate) fn start() -> Self {
+        CpuMeter {
+            process_ns: process_cpu_ns(),
+            cores: CoreTicks::read(),
+            started: Instant::now(),
+        }
+    }
+
+    /// `None` where the counters cannot be read (not Linux).
+    pub(crate) fn stop(&self) -> Option<CpuSpent> {
+        let wall = self.started.elapsed();
+        let process_ns = process_cpu_ns()?.checked_sub(self.process_ns?)?;
+        let busy_share = CoreTicks::read()?.busy_share_since(&self.cores?)?;
+        let cores = std::thread::available_parallelism().ok()?.get() as f64;
+        Some(CpuSpent {
+            process_ms: process_ns as f64 / 1e6,
+            machine_ms: wall.as_secs_f64() * 1e3 * cores * busy_share,
+            busy_share,
+        })
+    }
+}
+
+/// Rounds to three decimals, for the JSON line.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 pub fn round2(x: f64) -> f64 {
