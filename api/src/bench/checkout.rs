@@ -210,8 +210,9 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     Ok(())
 }
 
-/// What the checkouts cost in CPU, from the first request until every checkout ended:
-/// the measure that does not move with how busy the machine was, where the rate does.
+/// What the checkouts cost in CPU, from the first request until every checkout ended.
+/// Unlike the rate, it leaves out the time the cores idled, so it moves less from run
+/// to run (it still moves with the machine's own speed).
 struct CpuPerCheckout {
     /// This process's threads: the engine, the saga, the sandbox provider and the
     /// benchmark's HTTP clients.
