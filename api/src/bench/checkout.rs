@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use super::{round2, round3, CpuMeter, CpuSpent};
+use super::{round2, round3, CpuMeter};
 
 /// Completed checkouts per second the issue asks for on this machine.
 const TARGET_CHECKOUTS_PER_SEC: f64 = 2_000.0;
@@ -125,9 +125,11 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     .await
     .with_context(|| format!("after {:.0} s", started.elapsed().as_secs_f64()))?;
     let took = started.elapsed();
-    let cpu = meter
-        .stop()
-        .and_then(|spent| CpuPerCheckout::of(spent, ended.completed));
+    // A checkout's share, against what the cores give one at the target rate.
+    let cpu = meter.stop().and_then(|spent| spent.per(ended.completed));
+    let budget_ms = std::thread::available_parallelism().map_or(0.0, |cores| {
+        cores.get() as f64 * 1e3 / TARGET_CHECKOUTS_PER_SEC
+    });
     saga.stop().await;
     let rate = ended.completed as f64 / took.as_secs_f64();
     println!(
@@ -147,7 +149,7 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
             cpu.process_ms,
             cpu.machine_ms,
             cpu.busy_share * 100.0,
-            cpu.budget_ms
+            budget_ms
         );
     }
 
@@ -208,38 +210,6 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
         "the log breaks the checkout's invariants"
     );
     Ok(())
-}
-
-/// What the checkouts cost in CPU, from the first request until every checkout ended.
-/// Unlike the rate, it leaves out the time the cores idled, so it moves less from run
-/// to run (it still moves with the machine's own speed).
-struct CpuPerCheckout {
-    /// This process's threads: the engine, the saga, the sandbox provider and the
-    /// benchmark's HTTP clients.
-    process_ms: f64,
-    /// Every core's busy time (PostgreSQL, the kernel, and anything else running).
-    machine_ms: f64,
-    /// The share of the cores' time that was busy.
-    busy_share: f64,
-    /// What the cores can give a checkout at the target rate.
-    budget_ms: f64,
-}
-
-impl CpuPerCheckout {
-    /// `None` with no checkout completed.
-    fn of(spent: CpuSpent, completed: u64) -> Option<Self> {
-        if completed == 0 {
-            return None;
-        }
-        let cores = std::thread::available_parallelism().ok()?.get() as f64;
-        let completed = completed as f64;
-        Some(CpuPerCheckout {
-            process_ms: spent.process_ms / completed,
-            machine_ms: spent.machine_ms / completed,
-            busy_share: spent.busy_share,
-            budget_ms: cores * 1e3 / TARGET_CHECKOUTS_PER_SEC,
-        })
-    }
 }
 
 /// Posts every checkout from `connections` clients; returns the accepted ids.

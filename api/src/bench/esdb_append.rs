@@ -48,23 +48,16 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
         "  gRPC, {CLIENTS} official clients:        {:>9.0} events/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} events)",
         rate, latency.p50_ms, latency.p99_ms, events
     );
-    let per_event = |cpu: Option<CpuSpent>, events: u64| {
-        cpu.filter(|_| events > 0).map(|spent| {
-            let events = events as f64;
-            (
-                spent.process_ms * 1e3 / events,
-                spent.machine_ms * 1e3 / events,
-                spent.busy_share,
-            )
-        })
-    };
-    let baseline_cpu = per_event(baseline.cpu, baseline.events);
-    let grpc_cpu = per_event(cpu, events);
+    // An event's share.
+    let baseline_cpu = baseline.cpu.and_then(|spent| spent.per(baseline.events));
+    let grpc_cpu = cpu.and_then(|spent| spent.per(events));
     for (what, cpu) in [("in-process", baseline_cpu), ("gRPC", grpc_cpu)] {
-        if let Some((process_us, machine_us, busy)) = cpu {
+        if let Some(cpu) = cpu {
             println!(
-                "  CPU an event, {what}: {process_us:.1} µs in this process (clients included), {machine_us:.1} µs on the whole machine (PostgreSQL and the kernel too); cores busy {:.0}%",
-                busy * 100.0
+                "  CPU an event, {what}: {:.1} µs in this process (clients included), {:.1} µs on the whole machine (PostgreSQL and the kernel too); cores busy {:.0}%",
+                cpu.process_ms * 1e3,
+                cpu.machine_ms * 1e3,
+                cpu.busy_share * 100.0
             );
         }
     }
@@ -104,12 +97,12 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
         "clients": CLIENTS,
         "events": events,
         "baseline_events": baseline.events,
-        "process_cpu_us_per_event": grpc_cpu.map(|c| round3(c.0)),
-        "machine_cpu_us_per_event": grpc_cpu.map(|c| round3(c.1)),
-        "cores_busy_share": grpc_cpu.map(|c| round2(c.2)),
-        "baseline_process_cpu_us_per_event": baseline_cpu.map(|c| round3(c.0)),
-        "baseline_machine_cpu_us_per_event": baseline_cpu.map(|c| round3(c.1)),
-        "baseline_cores_busy_share": baseline_cpu.map(|c| round2(c.2)),
+        "process_cpu_us_per_event": grpc_cpu.map(|c| round3(c.process_ms * 1e3)),
+        "machine_cpu_us_per_event": grpc_cpu.map(|c| round3(c.machine_ms * 1e3)),
+        "cores_busy_share": grpc_cpu.map(|c| round2(c.busy_share)),
+        "baseline_process_cpu_us_per_event": baseline_cpu.map(|c| round3(c.process_ms * 1e3)),
+        "baseline_machine_cpu_us_per_event": baseline_cpu.map(|c| round3(c.machine_ms * 1e3)),
+        "baseline_cores_busy_share": baseline_cpu.map(|c| round2(c.busy_share)),
     });
     println!("{line}");
     Ok(())

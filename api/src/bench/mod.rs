@@ -237,7 +237,6 @@ pub fn runtime_workers() -> usize {
     tokio::runtime::Handle::current().metrics().num_workers()
 }
 
-/// Rounds a figure for display and JSON.
 /// Nanoseconds of CPU this process's threads have run, from Linux's per-thread
 /// scheduler statistics (`getrusage` has no nanoseconds and the tick-based counters
 /// are too coarse for a trial of a tenth of a second); `None` elsewhere. The tokio
@@ -314,6 +313,18 @@ pub(crate) struct CpuSpent {
     pub(crate) busy_share: f64,
 }
 
+impl CpuSpent {
+    /// The same spent on each of `units` (checkouts, events); `None` for none.
+    pub(crate) fn per(self, units: u64) -> Option<CpuSpent> {
+        let n = units as f64;
+        (units > 0).then(|| CpuSpent {
+            process_ms: self.process_ms / n,
+            machine_ms: self.machine_ms / n,
+            busy_share: self.busy_share,
+        })
+    }
+}
+
 impl CpuMeter {
     pub(crate) fn start() -> Self {
         CpuMeter {
@@ -342,13 +353,29 @@ pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Rounds a figure for display and JSON.
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
 #[cfg(test)]
 mod tests {
-    use super::CoreTicks;
+    use super::{CoreTicks, CpuSpent};
+
+    #[test]
+    fn cpu_spent_per_unit_divides_the_times_and_keeps_the_busy_share() {
+        let spent = CpuSpent {
+            process_ms: 600.0,
+            machine_ms: 900.0,
+            busy_share: 0.75,
+        };
+        let each = spent.per(300).unwrap();
+        assert_eq!(
+            (each.process_ms, each.machine_ms, each.busy_share),
+            (2.0, 3.0, 0.75)
+        );
+        assert!(spent.per(0).is_none(), "nothing done, no share");
+    }
 
     #[test]
     fn the_cores_busy_share_counts_every_busy_column_and_not_idle_or_iowait() {
