@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use commands::{CartAction, CommandContext, CommandError, Commands, PlaceOrder};
 use domain::{
     CartStatus, Checkout, CheckoutCommand, CheckoutId, CheckoutOutcome, CheckoutStatus,
-    DomainError, InventoryCommand, InventoryEvent, Order, OrderCommand, OrderStatus, Payment,
-    PaymentCommand, PaymentOperation, PaymentSettlement, PaymentStatus, ReservationOutcome,
-    ReservedLine, SettleFailure, Sku, UnavailableLine,
+    DomainError, InventoryCommand, InventoryEvent, LineStock, Order, OrderCommand, OrderStatus,
+    Payment, PaymentCommand, PaymentOperation, PaymentSettlement, PaymentStatus,
+    ReservationOutcome, ReservedLine, SettleFailure, Sku, UnavailableLine,
 };
 use futures::future::join_all;
 use uuid::Uuid;
@@ -212,6 +212,36 @@ impl Dispatcher<'_> {
                 lines,
             } => {
                 let expires_at = self.now + self.config.reservation_ttl;
+                // Every line's answer recorded already: by the placement's step, which
+                // reserves right after placing (see the runner), or by this step before
+                // a crash. Nothing is left to ask; the expiry timers of what is held
+                // come again, in case that run's never got stored (a timer finds
+                // nothing to expire once the reservation has ended). A state held
+                // behind the log shows the lines pending, and then the commands below
+                // repeat the first answers.
+                let held = self
+                    .commands
+                    .checkouts()
+                    .peek(&Checkout::stream_id(&checkout_id))
+                    .await?
+                    .state;
+                let answered = |line: &StockLine| {
+                    held.lines()
+                        .iter()
+                        .any(|l| l.sku == line.sku && l.stock != LineStock::Pending)
+                };
+                if lines.iter().all(answered) {
+                    let timers = held
+                        .lines()
+                        .iter()
+                        .filter(|l| l.stock == LineStock::Reserved)
+                        .map(|l| Timer::expire_reservations(l.sku.clone(), expires_at))
+                        .collect();
+                    return Ok(StepResult {
+                        record: vec![],
+                        timers,
+                    });
+                }
                 let reservations = lines
                     .iter()
                     .map(|line| self.reserve(checkout_id, causation, order_id, line, expires_at));
@@ -245,34 +275,26 @@ impl Dispatcher<'_> {
                 payment_id,
                 amount,
                 payment_method,
-                reservations,
                 attempt,
             } => {
                 let ctx = |name| context(checkout_id, causation, name);
                 if attempt == 1 {
-                    let marked = self
+                    // An order closed from outside (cancelled by its customer) is not
+                    // paid for. The order as this process holds it will do: one held
+                    // behind the log shows it open, and the confirmation then finds
+                    // out (the compensation voids the authorization).
+                    let order = self
                         .commands
                         .orders()
-                        .execute(
-                            OrderCommand::MarkStockReserved {
-                                order_id,
-                                reservations,
-                                at: self.now,
-                            },
-                            &ctx("order-stock-reserved"),
-                        )
-                        .await;
-                    if refused(&marked) {
-                        let order = self.load_order(order_id).await?;
-                        if let Some(why) = order_closed(&order) {
-                            return Ok(record(CheckoutCommand::RecordOrderWithdrawn {
-                                checkout_id,
-                                reason: why,
-                                at: self.now,
-                            }));
-                        }
-                    } else {
-                        marked?;
+                        .peek(&Order::stream_id(&order_id))
+                        .await?
+                        .state;
+                    if let Some(why) = order_closed(&order) {
+                        return Ok(record(CheckoutCommand::RecordOrderWithdrawn {
+                            checkout_id,
+                            reason: why,
+                            at: self.now,
+                        }));
                     }
                 }
                 let answer = self
@@ -347,9 +369,17 @@ impl Dispatcher<'_> {
                 payment_id,
                 amount,
                 provider_ref,
+                reservations,
             } => {
                 if let Some(withdrawn) = self
-                    .confirm_order(checkout_id, causation, order_id, payment_id, amount)
+                    .confirm_order(
+                        checkout_id,
+                        causation,
+                        order_id,
+                        payment_id,
+                        amount,
+                        reservations,
+                    )
                     .await?
                 {
                     return Ok(record(withdrawn));
@@ -435,8 +465,9 @@ impl Dispatcher<'_> {
         }
     }
 
-    /// Records the authorization on the order and confirms it. `Some`: the order
-    /// could not be confirmed (it was closed), with the outcome to record.
+    /// Records the reserved stock and the authorization on the order and confirms
+    /// it. `Some`: the order could not be confirmed (it was closed), with the outcome
+    /// to record.
     async fn confirm_order(
         &self,
         checkout_id: CheckoutId,
@@ -444,15 +475,27 @@ impl Dispatcher<'_> {
         order_id: domain::OrderId,
         payment_id: domain::PaymentId,
         amount: domain::Money,
+        reservations: Vec<domain::ReservationId>,
     ) -> Result<Option<CheckoutCommand>, SagaError> {
         let ctx = |name| context(checkout_id, causation, name);
         let orders = self.commands.orders();
-        // Both handed to the order's stream task together (queued in this order at
-        // their first poll), so they are decided in one round and written in one
-        // append; the confirmation is decided on the state after the mark.
+        // All three handed to the order's stream task together (queued in this order
+        // at their first poll), so they are decided in one round and written in one
+        // append, each on the state after the ones before. A mark the order already
+        // has (a re-run, or a checkout from before the marks moved here) is refused,
+        // and the next is decided as before.
+        let stock = ctx("order-stock-reserved");
         let mark = ctx("order-payment-authorized");
         let confirm = ctx("order-confirm");
-        let (marked, confirmed) = futures::join!(
+        let (reserved, marked, confirmed) = futures::join!(
+            orders.execute(
+                OrderCommand::MarkStockReserved {
+                    order_id,
+                    reservations,
+                    at: self.now,
+                },
+                &stock,
+            ),
             orders.execute(
                 OrderCommand::MarkPaymentAuthorized {
                     order_id,
@@ -470,6 +513,9 @@ impl Dispatcher<'_> {
                 &confirm,
             ),
         );
+        if !refused(&reserved) {
+            reserved?;
+        }
         if !refused(&marked) {
             marked?;
         }

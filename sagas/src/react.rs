@@ -81,25 +81,25 @@ pub enum Step {
         order_id: OrderId,
         lines: Vec<StockLine>,
     },
-    /// Tell the order its stock is reserved (first try only), then ask the
-    /// provider for an authorization.
+    /// Ask the provider for an authorization (unless the order was closed first).
     AuthorizePayment {
         checkout_id: CheckoutId,
         order_id: OrderId,
         payment_id: PaymentId,
         amount: Money,
         payment_method: String,
-        reservations: Vec<ReservationId>,
         attempt: u32,
     },
-    /// Record the authorization on the order and confirm it, then capture the
-    /// payment (the first try of [`Step::CapturePayment`], in the same step).
+    /// Tell the order its stock is reserved and its payment authorized, and confirm
+    /// it (one append on the order's stream), then capture the payment (the first
+    /// try of [`Step::CapturePayment`], in the same step).
     ConfirmOrder {
         checkout_id: CheckoutId,
         order_id: OrderId,
         payment_id: PaymentId,
         amount: Money,
         provider_ref: String,
+        reservations: Vec<ReservationId>,
     },
     CapturePayment {
         checkout_id: CheckoutId,
@@ -193,6 +193,7 @@ pub fn react(state: &Checkout, event: &CheckoutEvent) -> Vec<Step> {
                     payment_id: Checkout::payment_id(id),
                     amount,
                     provider_ref: provider_ref.to_owned(),
+                    reservations: state.lines().iter().map(|l| l.reservation_id).collect(),
                 }],
                 _ => Vec::new(),
             },
@@ -280,7 +281,6 @@ fn authorize(state: &Checkout, id: CheckoutId, attempt: u32) -> Vec<Step> {
         payment_id: Checkout::payment_id(id),
         amount,
         payment_method: payment_method.to_owned(),
-        reservations: state.lines().iter().map(|l| l.reservation_id).collect(),
         attempt,
     }]
 }

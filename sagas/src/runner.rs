@@ -14,7 +14,7 @@
 //! The order stream matters too: an order cancelled by the customer or staff (not by
 //! the saga) is noted on its checkout, which then compensates (refund, restock).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use commands::{CommandContext, Commands};
@@ -27,7 +27,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use crate::dispatch::{Dispatcher, StepResult};
-use crate::{react, Clock, PaymentGateway, SagaConfig, SagaError, SagaStore, Timer};
+use crate::{react, Clock, PaymentGateway, SagaConfig, SagaError, SagaStore, Step, Timer};
 
 pub use crate::dispatch::SAGA_ACTOR;
 
@@ -47,6 +47,8 @@ const ORDER_CANCELLED: &str = "OrderCancelled";
 /// Most positions one batch looks through: a long stretch without checkouts is
 /// passed over in a few reads.
 const SCAN_WINDOW_POSITIONS: u64 = 100_000;
+/// Names the causation of a reservation run right after its placement.
+const CHAINED_RESERVATION: &[u8] = b"chained:reserve-stock";
 
 /// Decides whether the runner "crashes" at a named point (simulation only: a crash
 /// drops everything in flight and leaves the checkpoint where it was).
@@ -170,7 +172,12 @@ impl SagaRunner {
             })
             .await?;
         self.crash_point("before-timers")?;
-        self.saga_store.schedule(&applied.timers).await?;
+        // Reservations of one SKU expiring in the same second share a timer: a full
+        // batch holds thousands of copies of a few.
+        let mut timers = applied.timers;
+        let mut seen = HashSet::with_capacity(timers.len());
+        timers.retain(|timer| seen.insert(timer.id));
+        self.saga_store.schedule(&timers).await?;
         // After the scheduling: a deadline scheduled and passed in the same batch
         // goes too. A crash before this leaves a timer that fires and does nothing.
         if !applied.done_timers.is_empty() {
@@ -315,15 +322,13 @@ impl SagaRunner {
                     for step in react(&state, &event) {
                         self.crash_point("before-step")?;
                         let name = step.name();
-                        let result = tokio::time::timeout(
-                            self.config.step_timeout,
-                            self.dispatcher().run(step, recorded.event_id),
-                        )
-                        .await
-                        .map_err(|_| SagaError::Timeout {
-                            step: name,
-                            timeout_ms: self.config.step_timeout.as_millis() as u64,
-                        })??;
+                        let places = matches!(step, Step::PlaceOrder { .. });
+                        let mut result = self.run_step(step, recorded.event_id).await?;
+                        if places {
+                            result = self
+                                .reserve_after(&state, recorded.event_id, result)
+                                .await?;
+                        }
                         self.crash_point("before-record")?;
                         applied
                             .timers
@@ -363,6 +368,68 @@ impl SagaRunner {
             }
         }
         Ok(applied)
+    }
+
+    async fn run_step(&self, step: Step, causation: Uuid) -> Result<StepResult, SagaError> {
+        let name = step.name();
+        tokio::time::timeout(
+            self.config.step_timeout,
+            self.dispatcher().run(step, causation),
+        )
+        .await
+        .map_err(|_| SagaError::Timeout {
+            step: name,
+            timeout_ms: self.config.step_timeout.as_millis() as u64,
+        })?
+    }
+
+    /// Runs the step that a placed order calls for (reserving its lines) right
+    /// after the placement, before either outcome is recorded, and returns both
+    /// outcomes to be recorded in one append: a round of the runner and an append
+    /// on the checkout stream less for every checkout.
+    ///
+    /// The next step is the one `react` decides on the state after the outcome, as
+    /// the runner would on reading it from the log; it is found here by deciding the
+    /// outcome on a copy of the state. Its causation derives from the event the
+    /// placement reacted to, so a re-run after a crash issues the same commands. When
+    /// the runner later reads the recorded placement, the reservation's outcome is on
+    /// the checkout already and [`Dispatcher::run`] skips the step.
+    ///
+    /// Only this pair runs ahead of its record: reserving stock that is not yet
+    /// recorded as placed is undone like a placement that answered late. A step that
+    /// moves money waits for the record before it, so that a compensation started
+    /// meanwhile knows what the provider may hold.
+    async fn reserve_after(
+        &self,
+        state: &Checkout,
+        causation: Uuid,
+        mut result: StepResult,
+    ) -> Result<StepResult, SagaError> {
+        let mut local = state.clone();
+        let mut next = Vec::new();
+        for command in &result.record {
+            // A refusal here is found again (and handled) when the outcome is
+            // recorded; there is nothing to chain on.
+            let Ok(events) = local.decide(command) else {
+                return Ok(result);
+            };
+            for event in &events {
+                local = local.evolve(event);
+                next.extend(react(&local, event));
+            }
+        }
+        let [Step::ReserveStock { .. }] = next.as_slice() else {
+            return Ok(result);
+        };
+        self.crash_point("before-step")?;
+        for step in next {
+            let chained = self
+                .run_step(step, Uuid::new_v5(&causation, CHAINED_RESERVATION))
+                .await?;
+            result.record.extend(chained.record);
+            result.timers.extend(chained.timers);
+        }
+        Ok(result)
     }
 
     fn dispatcher(&self) -> Dispatcher<'_> {

@@ -133,21 +133,28 @@ async fn checkout_state(commands: &Commands, id: CheckoutId) -> Checkout {
         .state
 }
 
-/// The confirming step captures too, and the committing step closes the cart, each
-/// recording both outcomes at once: a checkout completes in six batches of the runner
-/// (started, order placed, stock reserved, authorized, confirmed and captured,
-/// committed and completed), and the steps the second outcome of each pair calls
+/// The placing step reserves too, the confirming step captures, and the committing
+/// step closes the cart, each recording both outcomes at once: a checkout completes
+/// in five batches of the runner (started, stock reserved, authorized, captured, and
+/// the last that reads the end), and the steps the first outcome of each pair calls
 /// for are skipped, so the provider sees one authorization and one capture.
 #[tokio::test(flavor = "current_thread")]
-async fn confirming_captures_and_committing_closes_the_cart_in_the_same_step() {
+async fn placing_reserves_confirming_captures_and_committing_closes_the_cart() {
     let (world, process, id) = one_checkout(11).await;
-    let mut batches = 0;
+    assert!(process.runner.run_batch().await.unwrap() > 0);
+    let placed = checkout_state(&process.commands, id).await;
+    assert_eq!(
+        placed.status(),
+        Some(CheckoutStatus::Authorizing),
+        "the first batch placed the order and reserved its lines"
+    );
+    let mut batches = 1;
     while process.runner.run_batch().await.unwrap() > 0 {
         batches += 1;
     }
     let state = checkout_state(&process.commands, id).await;
     assert_eq!(state.status(), Some(CheckoutStatus::Completed));
-    assert_eq!(batches, 6);
+    assert_eq!(batches, 5);
     assert_eq!(world.gateway.calls(), 2, "one authorization, one capture");
     let entries = world.gateway.entries_of(Checkout::payment_id(id));
     assert_eq!(entries.len(), 1);
