@@ -177,8 +177,12 @@ pub(crate) fn prepare(request: AppendRequest) -> Result<PreparedAppend, StoreErr
 /// Decides one append against the stream's current version, the current versions
 /// of the streams it read (`version_of`), the command id's first result, if any, and
 /// which of its guard keys have a kept answer (`answered`). Guards are checked first
-/// (the request was answered: nothing else matters), then idempotency: a repeat with
-/// an exact expected version would otherwise look like a conflict.
+/// (the request was answered: nothing else matters), then a repeat of the command's
+/// first events (with an exact expected version it would otherwise look like a
+/// conflict), then the expected version, and only then a command id used before
+/// with other events: an append decided on a state the stream has moved past is a
+/// conflict whatever its command id, so the writer loads the stream and decides
+/// again, and finds there what the first use of the id did.
 pub(crate) fn decide(
     append: &PreparedAppend,
     current_version: u64,
@@ -195,18 +199,22 @@ pub(crate) fn decide(
     if !keys.is_empty() {
         return Err(StoreError::AlreadyAnswered { keys });
     }
-    if let (Some(command_id), Some(previous)) = (append.command_id, previous) {
-        if previous.fingerprint == append.fingerprint {
+    let reused = match (append.command_id, previous) {
+        (Some(_), Some(previous)) if previous.fingerprint == append.fingerprint => {
             return Ok(Decision::Replay(previous.result));
         }
-        return Err(StoreError::CommandIdReused { command_id });
-    }
+        (Some(command_id), Some(_)) => Some(command_id),
+        _ => None,
+    };
     if !append.expected.admits(current_version) {
         return Err(StoreError::WrongExpectedVersion {
             stream_id: append.stream_id.clone(),
             expected: append.expected,
             actual: current_version,
         });
+    }
+    if let Some(command_id) = reused {
+        return Err(StoreError::CommandIdReused { command_id });
     }
     for precondition in &append.preconditions {
         let actual = version_of(&precondition.stream_id);

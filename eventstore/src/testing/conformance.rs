@@ -28,6 +28,7 @@ macro_rules! conformance_suite {
             repeating_a_command_id_returns_the_first_result,
             repeating_a_command_id_with_any_expectation_writes_nothing,
             reusing_a_command_id_with_other_events_is_refused,
+            a_command_id_reused_on_a_moved_stream_is_a_conflict,
             duplicate_event_id_is_refused_and_nothing_is_written,
             reading_a_stream_forwards_and_backwards_with_paging,
             reading_the_log_from_a_position_with_paging,
@@ -300,6 +301,41 @@ pub async fn reusing_a_command_id_with_other_events_is_refused(store: Store) {
     let err = store.append(other_stream).await.expect_err("other stream");
     assert_eq!(err, StoreError::CommandIdReused { command_id });
     assert_eq!(store.head().await.expect("head"), 1);
+}
+
+/// A writer that decided on a state the stream has moved past hears of the conflict
+/// first, even when its command id was used since (by another writer with that state,
+/// or by itself before a crash): it loads the stream, decides again, and finds the
+/// first use there.
+pub async fn a_command_id_reused_on_a_moved_stream_is_a_conflict(store: Store) {
+    let command_id = Uuid::new_v4();
+    let mut first = append("order-1", ExpectedVersion::NoStream, vec![event("A", 1)]);
+    first.command_id = Some(command_id);
+    store.append(first).await.expect("first");
+    store
+        .append(append(
+            "order-1",
+            ExpectedVersion::Exact(1),
+            vec![event("B", 1)],
+        ))
+        .await
+        .expect("second");
+    let mut stale = append("order-1", ExpectedVersion::NoStream, vec![event("A", 2)]);
+    stale.command_id = Some(command_id);
+    let err = store.append(stale).await.expect_err("stale");
+    assert_eq!(
+        err,
+        StoreError::WrongExpectedVersion {
+            stream_id: "order-1".into(),
+            expected: ExpectedVersion::NoStream,
+            actual: 2,
+        }
+    );
+    let mut current = append("order-1", ExpectedVersion::Exact(2), vec![event("A", 2)]);
+    current.command_id = Some(command_id);
+    let err = store.append(current).await.expect_err("current");
+    assert_eq!(err, StoreError::CommandIdReused { command_id });
+    assert_eq!(store.head().await.expect("head"), 2);
 }
 
 pub async fn duplicate_event_id_is_refused_and_nothing_is_written(store: Store) {
