@@ -96,12 +96,7 @@ impl Dispatcher<'_> {
             // late fact the compensation undoes (`react` compensates again). A
             // state this process holds may be behind the log, never ahead of it, and
             // a checkout never moves backwards: only a state past `wants` skips.
-            let now = self
-                .commands
-                .checkouts()
-                .peek(&Checkout::stream_id(&checkout_id))
-                .await?
-                .state;
+            let now = self.held_checkout(checkout_id).await?;
             if now
                 .status()
                 .is_some_and(|s| progress(s).is_none_or(|p| Some(p) > progress(wants)))
@@ -219,12 +214,7 @@ impl Dispatcher<'_> {
                 // nothing to expire once the reservation has ended). A state held
                 // behind the log shows the lines pending, and then the commands below
                 // repeat the first answers.
-                let held = self
-                    .commands
-                    .checkouts()
-                    .peek(&Checkout::stream_id(&checkout_id))
-                    .await?
-                    .state;
+                let held = self.held_checkout(checkout_id).await?;
                 let answered = |line: &StockLine| {
                     held.lines()
                         .iter()
@@ -614,6 +604,17 @@ impl Dispatcher<'_> {
             checkout_id,
             at: self.now,
         })
+    }
+
+    /// The checkout as this process holds it: no read of the log, possibly behind
+    /// it, never ahead.
+    async fn held_checkout(&self, checkout_id: CheckoutId) -> Result<Checkout, SagaError> {
+        Ok(self
+            .commands
+            .checkouts()
+            .peek(&Checkout::stream_id(&checkout_id))
+            .await?
+            .state)
     }
 
     async fn load_order(&self, order_id: domain::OrderId) -> Result<Order, SagaError> {
