@@ -6,14 +6,15 @@ use domain::{
     Aggregate, Cart, CartCommand, Checkout, CheckoutCommand, DomainEvent, Inventory, Order,
     OrderCommand, Payment, PaymentCommand, Product, ProductCommand,
 };
-use eventstore::{NewEvent, RecordedEvent};
+use eventstore::{CanonicalJson, EventData, NewEvent, RecordedEvent};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::privacy::PERSONAL_DATA;
 use crate::{CommandContext, CommandError};
 
-pub trait StreamAggregate: Aggregate + Serialize + DeserializeOwned {
+pub trait StreamAggregate: Aggregate<Event: Serialize> + Serialize + DeserializeOwned {
     /// The version of the state's serde form. Bump it whenever a field of the state
     /// changes shape or meaning: snapshots of other versions are then ignored and
     /// the state is rebuilt from the log.
@@ -96,12 +97,42 @@ impl StreamAggregate for Checkout {
 
 /// The store's form of a domain event, with the command's metadata. Event ids are
 /// time-ordered (v7): the store's unique index on them stays append-mostly.
-pub(crate) fn to_new_event<E: DomainEvent>(event: &E, context: &CommandContext) -> NewEvent {
+///
+/// The data is written as canonical JSON straight from the event, the same text
+/// `to_data` gives once canonical, without building its value tree first; an event
+/// the writer cannot be sure of takes the value route.
+pub(crate) fn to_new_event<E: DomainEvent + Serialize>(
+    event: &E,
+    context: &CommandContext,
+) -> NewEvent {
+    // Events with personal fields are sealed as values (the privacy layer rewrites
+    // their address objects), so they take the value route from the start.
+    let personal = PERSONAL_DATA
+        .iter()
+        .any(|rule| rule.event_type == event.event_type());
+    let written = if personal {
+        None
+    } else {
+        CanonicalJson::of_variant(event).ok()
+    };
+    let data = match written {
+        Some(text) => {
+            // Every test that writes an event checks the two routes agree.
+            debug_assert_eq!(
+                String::from_utf8_lossy(text.as_bytes()),
+                String::from_utf8_lossy(&eventstore::hash::canonical_json(&event.to_data())),
+                "{} written straight differs from its value's canonical JSON",
+                event.event_type()
+            );
+            EventData::Canonical(text)
+        }
+        None => EventData::Value(event.to_data()),
+    };
     NewEvent {
         event_id: Uuid::now_v7(),
         event_type: event.event_type().to_owned(),
         schema_version: event.schema_version(),
-        data: event.to_data(),
+        data,
         metadata: context.metadata(),
     }
 }

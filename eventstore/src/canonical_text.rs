@@ -357,7 +357,7 @@ fn is_uuid_string(value: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hash::{canonical_json, metadata_value};
     use crate::types::Metadata;
@@ -501,7 +501,7 @@ mod tests {
         }
     }
 
-    fn json_values() -> impl Strategy<Value = Value> {
+    pub(crate) fn json_values() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),

@@ -13,6 +13,7 @@
 //! ([`hash`]), so an auditor can prove the log was not edited.
 
 pub mod audit;
+pub mod canonical_json;
 mod canonical_text;
 pub mod hash;
 mod memory;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use canonical_json::CanonicalJson;
 pub use memory::MemoryStore;
 pub use postgres::{
     db_error, migrate, Migration, PostgresConfig, PostgresStore, EVENTSTORE_MIGRATIONS,

@@ -132,7 +132,9 @@ impl EventStore for MemoryStore {
                 event_id: event.event_id,
                 event_type: event.event_type,
                 schema_version: event.schema_version,
-                data: event.data,
+                data: event.data.unwrap_or_else(|| {
+                    serde_json::from_slice(&event.canonical_data).expect("canonical JSON parses")
+                }),
                 metadata: event.metadata,
                 recorded_at,
                 hash,

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::hash::{canonical_json, canonical_metadata, fingerprint};
+use crate::hash::{canonical_metadata, fingerprint};
 use crate::types::{
     AppendRequest, AppendResult, ExpectedVersion, Metadata, Precondition, StoreError,
     ACTOR_MAX_BYTES, APPEND_MAX_EVENTS, APPEND_MAX_GUARDS, APPEND_MAX_PRECONDITIONS,
@@ -34,7 +34,9 @@ pub(crate) struct PreparedEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub schema_version: u32,
-    pub data: Value,
+    /// The data as the writer gave it, when that was a JSON value (the memory store
+    /// keeps it); otherwise only its canonical text.
+    pub data: Option<Value>,
     pub metadata: Metadata,
     pub canonical_data: Vec<u8>,
     pub canonical_metadata: Vec<u8>,
@@ -112,14 +114,15 @@ pub(crate) fn prepare(request: AppendRequest) -> Result<PreparedAppend, StoreErr
             });
         }
         validate_event_type(&event.event_type)?;
-        if !json_strings_are_storable(&event.data) {
+        let (canonical_data, data) = event.data.into_canonical();
+        if canonical_data.has_nul() {
             return Err(StoreError::invalid(
                 "data",
                 "strings must not contain NUL characters",
             ));
         }
         validate_metadata(&event.metadata)?;
-        let canonical_data = canonical_json(&event.data);
+        let canonical_data = canonical_data.into_bytes();
         if canonical_data.len() > EVENT_DATA_MAX_BYTES {
             return Err(StoreError::invalid(
                 "data",
@@ -140,7 +143,7 @@ pub(crate) fn prepare(request: AppendRequest) -> Result<PreparedAppend, StoreErr
             event_id: event.event_id,
             event_type: event.event_type,
             schema_version: event.schema_version,
-            data: event.data,
+            data,
             metadata: event.metadata,
             canonical_data,
             canonical_metadata,
@@ -308,7 +311,7 @@ fn validate_metadata(metadata: &Metadata) -> Result<(), StoreError> {
 /// PostgreSQL cannot turn U+0000 in a string or key into `text` or `jsonb`, so an event
 /// holding one would break `->>` and any cast of the log; it is refused up front (a
 /// `jsonb` column, as the log had before, would fail a whole group commit on it).
-fn json_strings_are_storable(value: &Value) -> bool {
+pub(crate) fn json_strings_are_storable(value: &Value) -> bool {
     match value {
         Value::String(s) => !s.contains('\0'),
         Value::Array(items) => items.iter().all(json_strings_are_storable),

@@ -231,7 +231,8 @@ impl KeyVault {
         event: &mut NewEvent,
     ) -> Result<(), StoreError> {
         for rule in table.iter().filter(|r| r.event_type == event.event_type) {
-            let subject = match event.data.pointer(rule.subject) {
+            let data = event.data.value_mut();
+            let subject = match data.pointer(rule.subject) {
                 Some(Value::String(s)) if !s.is_empty() && s.len() <= SUBJECT_MAX_BYTES => {
                     s.clone()
                 }
@@ -245,7 +246,7 @@ impl KeyVault {
                     ))
                 }
             };
-            let Some(Value::Object(object)) = event.data.pointer_mut(rule.object) else {
+            let Some(Value::Object(object)) = data.pointer_mut(rule.object) else {
                 continue;
             };
             if object.contains_key(SEALED_MARKER) {

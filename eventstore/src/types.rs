@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::canonical_json::CanonicalJson;
+
 /// Longest stream id accepted, in bytes.
 pub const STREAM_ID_MAX_BYTES: usize = 200;
 /// Longest event type accepted, in bytes.
@@ -88,21 +90,89 @@ pub struct NewEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub schema_version: u32,
-    pub data: Value,
+    pub data: EventData,
     pub metadata: Metadata,
 }
 
 impl NewEvent {
     /// An event with a fresh time-ordered (v7) id: ids that grow with time keep the
     /// unique index on event ids append-mostly, which is far cheaper than random ids.
-    pub fn new(event_type: impl Into<String>, data: Value) -> Self {
+    pub fn new(event_type: impl Into<String>, data: impl Into<EventData>) -> Self {
         NewEvent {
             event_id: Uuid::now_v7(),
             event_type: event_type.into(),
             schema_version: 1,
-            data,
+            data: data.into(),
             metadata: Metadata::default(),
         }
+    }
+}
+
+/// A proposed event's data: a JSON value, or JSON text already in the log's
+/// canonical form, which the command layer writes straight from its typed events
+/// (see [`CanonicalJson`]). The store keeps the canonical text either way; two data
+/// are equal when their canonical texts are.
+#[derive(Debug, Clone)]
+pub enum EventData {
+    Value(Value),
+    Canonical(CanonicalJson),
+}
+
+impl EventData {
+    /// The data as a JSON value (canonical text is parsed).
+    pub fn to_value(&self) -> Value {
+        match self {
+            EventData::Value(value) => value.clone(),
+            EventData::Canonical(text) => text.to_value(),
+        }
+    }
+
+    /// The data as a JSON value to change in place; canonical text is parsed once
+    /// and the data holds the value from then on.
+    pub fn value_mut(&mut self) -> &mut Value {
+        if let EventData::Canonical(text) = self {
+            *self = EventData::Value(text.to_value());
+        }
+        match self {
+            EventData::Value(value) => value,
+            EventData::Canonical(_) => unreachable!("replaced by its value above"),
+        }
+    }
+
+    /// The canonical text, and the value it came from when the data was one.
+    pub(crate) fn into_canonical(self) -> (CanonicalJson, Option<Value>) {
+        match self {
+            EventData::Value(value) => (CanonicalJson::from_value(&value), Some(value)),
+            EventData::Canonical(text) => (text, None),
+        }
+    }
+
+    fn canonical_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            EventData::Value(value) => std::borrow::Cow::Owned(crate::hash::canonical_json(value)),
+            EventData::Canonical(text) => std::borrow::Cow::Borrowed(text.as_bytes()),
+        }
+    }
+}
+
+impl PartialEq for EventData {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (EventData::Value(a), EventData::Value(b)) => a == b,
+            _ => self.canonical_bytes() == other.canonical_bytes(),
+        }
+    }
+}
+
+impl From<Value> for EventData {
+    fn from(value: Value) -> Self {
+        EventData::Value(value)
+    }
+}
+
+impl From<CanonicalJson> for EventData {
+    fn from(text: CanonicalJson) -> Self {
+        EventData::Canonical(text)
     }
 }
 

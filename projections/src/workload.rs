@@ -107,7 +107,7 @@ fn run<A: Aggregate>(
             event_id: Uuid::now_v7(),
             event_type: e.event_type().to_owned(),
             schema_version: e.schema_version(),
-            data: e.to_data(),
+            data: e.to_data().into(),
             metadata: Metadata {
                 actor: Some("system:workload".to_owned()),
                 ..Metadata::default()

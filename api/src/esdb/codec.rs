@@ -181,7 +181,7 @@ impl Proposed {
             event_id: self.id,
             event_type: self.event_type,
             schema_version: 1,
-            data,
+            data: data.into(),
             metadata: Metadata {
                 actor: Some(actor.to_owned()),
                 custom: Value::Object(Map::from_iter([(ESDB_KEY.to_owned(), Value::Object(esdb))])),
@@ -327,7 +327,7 @@ mod tests {
             event_type: new.event_type,
             schema_version: 1,
             // Through the store and back: the value, not the text, survives.
-            data: serde_json::from_str(&new.data.to_string()).unwrap(),
+            data: serde_json::from_str(&new.data.to_value().to_string()).unwrap(),
             metadata: new.metadata,
             recorded_at: Utc::now(),
             hash: [0; 32],
@@ -362,7 +362,7 @@ mod tests {
         )
         .unwrap()
         .into_new_event("esdb:test");
-        assert_eq!(event.data, json!({"a": 1, "b": [true, null]}));
+        assert_eq!(event.data, json!({"a": 1, "b": [true, null]}).into());
         let served = served(&stored(event)).unwrap();
         assert_eq!(served.data, br#"{"a":1,"b":[true,null]}"#);
         assert!(served.custom_metadata.is_empty());

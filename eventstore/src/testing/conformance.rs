@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::hash::{expected_hash, verify_chain, GENESIS_HASH};
 use crate::{
-    AppendRequest, Direction, EventStore, ExpectedVersion, Metadata, NewEvent, Precondition,
-    StoreError, Subscription, SubscriptionOptions, APPEND_MAX_PRECONDITIONS,
+    AppendRequest, CanonicalJson, Direction, EventStore, ExpectedVersion, Metadata, NewEvent,
+    Precondition, StoreError, Subscription, SubscriptionOptions, APPEND_MAX_PRECONDITIONS,
 };
 
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async function
@@ -35,6 +35,7 @@ macro_rules! conformance_suite {
             reading_the_log_by_category,
             reading_the_log_matching_a_filter,
             envelope_round_trips_every_field,
+            data_given_as_canonical_text_is_stored_as_its_value_would_be,
             hash_chain_links_every_event,
             subscription_catches_up_then_follows_live_without_gap_or_duplicate,
             category_subscription_sees_only_its_category,
@@ -585,7 +586,7 @@ pub async fn envelope_round_trips_every_field(store: Store) {
         event_id: Uuid::new_v4(),
         event_type: "ProductCreated".into(),
         schema_version: 3,
-        data: data.clone(),
+        data: data.clone().into(),
         metadata: metadata.clone(),
     };
     let before = chrono::Utc::now() - chrono::Duration::seconds(60);
@@ -615,6 +616,40 @@ pub async fn envelope_round_trips_every_field(store: Store) {
     assert!(stored.recorded_at > before && stored.recorded_at < after);
     let from_log = whole_log(&store).await.pop().expect("one event");
     assert_eq!(from_log, stored);
+}
+
+pub async fn data_given_as_canonical_text_is_stored_as_its_value_would_be(store: Store) {
+    let data = json!({
+        "title": "Caf\u{e9} \"quoted\"",
+        "lines": [{"sku": "A", "qty": 2}, {"qty": 1, "sku": "B"}],
+        "ratio": 0.125,
+        "zero": -0.0,
+        "none": null
+    });
+    let as_value = NewEvent::new("OrderPlaced", data.clone());
+    let as_text = NewEvent::new(
+        "OrderPlaced",
+        CanonicalJson::of(&data).expect("a value always writes"),
+    );
+    assert_eq!(as_value.data, as_text.data, "equal as canonical text");
+    for (stream, proposed) in [("order-1", as_value), ("order-2", as_text)] {
+        store
+            .append(append(stream, ExpectedVersion::NoStream, vec![proposed]))
+            .await
+            .expect("append");
+    }
+    let log = whole_log(&store).await;
+    assert_eq!(log.len(), 2);
+    // The value form keeps `-0.0` as the writer gave it where the store holds the
+    // value itself (memory); the text holds `0.0`. Compared in canonical form, both
+    // are the same data, and the chain covers the same bytes for both.
+    assert_eq!(
+        crate::hash::canonical_json(&log[0].data),
+        crate::hash::canonical_json(&log[1].data)
+    );
+    assert_eq!(log[1].data["lines"][1]["sku"], "B");
+    assert_eq!(log[1].data["zero"], json!(0.0));
+    verify_chain(GENESIS_HASH, &log).expect("the chain holds");
 }
 
 pub async fn hash_chain_links_every_event(store: Store) {
@@ -748,11 +783,15 @@ pub async fn bad_input_is_refused_and_writes_nothing(store: Store) {
     let mut bad_metadata = event("A", 1);
     bad_metadata.metadata.custom = json!(["not", "an", "object"]);
     let mut nul_data = event("A", 1);
-    nul_data.data = json!({"name": "a\u{0}b"});
+    nul_data.data = json!({"name": "a\u{0}b"}).into();
+    let mut nul_text = event("A", 1);
+    nul_text.data = CanonicalJson::of(&json!({"name": "a\u{0}b"}))
+        .expect("writes")
+        .into();
     let mut empty_type = event("A", 1);
     empty_type.event_type = String::new();
     let mut huge = event("A", 1);
-    huge.data = json!({"blob": "x".repeat(crate::EVENT_DATA_MAX_BYTES + 1)});
+    huge.data = json!({"blob": "x".repeat(crate::EVENT_DATA_MAX_BYTES + 1)}).into();
     let cases: Vec<(&str, AppendRequest)> = vec![
         (
             "empty append",
@@ -797,6 +836,10 @@ pub async fn bad_input_is_refused_and_writes_nothing(store: Store) {
         (
             "NUL in data",
             append("order-1", ExpectedVersion::Any, vec![nul_data]),
+        ),
+        (
+            "NUL in data given as canonical text",
+            append("order-1", ExpectedVersion::Any, vec![nul_text]),
         ),
         (
             "empty event type",

@@ -48,7 +48,7 @@ impl TestDb {
                     event_id: Uuid::now_v7(),
                     event_type: e.event_type().to_owned(),
                     schema_version: e.schema_version(),
-                    data: e.to_data(),
+                    data: e.to_data().into(),
                     metadata: Metadata::default(),
                 })
                 .collect(),
