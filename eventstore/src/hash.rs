@@ -145,7 +145,8 @@ pub(crate) fn canonical_metadata(metadata: &crate::types::Metadata) -> Vec<u8> {
             out.push(b'"');
         }
     }
-    let mut out = Vec::with_capacity(160);
+    // Room for an actor and three ids (about 200 bytes) without growing.
+    let mut out = Vec::with_capacity(256);
     out.push(b'{');
     if let Some(actor) = &metadata.actor {
         key(&mut out, "actor");
