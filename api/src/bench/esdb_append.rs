@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use api::esdb::{EsdbConfig, EsdbServer, Users};
 use esdb::{AppendToStreamOptions, Client, ClientSettings, EventData, ExpectedRevision};
-use eventstore::{Direction, EventStore, PostgresConfig, PostgresStore, ScratchDatabase};
+use eventstore::{
+    Direction, EventStore, MemoryStore, PostgresConfig, PostgresStore, ScratchDatabase,
+};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -38,20 +40,27 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
         .parse()
         .map_err(anyhow::Error::msg)?])
     .map_err(anyhow::Error::msg)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let server = EsdbServer::spawn(listener, store.clone(), EsdbConfig { users, tls: None })?;
-    let grpc = run_clients(server.address.port(), duration).await;
-    server.stop().await?;
-    let (events, rate, mut latencies, cpu) = grpc?;
-    let latency = Percentiles::of(&mut latencies);
-    println!(
-        "  gRPC, {CLIENTS} official clients:        {:>9.0} events/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} events)",
-        rate, latency.p50_ms, latency.p99_ms, events
-    );
+    let grpc = through_endpoint(&store, &users, duration).await?;
+    // The same clients against the endpoint on the in-memory store: what the official
+    // client, HTTP/2, tonic and the endpoint cost a call when the store writes nothing
+    // to disk.
+    let memory: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let stack = through_endpoint(&memory, &users, duration).await?;
+    for (what, phase) in [("gRPC, PostgreSQL", &grpc), ("gRPC, in memory", &stack)] {
+        println!(
+            "  {what:<17} {CLIENTS} official clients: {:>9.0} events/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} events)",
+            phase.rate, phase.latency.p50_ms, phase.latency.p99_ms, phase.events
+        );
+    }
     // An event's share.
     let baseline_cpu = baseline.cpu.and_then(|spent| spent.per(baseline.events));
-    let grpc_cpu = cpu.and_then(|spent| spent.per(events));
-    for (what, cpu) in [("in-process", baseline_cpu), ("gRPC", grpc_cpu)] {
+    let grpc_cpu = grpc.cpu;
+    let stack_cpu = stack.cpu;
+    for (what, cpu) in [
+        ("in-process", baseline_cpu),
+        ("gRPC", grpc_cpu),
+        ("gRPC in memory", stack_cpu),
+    ] {
         if let Some(cpu) = cpu {
             println!(
                 "  CPU an event, {what}: {:.1} µs in this process (clients included), {:.1} µs on the whole machine (PostgreSQL and the kernel too); cores busy {:.0}%",
@@ -61,26 +70,33 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
             );
         }
     }
-
-    // Correctness: every acknowledged append is in its stream, in order.
-    let mut counted = 0u64;
-    for i in 0..CLIENTS {
-        let stream = stream_name(i);
-        let last = store
-            .read_stream(&stream, u64::MAX, Direction::Backward, 1)
-            .await?;
-        counted += last.first().map_or(0, |e| e.version);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ceiling = match (stack_cpu, baseline_cpu) {
+        (Some(stack), Some(append)) => ceiling_ratio(
+            cores as f64,
+            stack.machine_ms * 1e3,
+            append.machine_ms * 1e3,
+            baseline.rate,
+        ),
+        _ => None,
+    };
+    if let Some(ceiling) = ceiling {
+        println!(
+            "  most the gRPC path could reach with the cores never idle, at the stack's cost plus an in-process append's: {ceiling:.2} of the in-process rate"
+        );
     }
-    ensure!(
-        counted == events,
-        "acknowledged {events} appends, the streams hold {counted} events"
-    );
+
+    // Correctness: every acknowledged append is in its stream, in order, and the log
+    // holds nothing else (beside each client's warm-up append).
+    verify(
+        &store,
+        grpc.events,
+        baseline.events + grpc.events + CLIENTS as u64,
+    )
+    .await?;
+    verify(&memory, stack.events, stack.events + CLIENTS as u64).await?;
     let head = store.head().await?;
-    let acknowledged = baseline.events + events + CLIENTS as u64;
-    ensure!(
-        head == acknowledged,
-        "the log holds {head} events, {acknowledged} were acknowledged (with one warm-up append per client)"
-    );
+    let (events, rate, latency) = (grpc.events, grpc.rate, grpc.latency);
     let ratio = rate / baseline.rate.max(1.0);
     println!(
         "  gRPC vs in-process: {ratio:.2} (target 0.5); log verified: {head} events, each stream complete"
@@ -103,8 +119,84 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
         "baseline_process_cpu_us_per_event": baseline_cpu.map(|c| round3(c.process_ms * 1e3)),
         "baseline_machine_cpu_us_per_event": baseline_cpu.map(|c| round3(c.machine_ms * 1e3)),
         "baseline_cores_busy_share": baseline_cpu.map(|c| round2(c.busy_share)),
+        "memory_events_per_s": stack.rate.round(),
+        "memory_p99_ms": round2(stack.latency.p99_ms),
+        "memory_process_cpu_us_per_event": stack_cpu.map(|c| round3(c.process_ms * 1e3)),
+        "memory_machine_cpu_us_per_event": stack_cpu.map(|c| round3(c.machine_ms * 1e3)),
+        "memory_cores_busy_share": stack_cpu.map(|c| round2(c.busy_share)),
+        "ceiling_ratio": ceiling.map(round2),
     });
     println!("{line}");
+    Ok(())
+}
+
+/// One run of the official clients against the endpoint.
+struct Phase {
+    events: u64,
+    rate: f64,
+    latency: Percentiles,
+    /// An event's share of the CPU spent.
+    cpu: Option<CpuSpent>,
+}
+
+/// Serves `store` through the endpoint on a random port while the official clients
+/// append for `duration`.
+async fn through_endpoint(
+    store: &Arc<dyn EventStore>,
+    users: &Users,
+    duration: Duration,
+) -> Result<Phase> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let server = EsdbServer::spawn(
+        listener,
+        store.clone(),
+        EsdbConfig {
+            users: users.clone(),
+            tls: None,
+        },
+    )?;
+    let run = run_clients(server.address.port(), duration).await;
+    server.stop().await?;
+    let (events, rate, mut latencies, cpu) = run?;
+    Ok(Phase {
+        events,
+        rate,
+        latency: Percentiles::of(&mut latencies),
+        cpu: cpu.and_then(|spent| spent.per(events)),
+    })
+}
+
+/// The most the gRPC path could carry, as a share of the in-process rate
+/// (`baseline_rate` events/s), if the `cores` never idled and a call cost the
+/// machine what a call costs through the endpoint on the in-memory store
+/// (`stack_us`) plus what an in-process append costs it (`append_us`, PostgreSQL's
+/// work included). The in-memory store's own append is in both, so the figure is a
+/// little low; the idle time of a closed loop waiting for its commits is in neither,
+/// which makes it high. `None` without costs.
+fn ceiling_ratio(cores: f64, stack_us: f64, append_us: f64, baseline_rate: f64) -> Option<f64> {
+    let per_call_us = stack_us + append_us;
+    (per_call_us > 0.0 && baseline_rate > 0.0).then(|| cores * 1e6 / per_call_us / baseline_rate)
+}
+
+/// Checks that the clients' streams hold exactly the `acknowledged` appends, and the
+/// log exactly `head` events.
+async fn verify(store: &Arc<dyn EventStore>, acknowledged: u64, head: u64) -> Result<()> {
+    let mut counted = 0u64;
+    for i in 0..CLIENTS {
+        let last = store
+            .read_stream(&stream_name(i), u64::MAX, Direction::Backward, 1)
+            .await?;
+        counted += last.first().map_or(0, |e| e.version);
+    }
+    ensure!(
+        counted == acknowledged,
+        "acknowledged {acknowledged} appends, the streams hold {counted} events"
+    );
+    let held = store.head().await?;
+    ensure!(
+        held == head,
+        "the log holds {held} events, {head} were acknowledged (with one warm-up append per client)"
+    );
     Ok(())
 }
 
@@ -169,4 +261,24 @@ async fn run_clients(
     let cpu = meter.stop();
     let events = all.len() as u64;
     Ok((events, events as f64 / elapsed, all, cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ceiling_ratio;
+
+    #[test]
+    fn the_ceiling_is_the_calls_the_cores_carry_at_both_costs_against_the_baseline() {
+        // Two cores, 60 + 40 µs a call: 20,000 calls/s, half of 40,000 in-process.
+        let ceiling = ceiling_ratio(2.0, 60.0, 40.0, 40_000.0).unwrap();
+        assert!((ceiling - 0.5).abs() < 1e-12, "{ceiling}");
+        // Costlier calls, a lower ceiling.
+        assert!(ceiling_ratio(2.0, 80.0, 40.0, 40_000.0).unwrap() < ceiling);
+        assert_eq!(
+            ceiling_ratio(2.0, 0.0, 0.0, 40_000.0),
+            None,
+            "no cost measured"
+        );
+        assert_eq!(ceiling_ratio(2.0, 60.0, 40.0, 0.0), None, "no baseline");
+    }
 }

@@ -200,10 +200,16 @@ pub async fn append(
         // is answered by its command id). A tombstone moves the version, so it shows
         // as a conflict.
         Expected::Revision(r) => {
-            match store
-                .append(request(ExpectedVersion::Exact(r.saturating_add(1))))
-                .await
-            {
+            // Tried once: the events move into the request rather than being copied.
+            let once = AppendRequest {
+                stream_id: stream.to_owned(),
+                expected: ExpectedVersion::Exact(r.saturating_add(1)),
+                events,
+                command_id: Some(command_id),
+                preconditions: Vec::new(),
+                guards: Vec::new(),
+            };
+            match store.append(once).await {
                 Ok(result) => Ok(success(result)),
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     let head = head_of(store, stream).await?;
