@@ -15,6 +15,7 @@
 //! (completed without exactly one capture of the total or with a reservation not
 //! committed; ended otherwise with money kept or stock held). Both must be 0.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
+use super::wire::Wire;
 use super::{round2, round3, CpuMeter};
 
 /// Completed checkouts per second the issue asks for on this machine.
@@ -53,7 +55,7 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     let authenticator = Authenticator::new(Some(secret.as_bytes()), None)?;
     let state = AppState::connect(&db.url, authenticator, ServerConfig::default()).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(listener, state.clone(), async {
         let _ = stopped.await;
@@ -114,7 +116,7 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
     let setup_head = state.store().head().await?;
     let meter = CpuMeter::start();
     let started = Instant::now();
-    let accepted = post_checkouts(&base, requests, connections).await?;
+    let accepted = post_checkouts(addr, requests, connections).await?;
     let posted = started.elapsed();
     let ended = shop::wait_until_ended(
         state.store(),
@@ -214,13 +216,13 @@ pub async fn run(database_url: &str, checkouts: usize, connections: usize) -> Re
 
 /// Posts every checkout from `connections` clients; returns the accepted ids.
 async fn post_checkouts(
-    base: &str,
+    addr: SocketAddr,
     requests: Vec<(String, CartId)>,
     connections: usize,
 ) -> Result<Vec<CheckoutId>> {
     let requests = Arc::new(requests);
     let next = Arc::new(AtomicU64::new(0));
-    let body = bytes::Bytes::from(
+    let body = Arc::new(
         json!({
             "shipping_address": {"name": "Bench Customer", "line1": "1 Load Street",
                 "city": "Berlin", "postal_code": "10115", "country": "DE"},
@@ -233,32 +235,30 @@ async fn post_checkouts(
             let requests = requests.clone();
             let next = next.clone();
             let body = body.clone();
-            let base = base.to_owned();
             tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .timeout(Duration::from_secs(60))
-                    .build()?;
+                let mut wire = Wire::connect(addr).await?;
                 let mut accepted = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some((token, cart)) = requests.get(i) else {
                         return Ok::<_, anyhow::Error>(accepted);
                     };
-                    let reply = client
-                        .post(format!("{base}/v1/carts/{cart}/checkout"))
-                        .bearer_auth(token)
-                        .header("idempotency-key", Uuid::new_v4().to_string())
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    let status = reply.status();
-                    let value: serde_json::Value = reply.json().await?;
-                    ensure!(status == 202, "checkout answered {status}: {value}");
-                    let id = value["ids"]["checkout_id"]
-                        .as_str()
-                        .and_then(|id| CheckoutId::parse(id).ok())
+                    let request = format!(
+                        "POST /v1/carts/{cart}/checkout HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\nidempotency-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        Uuid::new_v4().hyphenated(),
+                        body.len()
+                    );
+                    let answer = wire.exchange(request.as_bytes()).await?;
+                    let reply = wire.body(&answer);
+                    ensure!(
+                        answer.status == 202,
+                        "checkout answered {}: {}",
+                        answer.status,
+                        String::from_utf8_lossy(reply)
+                    );
+                    let reply: Accepted = serde_json::from_slice(reply)?;
+                    let id = CheckoutId::parse(reply.ids.checkout_id)
+                        .ok()
                         .context("no checkout id")?;
                     accepted.push(id);
                 }
@@ -270,6 +270,18 @@ async fn post_checkouts(
         accepted.extend(task.await??);
     }
     Ok(accepted)
+}
+
+/// What the benchmark reads of a checkout's 202 answer.
+#[derive(serde::Deserialize)]
+struct Accepted<'a> {
+    #[serde(borrow)]
+    ids: AcceptedIds<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct AcceptedIds<'a> {
+    checkout_id: &'a str,
 }
 
 /// Authorize + capture per "checkout" against the sandbox alone.

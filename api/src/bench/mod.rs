@@ -12,6 +12,7 @@ mod psp;
 mod rebuild;
 mod search;
 mod verify;
+mod wire;
 
 use std::time::{Duration, Instant};
 
