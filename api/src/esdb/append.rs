@@ -182,10 +182,10 @@ pub async fn append(
         .map(|e| e.into_new_event(&actor))
         .collect();
     let command_id = command_id(stream, &events);
-    let request = |expected: ExpectedVersion| AppendRequest {
+    let request = |expected: ExpectedVersion, events: Vec<NewEvent>| AppendRequest {
         stream_id: stream.to_owned(),
         expected,
-        events: events.clone(),
+        events,
         command_id: Some(command_id),
         preconditions: Vec::new(),
         guards: Vec::new(),
@@ -201,14 +201,7 @@ pub async fn append(
         // as a conflict.
         Expected::Revision(r) => {
             // Tried once: the events move into the request rather than being copied.
-            let once = AppendRequest {
-                stream_id: stream.to_owned(),
-                expected: ExpectedVersion::Exact(r.saturating_add(1)),
-                events,
-                command_id: Some(command_id),
-                preconditions: Vec::new(),
-                guards: Vec::new(),
-            };
+            let once = request(ExpectedVersion::Exact(r.saturating_add(1)), events);
             match store.append(once).await {
                 Ok(result) => Ok(success(result)),
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
@@ -224,7 +217,7 @@ pub async fn append(
         Expected::NoStream => {
             let mut attempt = ExpectedVersion::NoStream;
             for _ in 0..APPEND_CONFLICT_RETRIES {
-                match store.append(request(attempt)).await {
+                match store.append(request(attempt, events.clone())).await {
                     Ok(result) => return Ok(success(result)),
                     Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                         let head = head_of(store, stream).await?;
@@ -259,7 +252,7 @@ pub async fn append(
             } else {
                 ExpectedVersion::Any
             };
-            match store.append(request(attempt)).await {
+            match store.append(request(attempt, events.clone())).await {
                 Ok(result) => {
                     let first = result.stream_version + 1 - events.len() as u64;
                     refuse_if_tombstoned_meanwhile(store, principal, stream, head.version, first)
