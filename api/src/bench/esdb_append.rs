@@ -54,12 +54,10 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
     }
     // An event's share.
     let baseline_cpu = baseline.cpu.and_then(|spent| spent.per(baseline.events));
-    let grpc_cpu = grpc.cpu;
-    let stack_cpu = stack.cpu;
     for (what, cpu) in [
         ("in-process", baseline_cpu),
-        ("gRPC", grpc_cpu),
-        ("gRPC in memory", stack_cpu),
+        ("gRPC", grpc.cpu),
+        ("gRPC in memory", stack.cpu),
     ] {
         if let Some(cpu) = cpu {
             println!(
@@ -71,7 +69,7 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ceiling = match (stack_cpu, baseline_cpu) {
+    let ceiling = match (stack.cpu, baseline_cpu) {
         (Some(stack), Some(append)) => ceiling_ratio(
             cores as f64,
             stack.machine_ms * 1e3,
@@ -96,34 +94,33 @@ pub async fn run(database_url: &str, duration: Duration) -> Result<()> {
     .await?;
     verify(&memory, stack.events, stack.events + CLIENTS as u64).await?;
     let head = store.head().await?;
-    let (events, rate, latency) = (grpc.events, grpc.rate, grpc.latency);
-    let ratio = rate / baseline.rate.max(1.0);
+    let ratio = grpc.rate / baseline.rate.max(1.0);
     println!(
         "  gRPC vs in-process: {ratio:.2} (target 0.5); log verified: {head} events, each stream complete"
     );
     let line = json!({
         "bench": "esdb-append",
         "unit": "events/s",
-        "value": rate.round(),
+        "value": grpc.rate.round(),
         "baseline": baseline.rate.round(),
         "ratio": round2(ratio),
-        "p50_ms": round2(latency.p50_ms),
-        "p99_ms": round2(latency.p99_ms),
+        "p50_ms": round2(grpc.latency.p50_ms),
+        "p99_ms": round2(grpc.latency.p99_ms),
         "baseline_p99_ms": round2(baseline.latency.p99_ms),
         "clients": CLIENTS,
-        "events": events,
+        "events": grpc.events,
         "baseline_events": baseline.events,
-        "process_cpu_us_per_event": grpc_cpu.map(|c| round3(c.process_ms * 1e3)),
-        "machine_cpu_us_per_event": grpc_cpu.map(|c| round3(c.machine_ms * 1e3)),
-        "cores_busy_share": grpc_cpu.map(|c| round2(c.busy_share)),
+        "process_cpu_us_per_event": grpc.cpu.map(|c| round3(c.process_ms * 1e3)),
+        "machine_cpu_us_per_event": grpc.cpu.map(|c| round3(c.machine_ms * 1e3)),
+        "cores_busy_share": grpc.cpu.map(|c| round2(c.busy_share)),
         "baseline_process_cpu_us_per_event": baseline_cpu.map(|c| round3(c.process_ms * 1e3)),
         "baseline_machine_cpu_us_per_event": baseline_cpu.map(|c| round3(c.machine_ms * 1e3)),
         "baseline_cores_busy_share": baseline_cpu.map(|c| round2(c.busy_share)),
         "memory_events_per_s": stack.rate.round(),
         "memory_p99_ms": round2(stack.latency.p99_ms),
-        "memory_process_cpu_us_per_event": stack_cpu.map(|c| round3(c.process_ms * 1e3)),
-        "memory_machine_cpu_us_per_event": stack_cpu.map(|c| round3(c.machine_ms * 1e3)),
-        "memory_cores_busy_share": stack_cpu.map(|c| round2(c.busy_share)),
+        "memory_process_cpu_us_per_event": stack.cpu.map(|c| round3(c.process_ms * 1e3)),
+        "memory_machine_cpu_us_per_event": stack.cpu.map(|c| round3(c.machine_ms * 1e3)),
+        "memory_cores_busy_share": stack.cpu.map(|c| round2(c.busy_share)),
         "ceiling_ratio": ceiling.map(round2),
     });
     println!("{line}");
